@@ -1,0 +1,50 @@
+"""The one place a SparkSession is built, from the config, and handed to the stages."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+from pipeline.config import Config, CONF_DIR
+
+
+def quiet_warnings() -> None:
+    """Petastorm uses pyarrow APIs deprecated since pyarrow 12; hide that noise in one place."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow(\..*)?")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\..*)?")
+    warnings.filterwarnings("ignore", message=r".*pyarrow\.filesystem.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*ParquetDataset.*", category=FutureWarning)
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit (or pyspark's shell) started this interpreter: its --master then wins."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_session(conf: Config, verbose: bool = False):
+    """Create (or return the running) SparkSession configured by ``conf.spark``.
+
+    In local modes Spark's Python workers must be this interpreter, not the system ``python3``
+    (which lacks our packages): PYSPARK_PYTHON / PYSPARK_DRIVER_PYTHON are set before the JVM starts.
+    """
+    from pyspark.sql import SparkSession
+
+    quiet_warnings()
+    master = conf.spark.master
+    if master.startswith("local") and not under_spark_submit():
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    builder = SparkSession.builder.appName(conf.spark.app_name)
+    if not under_spark_submit():
+        builder = builder.master(master)
+        log4j = CONF_DIR / "log4j2.properties"
+        if log4j.exists() and not verbose:
+            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile=file:{log4j}")
+    for key, value in conf.spark.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("INFO" if verbose else conf.spark.log_level)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    return spark

@@ -1,0 +1,76 @@
+"""The stage registry: the one list the CLI, the spark-submit jobs and ``pipeline run`` all read.
+
+Each stage is one library function ``run(spark, conf, tracker) -> dict`` (its key results), named here with
+what it reads and writes, and the config sections its output depends on (for skip/resume in ``pipeline run``).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from pipeline.config import Config
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    entry: str                     # "module:function", imported only when the stage runs (keeps --help fast)
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    depends_on: tuple[str, ...]    # config sections whose values decide the stage's output
+
+    def function(self) -> Callable:
+        module, _, attr = self.entry.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def config_hash(self, conf: Config) -> str:
+        sections = {name: getattr(conf, name).model_dump(mode="json") for name in self.depends_on}
+        sections["data_url"] = conf.paths.data_url
+        return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
+
+
+STAGES: tuple[Stage, ...] = ()
+
+
+def get_stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"unknown stage '{name}'; stages: {', '.join(s.name for s in STAGES)}")
+
+
+def _marker_url(conf: Config, stage: Stage) -> str:
+    return f"{conf.paths.data_url.rstrip('/')}/_stages/{stage.name}.json"
+
+
+def is_done(conf: Config, stage: Stage) -> bool:
+    """True when the stage last finished with the same relevant config (``pipeline run`` then skips it)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(_marker_url(conf, stage))
+    if not fs.exists(path):
+        return False
+    with fs.open(path, "r") as fh:
+        return json.load(fh).get("config_hash") == stage.config_hash(conf)
+
+
+def mark_done(conf: Config, stage: Stage, results: dict) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(_marker_url(conf, stage))
+    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+    with fs.open(path, "w") as fh:
+        json.dump({"config_hash": stage.config_hash(conf), "results": results}, fh, default=str)
+
+
+def run_stage(stage: Stage, spark, conf: Config, tracker) -> dict:
+    """Run one stage in its own MLflow child run; returns its key results (with ``run_id``)."""
+    with tracker.stage_run(stage.name) as run:
+        results = dict(stage.function()(spark, conf, tracker) or {})
+        results["run_id"] = run.info.run_id
+    mark_done(conf, stage, results)
+    return results

@@ -1,0 +1,86 @@
+"""The command line: --help everywhere, one clear line and a non-zero exit on a bad override."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import get_args_parser, main
+from pipeline.stages import STAGES
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINE = os.path.join(os.path.dirname(sys.executable), "pipeline")
+
+
+def _run(*args, **kw):
+    return subprocess.run([*args], capture_output=True, text=True, timeout=120, cwd=REPO, **kw)
+
+
+def test_console_script_help():
+    out = _run(PIPELINE, "--help")
+    assert out.returncode == 0 and "usage: pipeline" in out.stdout and "run" in out.stdout
+    out = _run(PIPELINE, "run", "--help")
+    assert out.returncode == 0 and "usage: pipeline run" in out.stdout and "KEY=VALUE" in out.stdout
+
+
+@pytest.mark.parametrize("stage", [s.name for s in STAGES])
+def test_every_stage_has_help_and_a_job(stage):
+    parser = get_args_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args([stage, "--help"])
+    assert exit_.value.code == 0
+    job = REPO / "jobs" / f"{stage}.py"
+    assert job.exists()
+    out = _run(sys.executable, str(job), "--help")
+    assert out.returncode == 0 and f"jobs/{stage}.py" in out.stdout
+
+
+def test_no_subcommand_for_missing_stages():
+    names = set(get_args_parser()._subparsers._group_actions[0].choices)
+    assert names == {"run", *(s.name for s in STAGES)}
+    assert {p.stem for p in (REPO / "jobs").glob("*.py")} == {s.name for s in STAGES}
+
+
+def test_bad_override_is_one_line_and_exit_2():
+    out = _run(PIPELINE, "run", "train.epoch=3")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("pipeline: error: unknown key 'train.epoch'") and "epochs" in lines[0]
+
+
+def test_bad_value_in_process(capsys):
+    assert main(["run", "train.task=segmenter"]) == 2
+    assert "valid choices: lane_classifier, tl_classifier, tl_detector" in capsys.readouterr().err
+
+
+def test_make_stops_without_java(tmp_path):
+    """`make demo` / `make test` stop at once, saying how to install Java, when it is missing or too old."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("sh", "sed", "head"):          # a PATH with the shell tools make needs, and no real java
+        (fake / tool).symlink_to(shutil.which(tool))
+    java = fake / "java"
+    java.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    java.chmod(0o755)
+    env = {**os.environ, "PATH": str(fake)}
+    out = _run(shutil.which("make"), "-s", "check-java", env=env)
+    assert out.returncode != 0 and "java 11 found" in out.stderr and "openjdk-17" in out.stderr
+    java.unlink()
+    out = _run(shutil.which("make"), "-s", "check-java", env=env)
+    assert out.returncode != 0 and "java not found" in out.stderr
+
+
+def test_docker_files_install_from_the_one_requirement_file():
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "COPY requirements.txt" in dockerfile and "pip install --no-cache-dir -r requirements.txt" in dockerfile
+    assert "openjdk-17" in dockerfile and "python:3.11" in dockerfile
+    compose = (REPO / "docker" / "compose.yaml").read_text()
+    for service in ("spark-master:", "spark-worker-1:", "spark-worker-2:", "mlflow:"):
+        assert service in compose
+    assert "dockerfile: docker/Dockerfile" in compose and "--backend-store-uri" in compose
+    setup = (REPO / "setup.py").read_text()
+    assert 'requirements("requirements.txt")' in setup
+    assert "-r requirements.txt" in (REPO / "Makefile").read_text()

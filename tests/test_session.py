@@ -1,0 +1,22 @@
+import os
+import sys
+
+
+def test_workers_run_this_interpreter_with_our_packages(spark):
+    assert os.environ["PYSPARK_PYTHON"] == sys.executable
+
+    def probe(_):
+        import petastorm  # noqa: F401  (missing in the system python: the pitfall STACK.md describes)
+        import pipeline.config  # noqa: F401
+        yield sys.executable
+
+    seen = set(spark.sparkContext.parallelize(range(4), 2).mapPartitions(probe).collect())
+    assert seen == {sys.executable}
+
+
+def test_session_is_shared_and_quiet(spark):
+    from pyspark.sql import SparkSession
+
+    assert SparkSession.getActiveSession() is spark
+    assert spark.sparkContext.master == "local[2]"
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
