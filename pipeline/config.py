@@ -76,6 +76,7 @@ HW = tuple[int, int]
 class IngestSection(_Section):
     source: Literal["synthetic", "imagefolder", "bosch", "lisa", "dtld", "tusimple", "culane", "coco"] = "synthetic"
     source_path: Optional[str] = None
+    name: str = "synthetic"
     num_frames: int = 2000
     frames_per_sequence: int = 8
     seed: int = 0
@@ -92,6 +93,13 @@ class IngestSection(_Section):
     partitions: int = 0
     rowgroup_size_mb: int = 4
     near_duplicate_bits: int = 4
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError("must be a plain folder name (letters, digits, _ and -)")
+        return v
 
     @field_validator("num_frames", "frames_per_sequence", "min_size", "max_pixels", "rowgroup_size_mb")
     @classmethod
@@ -110,6 +118,8 @@ class IngestSection(_Section):
 
 class TrainSection(_Section):
     task: Literal["lane_classifier", "tl_classifier", "tl_detector"] = "lane_classifier"
+    data: str = "synthetic"
+    dataset: Optional[Literal["road_frames", "tl_frames", "tl_crops"]] = None
     epochs: int = 3
     batch_size: int = 32
     lr: float = 0.01
@@ -124,7 +134,7 @@ class TrainSection(_Section):
     resume: bool = False
     steps_per_epoch: int = 0
     eval_batches: int = 0
-    augment_policy: Optional[str] = None
+    loader_workers: int = 1
 
     @field_validator("epochs", "batch_size", "num_processes")
     @classmethod
@@ -224,6 +234,8 @@ def _merge(into: dict, new: dict, origin: dict, source: str, prefix: str = "") -
             _merge(into[key], value, origin, source, dotted + ".")
         else:
             into[key] = copy.deepcopy(value)
+            for stale in [k for k in origin if k.startswith(dotted + ".")]:
+                del origin[stale]  # what this value replaced no longer has a say
             origin[dotted] = source
             if isinstance(value, dict):
                 for sub in _flatten(value, dotted + "."):

@@ -10,11 +10,13 @@ from pipeline.config import Config, CONF_DIR
 
 
 def quiet_warnings() -> None:
-    """Petastorm uses pyarrow APIs deprecated since pyarrow 12; hide that noise in one place."""
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow(\..*)?")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\..*)?")
-    warnings.filterwarnings("ignore", message=r".*pyarrow\.filesystem.*", category=FutureWarning)
+    """Petastorm uses pyarrow APIs deprecated since pyarrow 2-12; hide that noise in one place.
+
+    Called on the driver and at the start of every Spark task that touches Petastorm (workers are
+    separate processes with their own warning filters)."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(petastorm|pyarrow)(\..*)?")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(petastorm|pyarrow)(\..*)?")
+    warnings.filterwarnings("ignore", message=r".*pyarrow.*deprecated.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*ParquetDataset.*", category=FutureWarning)
 
 
@@ -36,6 +38,7 @@ def build_session(conf: Config, verbose: bool = False):
     if master.startswith("local") and not under_spark_submit():
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no guessing of a public address
     builder = SparkSession.builder.appName(conf.spark.app_name)
     if not under_spark_submit():
         builder = builder.master(master)

@@ -33,7 +33,14 @@ class Stage:
         return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
 
-STAGES: tuple[Stage, ...] = ()
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", "Render synthetic scenes or read a dataset, validate, split by group, write Petastorm datasets.",
+          "pipeline.data.ingest:run", reads=("ingest.source",),
+          writes=("road_frames", "tl_frames", "tl_crops", "quarantine", "ledger"), depends_on=("ingest",)),
+    Stage("train", "Train train.task with TorchDistributor on an ingested dataset; log metrics, checkpoints, model.",
+          "pipeline.train.run:run", reads=("road_frames | tl_crops | tl_frames",),
+          writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train")),
+)
 
 
 def get_stage(name: str) -> Stage:

@@ -51,7 +51,7 @@ def test_cluster_profile_without_environment_names_the_variable(monkeypatch):
 
 
 @pytest.mark.parametrize("override, pattern", [
-    ("train.epoch=3", r"unknown key 'train.epoch' \(from override 'train.epoch=3'\); valid keys under 'train': task, epochs"),
+    ("train.epoch=3", r"unknown key 'train.epoch' \(from override 'train.epoch=3'\); valid keys under 'train': task, data, dataset, epochs"),
     ("nope.x=1", r"unknown key 'nope' .* valid keys: spark, mlflow, paths, ingest, train"),
     ("train.task=foo", r"bad value for 'train.task' .*got 'foo'; valid choices: lane_classifier, tl_classifier, tl_detector"),
     ("train.epochs=abc", r"bad value for 'train.epochs' \(from override 'train.epochs=abc'\): .*integer"),
@@ -59,7 +59,7 @@ def test_cluster_profile_without_environment_names_the_variable(monkeypatch):
     ("ingest.context_bias=2", r"'ingest.context_bias'.*\[0, 1\]"),
     ("ingest.split.train=0.9", r"'ingest.split' \(from .*base.yaml and override 'ingest.split.train=0.9'\).*sum to 1"),
     ("ingest.source=pascal", r"valid choices: synthetic, imagefolder, bosch, lisa, dtld, tusimple, culane, coco"),
-    ("train=3", r"'train' .* must be a section with keys: task, epochs"),
+    ("train=3", r"'train' \(from override 'train=3'\) must be a section with keys: task, data, dataset, epochs"),
     ("notakey", r"bad override 'notakey': expected KEY=VALUE"),
     ("paths.data_url=${nope.x}", r"refers to unknown key 'nope.x'"),
 ])

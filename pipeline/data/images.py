@@ -90,20 +90,19 @@ class Decoded:
     height: int
     scale: float = 1.0
     orientation: int = 1
-    notes: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Header:
     """What is known from the container header, before any pixel is decoded."""
 
-    fmt: str                        # "png", "jpeg" or Pillow's format name
+    fmt: str                        # "png" or "jpeg"
     width: int
     height: int
     exif: Optional[bytes] = None    # raw EXIF payload (PNG eXIf / JPEG APP1), if any
     png_color: str = ""             # PNG colour type name (see _PNG_COLOR_TYPES)
     png_trns: bool = False          # PNG has a tRNS (transparency) chunk
-    bit_depth: int = 8
     jpeg_components: int = 0
 
 
@@ -116,10 +115,11 @@ def read_bytes(path: str) -> bytes:
 
     Raises :class:`ImageError` with ``missing_file``, ``read_error`` or ``unsupported_scheme:<s>``.
     """
-    scheme = urllib.parse.urlsplit(path).scheme
+    parts = urllib.parse.urlsplit(path)
+    scheme = parts.scheme
     try:
         if scheme == "file":
-            return _read_local(urllib.request.url2pathname(urllib.parse.urlsplit(path).path))
+            return _read_local(urllib.request.url2pathname(parts.path))
         if len(scheme) <= 1:        # no scheme, or a Windows drive letter
             return _read_local(path)
         return _read_fsspec(path, scheme)
@@ -231,11 +231,11 @@ def _png_header(data: bytes) -> _Header:
         raise ImageError("truncated")
     if data[12:16] != b"IHDR":
         raise ImageError("corrupt")
-    width, height, depth, color = struct.unpack(">IIBB", data[16:26])
+    width, height = struct.unpack(">II", data[16:24])
+    color = data[25]                        # byte 24 is the bit depth
     if color not in _PNG_COLOR_TYPES:
         raise ImageError("corrupt")
-    header = _Header(fmt="png", width=width, height=height, bit_depth=depth,
-                     png_color=_PNG_COLOR_TYPES[color])
+    header = _Header(fmt="png", width=width, height=height, png_color=_PNG_COLOR_TYPES[color])
     pos = 8
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
@@ -313,6 +313,7 @@ def _imdecode(data: bytes, flags: int) -> np.ndarray:
 
 
 def _decode_png(data: bytes, header: _Header) -> tuple[np.ndarray, list[str]]:
+    """OpenCV decode of any PNG (palette and tRNS included: checked equal to Pillow's)."""
     notes = []
     if header.png_color == "palette":
         notes.append("palette")
@@ -328,6 +329,7 @@ def _decode_png(data: bytes, header: _Header) -> tuple[np.ndarray, list[str]]:
 
 
 def _decode_jpeg(data: bytes, header: _Header, factor: int) -> tuple[np.ndarray, list[str]]:
+    """OpenCV decode of a 1- or 3-component JPEG, at 1/factor scale; orientation not applied."""
     notes = ["grayscale"] if header.jpeg_components == 1 else []
     if factor == 1:
         array = _imdecode(data, cv2.IMREAD_UNCHANGED)   # UNCHANGED ignores EXIF orientation
@@ -400,7 +402,7 @@ def _decode_bayer_gb12(data: bytes, min_size: int, max_pixels: int) -> Decoded:
     _check_size(pil.width, pil.height, min_size, max_pixels)
     _load_pil(pil)
     mosaic = np.asarray(pil).astype(np.uint16)
-    if mosaic.ndim != 2 or mosaic.max() > 4095:
+    if mosaic.max() > 4095:                 # not 12-bit data
         raise ImageError("bad_bayer")
     rgb16 = cv2.cvtColor(mosaic, cv2.COLOR_BayerGBRG2RGB)
     rgb = (rgb16 >> 4).astype(np.uint8)

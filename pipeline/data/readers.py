@@ -435,7 +435,7 @@ def read_imagefolder(root: str) -> list[SourceRecord]:
 
 
 def _imagefolder_group(name: str, rel: str) -> str:
-    prefix, sep, rest = name.partition(GROUP_SEPARATOR)
+    prefix, sep, rest = os.path.splitext(name)[0].partition(GROUP_SEPARATOR)
     return prefix if sep and prefix and rest else rel
 
 

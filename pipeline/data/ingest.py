@@ -1,0 +1,525 @@
+"""The ingest stage: sources -> decoded, validated, resized, split rows -> Petastorm datasets + quarantine.
+
+extract   : plan the inputs on the driver (synthetic frame indices, or a reader's canonical records);
+transform : Spark tasks render / read + decode their own inputs (paths travel, not bytes), validate, resize,
+            and emit one ledger row per input plus the dataset rows it yields (``process_partition``);
+load      : every dataset of one ingest is written under a temporary folder and swapped in whole.
+
+Accounting: every input yields exactly one ledger row, ``written`` or ``quarantined`` with its reason,
+so rows in = rows written + rows quarantined is checked on every run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.data.records import DISTANCES, TL_STATES, Box, SourceRecord
+
+log = logging.getLogger(__name__)
+
+ROAD_SOURCES = ("synthetic", "imagefolder", "tusimple", "culane")
+LIGHT_SOURCES = ("synthetic", "bosch", "lisa", "dtld", "coco")
+CROP_CLASSES = TL_STATES + ("background",)
+LEDGER = "ledger"
+
+LEDGER_COLUMNS = ("input_id", "source_id", "path", "group", "split", "label", "status", "reason", "fixes", "phash")
+
+
+class IngestError(RuntimeError):
+    """Ingest cannot account for its inputs, or a source cannot be read at all."""
+
+
+# ------------------------------------------------------------------------------------------ options
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What a Spark task needs to turn one input into rows (small; shipped in the task closure)."""
+    source: str
+    seed: int
+    road_hw: tuple
+    frame_hw: tuple
+    crop_hw: tuple
+    render_hw: tuple
+    frames_per_sequence: int
+    context_bias: float
+    distance_buckets: tuple
+    split: tuple                 # (train, val, test) fractions
+    min_size: int
+    max_pixels: int
+    negatives_per_frame: int
+    classes: tuple               # image-level class names of road frames, in index order
+
+    @property
+    def writes_road(self) -> bool:
+        return self.source in ROAD_SOURCES
+
+    @property
+    def writes_lights(self) -> bool:
+        return self.source in LIGHT_SOURCES
+
+    def synth_config(self):
+        from pipeline.data.synth import SynthConfig
+
+        return SynthConfig(width=self.render_hw[1], height=self.render_hw[0],
+                           frames_per_sequence=self.frames_per_sequence, context_bias=self.context_bias,
+                           distance_buckets=tuple(self.distance_buckets))
+
+
+def options_from(conf: Config, classes: tuple) -> IngestOptions:
+    c = conf.ingest
+    return IngestOptions(
+        source=c.source, seed=c.seed, road_hw=tuple(c.road_hw), frame_hw=tuple(c.frame_hw),
+        crop_hw=tuple(c.crop_hw), render_hw=tuple(c.render_hw), frames_per_sequence=c.frames_per_sequence,
+        context_bias=c.context_bias, distance_buckets=tuple(c.distance_buckets),
+        split=(c.split.train, c.split.val, c.split.test), min_size=c.min_size, max_pixels=c.max_pixels,
+        negatives_per_frame=c.negatives_per_frame, classes=classes)
+
+
+# ------------------------------------------------------------------------------------------ extract
+
+def plan_inputs(conf: Config) -> tuple[list[dict], tuple]:
+    """The inputs of one ingest, as small dicts, and the image-level class names (in index order)."""
+    c = conf.ingest
+    if c.source == "synthetic":
+        from pipeline.data.synth import LANE_CLASSES
+
+        return [{"index": i} for i in range(c.num_frames)], tuple(LANE_CLASSES)
+    if not c.source_path:
+        raise IngestError(f"ingest.source={c.source} needs ingest.source_path=<the dataset's folder or "
+                          f"annotation file>")
+    from pipeline.data.readers import read_source
+
+    records = read_source(c.source, c.source_path)
+    if not records:
+        raise IngestError(f"no images found for ingest.source={c.source} at {c.source_path}")
+    classes = tuple(sorted({r.label for r in records if r.label is not None and r.reason is None}))
+    return [{"record": r.as_dict()} for r in records], classes or ("unlabelled",)
+
+
+# ---------------------------------------------------------------------------------------- transform
+
+def split_of(group: str, fractions: tuple, preset: Optional[str] = None) -> str:
+    """Deterministic split by group: a hash of the group id, never of the frame."""
+    if preset in ("train", "val", "test"):
+        return preset
+    u = int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2 ** 64
+    train, val, _ = fractions
+    return "train" if u < train else "val" if u < train + val else "test"
+
+
+def distance_of(box_height: float, image_height: int, buckets: tuple) -> str:
+    frac = box_height / image_height
+    return "far" if frac < buckets[0] else "medium" if frac < buckets[1] else "near"
+
+
+def phash64(rgb: np.ndarray) -> int:
+    """64-bit perceptual hash (DCT of a 32x32 grey image) as a signed int64."""
+    import cv2
+
+    grey = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+    dct = cv2.dct(grey.astype(np.float32))[:8, :8].flatten()
+    bits = dct > np.median(dct[1:])
+    value = int("".join("1" if b else "0" for b in bits), 2)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _rng_for(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")])
+
+
+def _resize(img: np.ndarray, hw: tuple, nearest: bool = False) -> np.ndarray:
+    import cv2
+
+    if img.shape[:2] == tuple(hw):
+        return img
+    shrinking = img.shape[0] >= hw[0] and img.shape[1] >= hw[1]
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(img, (hw[1], hw[0]), interpolation=interp)
+
+
+def _negative_boxes(rng, boxes: list, width: int, height: int, count: int) -> list:
+    """Background windows that touch no light, sized like the lights (or like a mid-size light)."""
+    out = []
+    heights = [b.y_max - b.y_min for b in boxes] or [height * 0.08]
+    for _ in range(count * 20):
+        if len(out) == count:
+            break
+        h = float(rng.choice(heights)) * rng.uniform(0.8, 1.5)
+        w = h * rng.uniform(0.4, 1.0)
+        if w >= width or h >= height:
+            continue
+        x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        cand = Box(x0, y0, x0 + w, y0 + h, "background")
+        pad = 0.5 * h
+        if all(cand.x_max + pad < b.x_min or cand.x_min - pad > b.x_max or cand.y_max + pad < b.y_min
+               or cand.y_min - pad > b.y_max for b in boxes):
+            out.append(cand)
+    return out
+
+
+class _Emitter:
+    """Builds Petastorm rows (encoded in the task) for one input."""
+
+    def __init__(self, opts: IngestOptions):
+        from petastorm.unischema import dict_to_spark_row
+
+        from schemas.datasets import SCHEMAS
+
+        self.opts = opts
+        self._row = dict_to_spark_row
+        self._schemas = SCHEMAS
+
+    def row(self, kind: str, **fields):
+        return kind, self._row(self._schemas[kind], fields)
+
+    def light_rows(self, ident: dict, full: np.ndarray, boxes: list) -> Iterator[tuple]:
+        """The detector frame (resized) and the classifier crops (from the full-resolution image)."""
+        from pipeline.data.images import crop, resize_with_boxes
+
+        o = self.opts
+        height = full.shape[0]
+        frame, scaled = resize_with_boxes(full, boxes, o.frame_hw)
+        distances = [distance_of(b.y_max - b.y_min, height, o.distance_buckets) for b in boxes]
+        yield self.row("tl_frames", **ident, image=frame,
+                       boxes=np.array([[b.x_min, b.y_min, b.x_max, b.y_max] for b in scaled],
+                                      np.float32).reshape(-1, 4),
+                       states=np.array([TL_STATES.index(b.label) for b in boxes], np.int32),
+                       distances=np.array([DISTANCES.index(d) for d in distances], np.int32),
+                       phash=phash64(frame))
+        for k, (box, dist) in enumerate(zip(boxes, distances)):
+            yield self.row("tl_crops", **{**ident, "id": f"{ident['id']}#{k}"}, image=crop(full, box, o.crop_hw),
+                           label=CROP_CLASSES.index(box.label), label_name=box.label, distance=dist)
+        rng = _rng_for(o.seed, ident["id"])
+        negatives = _negative_boxes(rng, boxes, full.shape[1], height, o.negatives_per_frame)
+        for k, box in enumerate(negatives):
+            yield self.row("tl_crops", **{**ident, "id": f"{ident['id']}#bg{k}"}, image=crop(full, box, o.crop_hw),
+                           label=CROP_CLASSES.index("background"), label_name="background", distance="")
+
+
+def _ledger(item_id: str, rec: dict, split: str, status: str, reason: str = "", fixes=(), phash: int = 0):
+    return LEDGER, {"input_id": item_id, "source_id": rec.get("source_id", item_id), "path": rec.get("path") or "",
+                    "group": rec.get("group", ""), "split": split, "label": rec.get("label") or "",
+                    "status": status, "reason": reason, "fixes": ",".join(fixes), "phash": phash}
+
+
+def _synthetic(index: int, opts: IngestOptions, emit: _Emitter) -> Iterator[tuple]:
+    from pipeline.data.synth import render_frame
+
+    frame = render_frame(opts.seed, index, opts.synth_config())
+    split = split_of(frame.sequence_id, opts.split)
+    ident = {"id": frame.frame_id, "group": frame.sequence_id, "split": split, "source": f"synthetic:{opts.seed}"}
+    road = _resize(frame.image, opts.road_hw)
+    phash = phash64(road)
+    yield emit.row("road_frames", **ident, image=road, label=opts.classes.index(frame.lane_class),
+                   label_name=frame.lane_class, lane_mask=_resize(frame.lane_mask, opts.road_hw, nearest=True),
+                   context=frame.context["time_of_day"], phash=phash)
+    yield from emit.light_rows(ident, frame.image, list(frame.boxes))
+    rec = {"source_id": frame.frame_id, "group": frame.sequence_id, "label": frame.lane_class}
+    yield _ledger(frame.frame_id, rec, split, "written", phash=phash)
+
+
+def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tuple]:
+    """Read, decode and validate one canonical record; quarantine it (with its reason) if unusable."""
+    from pipeline.data.images import ImageError, decode_image, fix_boxes, read_bytes, transform_boxes
+
+    item_id = rec["source_id"]
+    split = split_of(rec["group"], opts.split, rec.get("split"))
+    if rec.get("reason"):
+        yield _ledger(item_id, rec, split, "quarantined", rec["reason"], rec.get("fixes", ()))
+        return
+    fixes = list(rec.get("fixes", ()))
+    try:
+        data = read_bytes(rec["path"])
+        target = max([opts.road_hw] * opts.writes_road + [opts.frame_hw] * opts.writes_lights)
+        decoded = decode_image(data, min_size=opts.min_size, max_pixels=opts.max_pixels,
+                               hint=rec.get("decode", "auto"),
+                               target_hw=None if rec.get("boxes") else tuple(target))
+    except ImageError as exc:
+        yield _ledger(item_id, rec, split, "quarantined", exc.reason, fixes)
+        return
+    except OSError as exc:
+        yield _ledger(item_id, rec, split, "quarantined", f"unreadable:{type(exc).__name__}", fixes)
+        return
+    boxes = [Box(**b) for b in rec.get("boxes", ())]
+    if boxes:
+        stored_w, stored_h = ((decoded.height, decoded.width) if decoded.orientation in (5, 6, 7, 8)
+                              else (decoded.width, decoded.height))
+        boxes, box_fixes, reason = fix_boxes(boxes, stored_w, stored_h)  # in stored pixels, then orient
+        fixes += box_fixes
+        if reason:
+            yield _ledger(item_id, rec, split, "quarantined", reason, fixes)
+            return
+        boxes = transform_boxes(boxes, decoded.orientation, stored_w, stored_h)
+    unknown = sorted({b.label for b in boxes if b.label not in TL_STATES})
+    if opts.writes_lights and unknown:
+        yield _ledger(item_id, rec, split, "quarantined", f"unknown_label:{unknown[0]}", fixes)
+        return
+    ident = {"id": item_id, "group": rec["group"], "split": split, "source": rec["path"]}
+    rgb = decoded.rgb
+    phash = 0
+    if opts.writes_road:
+        road = _resize(rgb, opts.road_hw)
+        phash = phash64(road)
+        label = rec.get("label")
+        yield emit.row("road_frames", **ident, image=road,
+                       label=opts.classes.index(label) if label in opts.classes else -1,
+                       label_name=label or "", lane_mask=_lane_mask(rec.get("lanes", ()), rgb.shape, opts.road_hw),
+                       context="", phash=phash)
+    if opts.writes_lights:
+        rows = list(emit.light_rows(ident, rgb, boxes))
+        phash = rows[0][1]["phash"]
+        yield from rows
+    yield _ledger(item_id, rec, split, "written", fixes=fixes, phash=phash)
+
+
+def _lane_mask(lanes: Iterable, full_shape: tuple, hw: tuple) -> np.ndarray:
+    """Rasterise lane polylines (TuSimple / CULane) into a mask of the stored size."""
+    import cv2
+
+    mask = np.zeros(hw, np.uint8)
+    sy, sx = hw[0] / full_shape[0], hw[1] / full_shape[1]
+    for lane in lanes:
+        pts = np.array([[x * sx, y * sy] for x, y in lane], np.int32)
+        if len(pts) >= 2:
+            cv2.polylines(mask, [pts], False, 1, thickness=max(1, round(hw[0] / 64)))
+    return mask
+
+
+def process_partition(items: Iterable[dict], opts: IngestOptions) -> Iterator[tuple]:
+    """The Spark task: one input dict -> (kind, row) pairs, always exactly one ledger row per input."""
+    import cv2
+
+    from pipeline.session import quiet_warnings
+
+    quiet_warnings()
+    cv2.setNumThreads(1)  # Spark already runs one task per core
+    emit = _Emitter(opts)
+    for item in items:
+        if "index" in item:
+            yield from _synthetic(item["index"], opts, emit)
+            continue
+        rec = item["record"]
+        try:
+            rows = list(_from_record(rec, opts, emit))  # all of an input's rows, or none of them
+        except Exception as exc:  # a bug or an input nobody foresaw: quarantine it, loudly, and go on
+            log.exception("unexpected error on %s", rec.get("source_id"))
+            split = split_of(rec.get("group", ""), opts.split, rec.get("split"))
+            yield _ledger(rec["source_id"], rec, split, "quarantined", f"error:{type(exc).__name__}: {exc}"[:300])
+        else:
+            yield from rows
+
+
+# --------------------------------------------------------------------------------------------- load
+
+def dataset_root(conf: Config, name: Optional[str] = None) -> str:
+    """Where one ingest's datasets live: ``<paths.data_url>/<ingest.name>``; each kind of rows has one
+    Petastorm dataset per split under it: ``<root>/<kind>/<split>`` (e.g. ``.../synthetic/road_frames/train``)."""
+    return f"{conf.paths.data_url.rstrip('/')}/{name or conf.ingest.name}"
+
+
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def recover(root_url: str) -> None:
+    """Undo what a killed run left: stale temporary outputs go; a dataset caught mid-swap comes back."""
+    fs, root = _fs(root_url)
+    parent, name = root.rstrip("/").rsplit("/", 1)
+    if not fs.exists(parent):
+        return
+    leftovers = sorted(p for p in fs.ls(parent, detail=False) if p.rsplit("/", 1)[-1].startswith(f"{name}."))
+    olds = [p for p in leftovers if ".old-" in p.rsplit("/", 1)[-1]]
+    if olds and not fs.exists(root):
+        fs.mv(olds[-1], root, recursive=True)
+        log.warning("restored %s from an interrupted swap", root)
+    for path in leftovers:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def swap_in(tmp_url: str, root_url: str) -> None:
+    """Replace the dataset folder by the finished temporary one (a rename on local and HDFS storage)."""
+    fs, tmp = _fs(tmp_url)
+    _, root = _fs(root_url)
+    old = f"{root}.old-{uuid.uuid4().hex[:8]}"
+    if fs.exists(root):
+        fs.mv(root, old, recursive=True)
+    fs.mv(tmp, root, recursive=True)
+    if fs.exists(old):
+        fs.rm(old, recursive=True)
+
+
+def write_petastorm(spark, rows, schema, url: str, rowgroup_size_mb: int) -> None:
+    from petastorm.etl.dataset_metadata import materialize_dataset
+
+    with materialize_dataset(spark, url, schema, rowgroup_size_mb):
+        spark.createDataFrame(rows, schema.as_spark_schema()).write.mode("overwrite").parquet(url)
+
+
+def _ledger_schema():
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+    return StructType([StructField(c, LongType() if c == "phash" else StringType(), False) for c in LEDGER_COLUMNS])
+
+
+def near_duplicate_pairs(ledger, max_bits: int):
+    """Pairs of written frames in *different* splits whose perceptual hashes differ in <= max_bits bits.
+
+    Pigeonhole banding: split the 64-bit hash into max_bits + 1 bands; two hashes within max_bits bits agree
+    exactly on at least one band, so a join on (band, value) finds every candidate without an n^2 scan.
+    """
+    from pyspark.sql import functions as F
+
+    bands = max_bits + 1
+    width = 64 // bands
+    frames = ledger.filter(F.col("status") == "written").select("input_id", "split", "phash")
+    def band(b: int):  # bits [b*width, (b+1)*width) of the hash; the last band takes the remaining bits
+        shifted = F.shiftrightunsigned("phash", b * width)
+        return shifted if b == bands - 1 else shifted.bitwiseAND((1 << width) - 1)
+
+    exploded = frames.select("*", F.explode(F.array(*[
+        F.struct(F.lit(b).alias("band"), band(b).alias("value")) for b in range(bands)])).alias("bv")) \
+        .select("input_id", "split", "phash", "bv.band", "bv.value")
+    a, b = exploded.alias("a"), exploded.alias("b")
+    pairs = (a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
+                    & (F.col("a.split") < F.col("b.split")))
+             .select(F.col("a.input_id").alias("id_a"), F.col("a.split").alias("split_a"),
+                     F.col("b.input_id").alias("id_b"), F.col("b.split").alias("split_b"),
+                     F.bit_count(F.col("a.phash").bitwiseXOR(F.col("b.phash"))).alias("distance"))
+             .filter(F.col("distance") <= max_bits)
+             .dropDuplicates(["id_a", "id_b"]))
+    return pairs
+
+
+def run(spark, conf: Config, tracker) -> dict:
+    """The ingest stage (registered in pipeline.stages): plan -> Spark tasks -> datasets swapped in whole."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Row
+
+    from schemas.datasets import SCHEMAS
+
+    inputs, classes = plan_inputs(conf)
+    opts = options_from(conf, classes)
+    root = dataset_root(conf)
+    recover(root)
+    tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
+    kinds = [k for k, on in (("road_frames", opts.writes_road), ("tl_frames", opts.writes_lights),
+                             ("tl_crops", opts.writes_lights)) if on]
+    partitions = min(len(inputs), conf.ingest.partitions or 2 * spark.sparkContext.defaultParallelism)
+    rows = (spark.sparkContext.parallelize(inputs, partitions)
+            .mapPartitions(lambda items: process_partition(items, opts))
+            .persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        spark.createDataFrame(rows.filter(lambda kv: kv[0] == LEDGER).map(lambda kv: Row(**kv[1])),
+                              _ledger_schema()).write.parquet(f"{tmp}/ledger")
+        splits = [r["split"] for r in spark.read.parquet(f"{tmp}/ledger").select("split").distinct().collect()]
+        for kind in kinds:  # one Petastorm dataset per split: ranks shard the train split by row group
+            for split in sorted(splits):
+                write_petastorm(spark, rows.filter(lambda kv, k=kind, s=split: kv[0] == k and kv[1]["split"] == s)
+                                .map(lambda kv: kv[1]), SCHEMAS[kind], f"{tmp}/{kind}/{split}",
+                                conf.ingest.rowgroup_size_mb)
+        samples = {kind: rows.filter(lambda kv, k=kind: kv[0] == k).map(lambda kv: kv[1]).take(12)
+                   for kind in kinds}
+    finally:
+        rows.unpersist()
+    ledger = spark.read.parquet(f"{tmp}/ledger")
+    summary = _account(spark, ledger, tmp, kinds, len(inputs))
+    ledger.filter("status = 'quarantined'").select("input_id", "source_id", "path", "group", "reason") \
+        .coalesce(1).write.parquet(f"{tmp}/quarantine")
+    pairs = near_duplicate_pairs(ledger, conf.ingest.near_duplicate_bits).cache()
+    summary["near_duplicates_across_splits"] = pairs.count()
+    summary["classes"] = list(classes)
+    summary["kinds"] = kinds
+    _write_meta(tmp, summary)
+    swap_in(tmp, root)
+    _log(tracker, conf, root, summary, samples, pairs, ledger_url=f"{root}/ledger")
+    pairs.unpersist()
+    return {"rows_in": summary["rows_in"], "rows_written": summary["rows_written"],
+            "rows_quarantined": summary["rows_quarantined"],
+            "near_duplicates_across_splits": summary["near_duplicates_across_splits"],
+            "dataset_url": root}
+
+
+def _account(spark, ledger, tmp: str, kinds: list, planned: int) -> dict:
+    """Counts per status / split / class / reason; raises unless rows in = written + quarantined."""
+    from pyspark.sql import functions as F
+
+    by = {tuple(r[:-1]): r[-1] for r in ledger.groupBy("status", "split", "label", "reason").count().collect()}
+    written = sum(n for (status, *_), n in by.items() if status == "written")
+    quarantined = sum(n for (status, *_), n in by.items() if status == "quarantined")
+    rows_in = sum(by.values())
+    if rows_in != planned or written + quarantined != rows_in:
+        raise IngestError(f"ingest lost rows: {planned} inputs planned, {rows_in} accounted for "
+                          f"({written} written + {quarantined} quarantined)")
+    datasets = {}
+    for kind in kinds:
+        df = spark.read.parquet(f"{tmp}/{kind}/*")
+        per_split = {r["split"]: r["count"] for r in df.groupBy("split").count().collect()}
+        per_class = ({r["label_name"]: r["count"] for r in df.groupBy("label_name").count().collect()}
+                     if "label_name" in df.columns else {})
+        datasets[kind] = {"rows": sum(per_split.values()), "splits": per_split, "classes": per_class}
+    primary = kinds[0]
+    if datasets[primary]["rows"] != written:
+        raise IngestError(f"ingest wrote {datasets[primary]['rows']} {primary} rows for {written} inputs "
+                          f"marked written")
+    fixes = ledger.filter(F.col("fixes") != "").select(F.explode(F.split("fixes", ",")).alias("fix")) \
+        .groupBy("fix").count().collect()
+    reasons = {}
+    for (status, _, _, reason), n in by.items():
+        if status == "quarantined":
+            key = reason.split(":", 1)[0]
+            reasons[key] = reasons.get(key, 0) + n
+    return {"rows_in": rows_in, "rows_written": written, "rows_quarantined": quarantined,
+            "quarantine_reasons": reasons, "fixes": {r["fix"]: r["count"] for r in fixes}, "datasets": datasets}
+
+
+def _write_meta(tmp: str, summary: dict) -> None:
+    fs, path = _fs(f"{tmp}/_ingest.json")
+    with fs.open(path, "w") as fh:
+        json.dump(summary, fh, indent=1, sort_keys=True)
+
+
+def read_meta(root_url: str) -> dict:
+    """The summary an ingest wrote next to its datasets (classes, counts per split and class)."""
+    fs, path = _fs(f"{root_url}/_ingest.json")
+    if not fs.exists(path):
+        raise IngestError(f"no ingested dataset at {root_url}: run `pipeline ingest` first "
+                          f"(or set train.data to the name of an ingested dataset)")
+    with fs.open(path, "r") as fh:
+        return json.load(fh)
+
+
+def _log(tracker, conf: Config, root: str, summary: dict, samples: dict, pairs, ledger_url: str) -> None:
+    import mlflow
+
+    from pipeline.data import figures
+    from pipeline.tracking import fingerprint_files
+
+    metrics = {"rows_in": summary["rows_in"], "rows_written": summary["rows_written"],
+               "rows_quarantined": summary["rows_quarantined"],
+               "near_duplicates_across_splits": summary["near_duplicates_across_splits"]}
+    metrics.update({f"quarantine.{k}": v for k, v in summary["quarantine_reasons"].items()})
+    metrics.update({f"fixes.{k}": v for k, v in summary["fixes"].items()})
+    for kind, info in summary["datasets"].items():
+        metrics.update({f"{kind}.{split}": n for split, n in info["splits"].items()})
+        metrics.update({f"{kind}.class.{name}": n for name, n in info["classes"].items()})
+    mlflow.log_metrics({k.replace(" ", "_"): float(v) for k, v in metrics.items()})
+    mlflow.log_dict(summary, "ingest_summary.json")
+    for kind, info in summary["datasets"].items():
+        url = f"{root}/{kind}"
+        tracker.log_dataset(f"{conf.ingest.name}/{kind}", url, info["rows"], fingerprint_files(url))
+    for kind, rows in samples.items():
+        if rows:
+            tracker.log_figure(figures.sample_grid(kind, rows), f"samples_{kind}")
+    examples = pairs.orderBy("distance", "id_a").limit(6).collect()
+    if examples:
+        tracker.log_figure(figures.pair_grid(root, summary["kinds"][0], examples), "near_duplicates")

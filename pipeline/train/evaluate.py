@@ -1,0 +1,262 @@
+"""Evaluation of classifiers and the heat-map detector: metrics and pictures, on any split of any dataset.
+
+Classifiers: accuracy, per-class precision / recall / F1, a confusion matrix, the worst mistakes.
+Detector: heat-map peaks (3x3 max-pool NMS + threshold) matched greedily by score to the ground-truth lights
+(a peak inside the box or within ``match_distance`` pixels of its centre); precision, recall and AP overall
+and per distance bucket (near / medium / far), a PR curve and heat-map overlays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from pipeline.data.records import DISTANCES  # noqa: E402
+from pipeline.train.loader import DETECTOR_STRIDE, LoaderSpec, eval_batches, from_tensor  # noqa: E402
+
+
+KEY_METRICS = ("loss", "accuracy", "f1_macro", "precision", "recall", "ap") + tuple(
+    f"{m}_{d}" for m in ("precision", "recall", "ap") for d in DISTANCES)
+
+
+def is_key_metric(name: str) -> bool:
+    """The summary metrics printed on the console (per-class ones go to MLflow only)."""
+    return name.split("_", 1)[-1] in KEY_METRICS or name in ("train_loss", "samples_per_s", "lr")
+
+
+@dataclass
+class Evaluation:
+    metrics: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)      # name -> matplotlib figure
+
+
+# ------------------------------------------------------------------------------------ classifiers
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list, prefix: str) -> dict:
+    n = len(classes)
+    cm = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+    out = {f"{prefix}accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
+    f1s = []
+    for k, name in enumerate(classes):
+        tp, support, predicted = cm[k, k], cm[k].sum(), cm[:, k].sum()
+        if support == 0 and predicted == 0:
+            continue
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.update({f"{prefix}precision_{name}": float(precision), f"{prefix}recall_{name}": float(recall),
+                    f"{prefix}f1_{name}": float(f1)})
+        f1s.append(f1)
+    out[f"{prefix}f1_macro"] = float(np.mean(f1s)) if f1s else 0.0
+    out["_confusion"] = cm
+    return out
+
+
+def confusion_figure(cm: np.ndarray, classes: list, title: str):
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > cm.max() / 2 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def mistakes_figure(mistakes: list, classes: list, title: str):
+    """The most confident wrong predictions: (confidence, image, true, predicted, id)."""
+    mistakes = sorted(mistakes, key=lambda m: -m[0])[:12]
+    cols = 4
+    rows = max(1, -(-len(mistakes) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (conf, image, true, pred, ident) in zip(axes.flat, mistakes):
+        ax.imshow(image)
+        ax.set_title(f"{classes[true]} -> {classes[pred]} ({conf:.2f})", fontsize=7)
+    fig.suptitle(title if mistakes else f"{title}: no mistakes", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def evaluate_classifier(model, spec: LoaderSpec, classes: list, prefix: str, limit=None, device="cpu") -> Evaluation:
+    model.eval()
+    y_true, y_pred, mistakes = [], [], []
+    for x, y, batch_rows in eval_batches(spec, limit):
+        probs = torch.softmax(model(x.to(device)).float(), dim=1).cpu()
+        conf, pred = probs.max(dim=1)
+        y_true.append(y.numpy())
+        y_pred.append(pred.numpy())
+        wrong = (pred != y).nonzero().flatten().tolist()
+        mistakes += [(float(conf[i]), batch_rows[i]["image"], int(y[i]), int(pred[i]), batch_rows[i]["id"])
+                     for i in wrong]
+        mistakes = sorted(mistakes, key=lambda m: -m[0])[:12]
+    if not y_true:
+        raise ValueError(f"no rows to evaluate in {spec.url}")
+    metrics = classification_metrics(np.concatenate(y_true), np.concatenate(y_pred), classes, prefix)
+    cm = metrics.pop("_confusion")
+    figures = {f"{prefix}confusion": confusion_figure(cm, classes, f"{prefix.rstrip('_')} confusion matrix"),
+               f"{prefix}worst_mistakes": mistakes_figure(mistakes, classes, f"{prefix.rstrip('_')} worst mistakes")}
+    return Evaluation(metrics, figures)
+
+
+# --------------------------------------------------------------------------------------- detector
+
+def heatmap_peaks(heat: torch.Tensor, threshold: float, stride: int = DETECTOR_STRIDE) -> list:
+    """Local maxima (3x3 max-pool NMS) above threshold: per image a list of (x, y, score) in input pixels."""
+    pooled = F.max_pool2d(heat, 3, stride=1, padding=1)
+    keep = (heat == pooled) & (heat >= threshold)
+    out = []
+    for b in range(heat.shape[0]):
+        ys, xs = keep[b, 0].nonzero(as_tuple=True)
+        scores = heat[b, 0, ys, xs]
+        out.append([((float(x) + 0.5) * stride, (float(y) + 0.5) * stride, float(s))
+                    for x, y, s in zip(xs, ys, scores)])
+    return out
+
+
+def match_peaks(peaks: list, boxes: np.ndarray, match_distance: float) -> tuple[list, list]:
+    """Greedy by score: each peak takes the nearest unmatched light that contains it or is within reach.
+
+    Returns (per peak: matched box index or -1, in score order with the score) and the matched box flags."""
+    order = sorted(peaks, key=lambda p: -p[2])
+    taken = [False] * len(boxes)
+    result = []
+    for x, y, score in order:
+        best, best_d = -1, None
+        for k, (x0, y0, x1, y1) in enumerate(boxes):
+            if taken[k]:
+                continue
+            d = float(np.hypot(x - (x0 + x1) / 2, y - (y0 + y1) / 2))
+            if (x0 <= x <= x1 and y0 <= y <= y1) or d <= match_distance:
+                if best_d is None or d < best_d:
+                    best, best_d = k, d
+        if best >= 0:
+            taken[best] = True
+        result.append((score, best))
+    return result, taken
+
+
+def average_precision(scores: np.ndarray, tp: np.ndarray, n_positive: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """All-point interpolated AP and the PR curve."""
+    if n_positive == 0:
+        return float("nan"), np.array([]), np.array([])
+    order = np.argsort(-scores, kind="stable")
+    tp = tp[order].astype(float)
+    ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
+    recall = ctp / n_positive
+    precision = ctp / np.maximum(ctp + cfp, 1e-9)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    r = np.concatenate([[0.0], recall])
+    return float(np.sum((r[1:] - r[:-1]) * envelope)), recall, precision
+
+
+@dataclass
+class DetectorTally:
+    """Per bucket ("all", near, medium, far): peak scores with TP flags, and the number of lights."""
+    scores: dict = field(default_factory=lambda: {b: [] for b in ("all",) + DISTANCES})
+    tps: dict = field(default_factory=lambda: {b: [] for b in ("all",) + DISTANCES})
+    positives: dict = field(default_factory=lambda: {b: 0 for b in ("all",) + DISTANCES})
+
+    def add(self, peaks: list, boxes: np.ndarray, distances: np.ndarray, match_distance: float) -> None:
+        matched, _ = match_peaks(peaks, boxes, match_distance)
+        self.positives["all"] += len(boxes)
+        for d in distances:
+            self.positives[DISTANCES[int(d)]] += 1
+        for score, k in matched:
+            self.scores["all"].append(score)
+            self.tps["all"].append(k >= 0)
+            for bucket in DISTANCES:  # a peak on a light of another bucket is neither TP nor FP here
+                if k < 0 or DISTANCES[int(distances[k])] == bucket:
+                    self.scores[bucket].append(score)
+                    self.tps[bucket].append(k >= 0)
+
+    def metrics(self, prefix: str, threshold: float) -> tuple[dict, dict]:
+        out, curves = {}, {}
+        for bucket in ("all",) + DISTANCES:
+            s, t, n = np.array(self.scores[bucket]), np.array(self.tps[bucket], bool), self.positives[bucket]
+            name = "" if bucket == "all" else f"_{bucket}"
+            ap, recall, precision = average_precision(s, t, n)
+            above = s >= threshold
+            tp_at = int((t & above).sum())
+            out[f"{prefix}precision{name}"] = tp_at / max(int(above.sum()), 1)
+            out[f"{prefix}recall{name}"] = tp_at / n if n else float("nan")
+            out[f"{prefix}ap{name}"] = ap
+            out[f"{prefix}lights{name}"] = n
+            curves[bucket] = (recall, precision)
+        return out, curves
+
+
+def pr_figure(curves: dict, title: str):
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for bucket, (recall, precision) in curves.items():
+        if len(recall):
+            ax.plot(recall, precision, label=bucket, lw=2 if bucket == "all" else 1)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def overlay_figure(samples: list, title: str):
+    """Sample responses: frame, heat map overlay, boxes; one row per distance bucket found."""
+    fig, axes = plt.subplots(len(samples), 2, figsize=(7, 2.2 * len(samples)), squeeze=False)
+    for (ax_img, ax_heat), (bucket, image, heat, boxes) in zip(axes, samples):
+        for ax in (ax_img, ax_heat):
+            ax.axis("off")
+            ax.imshow(image)
+            for x0, y0, x1, y1 in boxes:
+                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=0.8))
+        h, w = image.shape[:2]
+        ax_heat.imshow(heat, cmap="inferno", alpha=0.6, extent=(0, heat.shape[1] * DETECTOR_STRIDE,
+                                                                heat.shape[0] * DETECTOR_STRIDE, 0))
+        ax_heat.set_xlim(0, w)
+        ax_heat.set_ylim(h, 0)
+        ax_img.set_title(f"sample response: {bucket} distance", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def evaluate_detector(model, spec: LoaderSpec, prefix: str, limit=None, device="cpu", threshold: float = 0.5,
+                      match_distance: float = 8.0) -> Evaluation:
+    model.eval()
+    tally = DetectorTally()
+    samples: dict = {}
+    for x, _, batch_rows in eval_batches(spec, limit):
+        heat = torch.sigmoid(model(x.to(device)).float()).cpu()
+        for peaks, row, h, img in zip(heatmap_peaks(heat, min(0.05, threshold)), batch_rows, heat, from_tensor(x)):
+            boxes = np.asarray(row["boxes"], np.float32).reshape(-1, 4)
+            tally.add(peaks, boxes, row["distances"], match_distance)
+            for d in row["distances"]:
+                samples.setdefault(DISTANCES[int(d)], (DISTANCES[int(d)], img, h[0].numpy(), boxes))
+    metrics, curves = tally.metrics(prefix, threshold)
+    if not tally.positives["all"] and not tally.scores["all"]:
+        raise ValueError(f"no frames with lights to evaluate in {spec.url}")
+    figures = {f"{prefix}pr_curve": pr_figure(curves, f"{prefix.rstrip('_')} precision-recall")}
+    ordered = [samples[b] for b in DISTANCES if b in samples]
+    if ordered:
+        figures[f"{prefix}heatmaps"] = overlay_figure(ordered, f"{prefix.rstrip('_')} heat maps")
+    return Evaluation(metrics, figures)
+
+
+def evaluate(model, task: str, spec: LoaderSpec, classes: list, prefix: str, limit=None, device="cpu",
+             threshold: float = 0.5, match_distance: float = 8.0) -> Evaluation:
+    if task == "tl_detector":
+        return evaluate_detector(model, spec, prefix, limit, device, threshold, match_distance)
+    return evaluate_classifier(model, spec, classes, prefix, limit, device)

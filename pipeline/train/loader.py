@@ -1,0 +1,133 @@
+"""Petastorm -> torch batches, sharded per rank, reproducible per (seed, epoch).
+
+Each rank reads its own shard of row groups (``cur_shard=rank``). Shards are unequal, so every rank takes
+exactly ``steps`` batches per epoch from a reader that cycles its shard (``num_epochs=None``): all ranks run
+the same number of steps and DDP never waits on a rank that ran dry. Fewer row groups than ranks: every
+rank reads all row groups and keeps every world-th row instead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from pipeline.session import quiet_warnings
+
+TASK_DATASET = {"lane_classifier": "road_frames", "tl_classifier": "tl_crops", "tl_detector": "tl_frames"}
+TASK_FIELDS = {"road_frames": ("id", "image", "label"), "tl_crops": ("id", "image", "label"),
+               "tl_frames": ("id", "image", "boxes", "states", "distances")}
+MEAN, STD = 0.5, 0.25
+DETECTOR_STRIDE = 4
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return (x / 255.0 - MEAN) / STD
+
+
+def from_tensor(x: torch.Tensor) -> np.ndarray:
+    """The inverse of :func:`to_tensor`, for pictures."""
+    return ((x.detach().cpu().permute(0, 2, 3, 1).numpy() * STD + MEAN) * 255).clip(0, 255).astype(np.uint8)
+
+
+def heat_target(boxes: np.ndarray, hw: tuple, stride: int = DETECTOR_STRIDE) -> np.ndarray:
+    """A (1, ceil(H/stride), ceil(W/stride)) map: a Gaussian of peak 1 at each light's centre, sized by the box."""
+    gh, gw = math.ceil(hw[0] / stride), math.ceil(hw[1] / stride)
+    target = np.zeros((1, gh, gw), np.float32)
+    ys, xs = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float32).reshape(-1, 4):
+        cx, cy = (x0 + x1) / 2 / stride - 0.5, (y0 + y1) / 2 / stride - 0.5
+        sigma = max(0.5, 0.25 * max(x1 - x0, y1 - y0) / stride)
+        blob = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2))
+        target[0] = np.maximum(target[0], blob)
+        target[0, int(np.clip(round(cy), 0, gh - 1)), int(np.clip(round(cx), 0, gw - 1))] = 1.0
+    return target
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    url: str                 # one split of one dataset, e.g. file:///.../synthetic/road_frames/train
+    kind: str                # road_frames | tl_crops | tl_frames
+    batch_size: int
+    seed: int = 0
+    workers: int = 1
+    shuffle_buffer: int = 512
+
+
+def _reader(spec: LoaderSpec, *, rank: int, world: int, seed: int, shuffle: bool, infinite: bool):
+    from petastorm import make_reader
+    from petastorm.errors import NoDataAvailableError
+
+    quiet_warnings()
+    from schemas.datasets import SCHEMAS
+
+    fields = [SCHEMAS[spec.kind].fields[name] for name in TASK_FIELDS[spec.kind]]  # exact fields, not regexes
+    common = dict(schema_fields=fields, reader_pool_type="thread",
+                  workers_count=spec.workers, shuffle_row_groups=shuffle, seed=seed,
+                  num_epochs=None if infinite else 1)
+    if world > 1:
+        try:
+            return make_reader(spec.url, cur_shard=rank, shard_count=world, **common), 1, 0
+        except NoDataAvailableError:
+            pass  # fewer row groups than ranks: stride over rows instead
+    return make_reader(spec.url, **common), world, rank
+
+
+def rows(spec: LoaderSpec, *, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = False,
+         infinite: bool = False) -> Iterator[dict]:
+    """Decoded rows of this rank's shard; shuffled through a seeded buffer when ``shuffle``."""
+    reader, stride, offset = _reader(spec, rank=rank, world=world, seed=seed, shuffle=shuffle, infinite=infinite)
+    rng = np.random.default_rng(seed)
+    buffer: list = []
+    try:
+        for i, row in enumerate(reader):
+            if i % stride != offset:
+                continue
+            buffer.append(row._asdict())
+            if not shuffle:
+                yield buffer.pop()
+            elif len(buffer) >= spec.shuffle_buffer:
+                yield buffer.pop(int(rng.integers(len(buffer))))
+        rng.shuffle(buffer)
+        yield from buffer
+    finally:
+        reader.stop()
+        reader.join()
+
+
+def collate(kind: str, batch: list) -> tuple:
+    """Rows -> (inputs, targets): class indices for classifiers, heat maps for the detector."""
+    images = np.stack([r["image"] for r in batch])
+    if kind == "tl_frames":
+        hw = images.shape[1:3]
+        return to_tensor(images), torch.from_numpy(np.stack([heat_target(r["boxes"], hw) for r in batch]))
+    return to_tensor(images), torch.tensor([int(r["label"]) for r in batch], dtype=torch.long)
+
+
+def batches(spec: LoaderSpec, steps: int, *, rank: int = 0, world: int = 1, epoch: int = 0) -> Iterator[tuple]:
+    """Exactly ``steps`` training batches for this rank in this epoch (its shard cycles if it is short)."""
+    source = rows(spec, rank=rank, world=world, seed=spec.seed * 1000 + epoch, shuffle=True, infinite=True)
+    try:
+        for _ in range(steps):
+            yield collate(spec.kind, [next(source) for _ in range(spec.batch_size)])
+    finally:
+        source.close()
+
+
+def eval_batches(spec: LoaderSpec, limit: Optional[int] = None) -> Iterator[tuple]:
+    """One ordered pass over a split: (inputs, targets, rows) per batch (rows keep boxes, ids, labels)."""
+    chunk: list = []
+    count = 0
+    for row in rows(spec):
+        chunk.append(row)
+        if len(chunk) == spec.batch_size:
+            yield (*collate(spec.kind, chunk), chunk)
+            chunk, count = [], count + 1
+            if limit and count >= limit:
+                return
+    if chunk:
+        yield (*collate(spec.kind, chunk), chunk)
