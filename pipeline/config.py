@@ -144,12 +144,28 @@ class TrainSection(_Section):
         return v
 
 
+class EvaluateSection(_Section):
+    model_uri: Optional[str] = None
+    split: Literal["train", "val", "test"] = "test"
+    max_batches: int = 0
+    threshold: float = 0.5
+    match_distance: float = 8.0
+
+    @field_validator("threshold")
+    @classmethod
+    def _unit(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError("must be in (0, 1)")
+        return v
+
+
 class Config(_Section):
     spark: SparkSection = SparkSection()
     mlflow: MlflowSection
     paths: PathsSection
     ingest: IngestSection = IngestSection()
     train: TrainSection = TrainSection()
+    evaluate: EvaluateSection = EvaluateSection()
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"dotted.key": value}``."""

@@ -40,6 +40,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "Train train.task with TorchDistributor on an ingested dataset; log metrics, checkpoints, model.",
           "pipeline.train.run:run", reads=("road_frames | tl_crops | tl_frames",),
           writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train")),
+    Stage("evaluate", "Evaluate a logged model (evaluate.model_uri, default: the newest of train.task) on a split.",
+          "pipeline.train.evaluate:run", reads=("MLflow model", "road_frames | tl_crops | tl_frames"),
+          writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate")),
 )
 
 

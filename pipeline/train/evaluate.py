@@ -206,7 +206,10 @@ def pr_figure(curves: dict, title: str):
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no detections", ha="center", transform=ax.transAxes)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -260,3 +263,39 @@ def evaluate(model, task: str, spec: LoaderSpec, classes: list, prefix: str, lim
     if task == "tl_detector":
         return evaluate_detector(model, spec, prefix, limit, device, threshold, match_distance)
     return evaluate_classifier(model, spec, classes, prefix, limit, device)
+
+
+# ------------------------------------------------------------------------------------------ stage
+
+def latest_model_uri(tracker, task: str, data: str) -> str:
+    """The model of the newest finished train run of ``task`` on dataset ``data`` in this experiment."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=(f"tags.`pipeline.stage` = 'train' and params.`train.task` = '{task}' "
+                       f"and params.`train.data` = '{data}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise LookupError(f"no finished train run of train.task={task} on train.data={data} in experiment "
+                          f"'{tracker.conf.mlflow.experiment}': run `pipeline train` first, or set "
+                          f"evaluate.model_uri=runs:/<run id>/model")
+    return f"runs:/{runs[0].info.run_id}/model"
+
+
+def run(spark, conf, tracker) -> dict:
+    """The evaluate stage: any logged model, on a split of an ingested dataset."""
+    import mlflow
+    import mlflow.pytorch
+
+    from pipeline.train.run import make_spec
+
+    e = conf.evaluate
+    uri = e.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
+    spec = make_spec(conf)
+    mlflow.log_params({"evaluate.model_uri_resolved": uri, "evaluate.dataset_url": spec.split_url(e.split)})
+    model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    result = evaluate(model, spec.task, spec.loader(e.split), list(spec.classes), f"{e.split}_",
+                      limit=e.max_batches or None, threshold=e.threshold, match_distance=e.match_distance)
+    mlflow.log_metrics(result.metrics)
+    for name, fig in result.figures.items():
+        tracker.log_figure(fig, name)
+    return {**{k: v for k, v in result.metrics.items() if is_key_metric(k)}, "model_uri": uri}

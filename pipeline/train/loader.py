@@ -55,20 +55,21 @@ class LoaderSpec:
     batch_size: int
     seed: int = 0
     workers: int = 1
-    shuffle_buffer: int = 512
+    shuffle_buffer: int = 1024
 
 
-def _reader(spec: LoaderSpec, *, rank: int, world: int, seed: int, shuffle: bool, infinite: bool):
+def _reader(spec: LoaderSpec, *, rank: int, world: int):
     from petastorm import make_reader
     from petastorm.errors import NoDataAvailableError
 
-    quiet_warnings()
     from schemas.datasets import SCHEMAS
 
+    quiet_warnings()
     fields = [SCHEMAS[spec.kind].fields[name] for name in TASK_FIELDS[spec.kind]]  # exact fields, not regexes
-    common = dict(schema_fields=fields, reader_pool_type="thread",
-                  workers_count=spec.workers, shuffle_row_groups=shuffle, seed=seed,
-                  num_epochs=None if infinite else 1)
+    # Row groups in a fixed order, one pass per reader: Petastorm's own row-group shuffling is not
+    # reproducible across runs with cycling readers, so shuffling is ours (a seeded buffer, below).
+    common = dict(schema_fields=fields, reader_pool_type="thread", workers_count=spec.workers,
+                  shuffle_row_groups=False, num_epochs=1)
     if world > 1:
         try:
             return make_reader(spec.url, cur_shard=rank, shard_count=world, **common), 1, 0
@@ -77,26 +78,34 @@ def _reader(spec: LoaderSpec, *, rank: int, world: int, seed: int, shuffle: bool
     return make_reader(spec.url, **common), world, rank
 
 
-def rows(spec: LoaderSpec, *, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = False,
-         infinite: bool = False) -> Iterator[dict]:
-    """Decoded rows of this rank's shard; shuffled through a seeded buffer when ``shuffle``."""
-    reader, stride, offset = _reader(spec, rank=rank, world=world, seed=seed, shuffle=shuffle, infinite=infinite)
-    rng = np.random.default_rng(seed)
-    buffer: list = []
+def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
+    reader, stride, offset = _reader(spec, rank=rank, world=world)
     try:
         for i, row in enumerate(reader):
-            if i % stride != offset:
-                continue
-            buffer.append(row._asdict())
-            if not shuffle:
-                yield buffer.pop()
-            elif len(buffer) >= spec.shuffle_buffer:
-                yield buffer.pop(int(rng.integers(len(buffer))))
-        rng.shuffle(buffer)
-        yield from buffer
+            if i % stride == offset:
+                yield row._asdict()
     finally:
         reader.stop()
         reader.join()
+
+
+def rows(spec: LoaderSpec, *, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = False,
+         infinite: bool = False) -> Iterator[dict]:
+    """Decoded rows of this rank's shard, reproducibly: shuffled through a buffer seeded by ``seed``."""
+    rng = np.random.default_rng(seed)
+    while True:  # one pass over the shard per round; a shard smaller than the buffer is fully permuted
+        buffer: list = []
+        for row in _shard(spec, rank, world):
+            if not shuffle:
+                yield row
+                continue
+            buffer.append(row)
+            if len(buffer) >= spec.shuffle_buffer:
+                yield buffer.pop(int(rng.integers(len(buffer))))
+        rng.shuffle(buffer)
+        yield from buffer
+        if not infinite:
+            return
 
 
 def collate(kind: str, batch: list) -> tuple:

@@ -333,7 +333,8 @@ def run(spark, conf: Config, tracker) -> dict:
     run = tracker.client.get_run(spec.run_id)
     results.update({k: v for k, v in run.data.metrics.items() if k.startswith("val_") and is_key_metric(k)})
     split = "test" if _has_split(spec, "test") else "val"
-    result = evaluate(model, spec.task, spec.loader(split), list(spec.classes), f"{split}_")
+    result = evaluate(model, spec.task, spec.loader(split), list(spec.classes), f"{split}_",
+                      threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance)
     mlflow.log_metrics(result.metrics)
     for name, fig in result.figures.items():
         tracker.log_figure(fig, name)

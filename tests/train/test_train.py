@@ -1,0 +1,128 @@
+"""Training through real TorchDistributor runs, logged to a real MLflow store."""
+import multiprocessing
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.stages import get_stage, run_stage
+from pipeline.tracking import Tracker
+from pipeline.train.run import load_checkpoint, make_spec, train_fn
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def train(spark, conf, stage="train"):
+    return run_stage(get_stage(stage), spark, conf, Tracker(conf))
+
+
+@pytest.fixture(scope="module")
+def lane_run(spark, tiny_data):
+    conf = tiny_data("train.task=lane_classifier")
+    return conf, train(spark, conf)
+
+
+def test_lane_classifier_trains_and_logs_metrics_checkpoint_and_model(lane_run):
+    conf, results = lane_run
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    run = client.get_run(results["run_id"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 1]
+    assert "test_accuracy" in run.data.metrics and 0 <= results["test_accuracy"] <= 1
+    assert run.data.params["train.steps_per_epoch_resolved"] == "3"     # 24 train rows / batch 8
+    assert run.data.params["train.classes"].startswith("none,solid_white")
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"figures/test_confusion.png", "figures/test_worst_mistakes.png"} <= figures
+    model = mlflow.pytorch.load_model(results["model_uri"], map_location="cpu").eval()
+    x = torch.zeros(2, 3, 64, 64)
+    assert model(x).shape == (2, 6)
+    state = load_checkpoint(make_spec(conf).checkpoint_url)            # weights_only=True
+    assert state["epoch"] == 1
+    reloaded = make_spec(conf)
+    with torch.no_grad():
+        assert torch.allclose(model.fc8.weight, state["model"]["fc8.weight"])
+    assert reloaded.steps_per_epoch == 3
+
+
+def test_evaluate_stage_finds_the_newest_model_and_agrees_with_training(spark, lane_run):
+    conf, results = lane_run
+    evaluated = train(spark, conf, stage="evaluate")
+    assert evaluated["model_uri"] == results["model_uri"]
+    assert evaluated["test_accuracy"] == pytest.approx(results["test_accuracy"])
+
+
+def test_traffic_light_classifier_and_detector_train(spark, tiny_data):
+    crops = train(spark, tiny_data("train.task=tl_classifier", "train.epochs=1"))
+    assert 0 <= crops["test_accuracy"] <= 1
+    det_conf = tiny_data("train.task=tl_detector", "train.epochs=1", "train.batch_size=4")
+    det = train(spark, det_conf)
+    client = MlflowClient(det_conf.mlflow.tracking_uri)
+    metrics = client.get_run(det["run_id"]).data.metrics
+    for key in ("test_precision", "test_recall", "test_ap", "test_recall_near", "val_recall"):
+        assert key in metrics
+    figures = {a.path for a in client.list_artifacts(det["run_id"], "figures")}
+    assert "figures/test_pr_curve.png" in figures and "figures/test_heatmaps.png" in figures
+    model = mlflow.pytorch.load_model(det["model_uri"], map_location="cpu").eval()
+    assert model(torch.zeros(1, 3, 50, 70)).shape == (1, 1, 13, 18)    # any input size at inference
+
+
+# ------------------------------------------------------------------ determinism and resume (no Spark)
+
+def _weights(url):
+    return load_checkpoint(url)["model"]
+
+
+def test_same_seed_same_weights_and_a_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
+    spec = replace(make_spec(tiny_data("train.epochs=3")), run_id=None)
+    first = replace(spec, checkpoint_url=(tmp_path / "a").as_uri())
+    second = replace(spec, checkpoint_url=(tmp_path / "b").as_uri())
+    train_fn(first)
+    train_fn(second)
+    a, b = _weights(first.checkpoint_url), _weights(second.checkpoint_url)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    killed = replace(spec, checkpoint_url=(tmp_path / "killed").as_uri())
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=train_fn, args=(killed,))
+    proc.start()
+    ckpt = tmp_path / "killed" / "last.pt"
+    while proc.is_alive() and not ckpt.exists():
+        proc.join(timeout=0.05)              # wait for the first epoch's checkpoint, then kill at once
+    proc.kill()
+    proc.join()
+    state = load_checkpoint(killed.checkpoint_url)
+    assert state is not None and state["epoch"] < 2, "the run should have been killed before its last epoch"
+    train_fn(replace(killed, resume=True))
+    resumed = _weights(killed.checkpoint_url)
+    assert load_checkpoint(killed.checkpoint_url)["epoch"] == 2
+    assert all(torch.equal(a[k], resumed[k]) for k in a)
+
+
+# ------------------------------------------------------------------ a real cluster: barrier tasks
+
+def test_local_cluster_barrier_tasks_train_one_epoch_and_log(tiny_data, tmp_path):
+    """local-cluster[2,1,1024]: two executor JVMs; TorchDistributor(local_mode=False) runs DDP over barrier tasks."""
+    conf = tiny_data()
+    work = conf.paths.work_dir
+    cmd = [os.path.join(os.path.dirname(sys.executable), "pipeline"), "train",
+           f"paths.work_dir={work}", "spark.master=local-cluster[2,1,1024]", "train.local_mode=false",
+           "train.num_processes=2", "train.epochs=1", "train.batch_size=4", "train.task=lane_classifier",
+           "ingest.num_frames=48", "ingest.frames_per_sequence=2", "ingest.render_hw=[180,320]",
+           "ingest.frame_hw=[72,128]", "ingest.road_hw=[64,64]", "ingest.split={train: 0.5, val: 0.25, test: 0.25}",
+           f"paths.checkpoint_url=file://{tmp_path}/ckpt", "spark.conf.spark.driver.memory=1g"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.count(" ") == 1)
+    assert 0 <= float(lines["test_accuracy"]) <= 1
+    run = MlflowClient(conf.mlflow.tracking_uri).get_run(lines["run_id"])
+    assert run.data.params["train.local_mode"] == "False" and run.data.params["train.num_processes"] == "2"
+    assert run.data.params["train.steps_per_epoch_resolved"] == "3"    # 24 rows / (4 x 2 ranks)
+    assert "val_accuracy" in run.data.metrics
+    assert (tmp_path / "ckpt" / "synthetic" / "lane_classifier" / "last.pt").exists()
