@@ -85,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--partitions", type=int, default=4, help="partitions of the bare-transform measurement")
     p.add_argument("--sweep", default="2,4,8,16",
                    help="partition counts for the transform sweep in the profile section ('' to skip)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each timed measurement, wait up to this long for the machine to be idle (other processes "
+                        "using < 0.25 cores over 3 s); the machine is shared, and noise hurts the 2-core variants most")
     p.add_argument("--no-profile", action="store_true", help="skip the 'where the time goes' section")
     p.add_argument("--skip-stage", action="store_true", help="do not run the whole stage (transform only)")
     return p.parse_args(argv)
@@ -214,6 +217,21 @@ class CpuMeter:
 
 
 METER = CpuMeter()
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.25, window: float = 3.0) -> float:
+    """Wait (up to limit_s) until the machine's busy CPU over ``window`` seconds is below ``threshold`` cores;
+    returns the last measured busy cores."""
+    if psutil is None or limit_s <= 0:
+        return float("nan")
+    deadline = time.monotonic() + limit_s
+    while True:
+        a = _busy(psutil.cpu_times())
+        time.sleep(window)
+        cores = (_busy(psutil.cpu_times()) - a) / window
+        if cores < threshold or time.monotonic() > deadline:
+            return cores
+        print(f"  (machine busy: {cores:.2f} cores used by other processes; waiting)", flush=True)
 
 
 def timed(fn, spark: bool = True):
@@ -391,6 +409,25 @@ def stage_phases(events: list, t_start: float, t_end: float) -> list[tuple[str, 
     ]
 
 
+def profiled_stage(spark, conf, count: int):
+    """One stage run with the ingest helpers wrapped for timestamps: (wall, CPU deltas, phases)."""
+    from pipeline.stages import get_stage, run_stage
+    from pipeline.tracking import Tracker
+
+    events: list = []
+    tracker = Tracker(conf)
+    with instrumented_ingest(events):
+        a = METER.snapshot()
+        METER.active = True
+        t_start = time.perf_counter()
+        results = run_stage(get_stage("ingest"), spark, conf, tracker)
+        t_end = time.perf_counter()
+        METER.active = False
+        cpu = CpuMeter.delta(a, METER.snapshot())
+    assert results["rows_written"] == count, results
+    return t_end - t_start, cpu, stage_phases(events, t_start, t_end)
+
+
 def cprofile_partition(inputs, opts, top: int = 14) -> tuple[str, dict]:
     from pipeline.data.ingest import process_partition
 
@@ -491,7 +528,7 @@ def main(argv=None) -> int:
         res["spark stage, small"]["images"] = n_small
     tracker_init = []
     for r in range(args.repeats):
-        print(f"\n--- repeat {r + 1}/{args.repeats}  (load average {os.getloadavg()[0]:.2f})")
+        print(f"\n--- repeat {r + 1}/{args.repeats}  (load average {os.getloadavg()[0]:.2f})", flush=True)
         plan = [
             ("loop, cv2 1 thread", lambda: run_loop(paths, conf, 1), n, False),
             ("loop, cv2 default threads", lambda: run_loop(paths, conf, CV2_DEFAULT_THREADS), n, False),
@@ -501,6 +538,7 @@ def main(argv=None) -> int:
              True),
         ]
         for name, fn, expect, on_spark in plan:
+            wait_quiet(args.wait_quiet)
             wall, cpu, got = timed(fn, on_spark)
             assert got == expect, (name, got, expect)
             res[name]["wall"].append(wall)
@@ -510,6 +548,7 @@ def main(argv=None) -> int:
             continue
         for name, src, count in (("spark stage", frames_dir, n), ("spark stage, small", small_dir, n_small)):
             c = make_conf(runs.next(f"stage-r{r + 1}" + ("-small" if count != n else "")), src, args.master)
+            wait_quiet(args.wait_quiet)
             wall, cpu, results, tr_s = stage_once(spark, c)
             tracker_init.append(tr_s)
             assert results["rows_in"] == results["rows_written"] == count, results
@@ -553,6 +592,7 @@ def main(argv=None) -> int:
     if not args.no_profile:
         print("\n=== where the time goes")
         steps: dict = {}
+        wait_quiet(args.wait_quiet)
         cv2.setNumThreads(1)
         loop_once(paths, conf.ingest.min_size, conf.ingest.max_pixels, steps)
         cv2.setNumThreads(CV2_DEFAULT_THREADS)
@@ -562,6 +602,7 @@ def main(argv=None) -> int:
         profile["loop_steps_ms"] = {k: v / n * 1e3 for k, v in steps.items()}
 
         k = min(n, 120)
+        wait_quiet(args.wait_quiet)
         text, groups = cprofile_partition(inputs[:k], opts)
         gt = groups["total_s"]
         print(f"cProfile of process_partition on {k} inputs in one process ({gt / k * 1e3:.1f} ms/input "
@@ -572,30 +613,16 @@ def main(argv=None) -> int:
         profile["cprofile_groups_ms"] = {g: v / k * 1e3 for g, v in groups["groups"].items()}
 
         if not args.skip_stage:
-            events: list = []
-            c = make_conf(runs.next("stage-profiled"), frames_dir, args.master)
-            from pipeline.stages import get_stage, run_stage
-            from pipeline.tracking import Tracker
-
-            tracker = Tracker(c)
-            with instrumented_ingest(events):
-                a = METER.snapshot()
-                METER.active = True
-                t_start = time.perf_counter()
-                results = run_stage(get_stage("ingest"), spark, c, tracker)
-                t_end = time.perf_counter()
-                METER.active = False
-                cpu = CpuMeter.delta(a, METER.snapshot())
-            assert results["rows_written"] == n
-            wall = t_end - t_start
-            print(f"phases of one extra (instrumented) stage run, {wall:.1f}s = {n / wall:.1f} img/s "
-                  f"[{fmt_cpu(cpu, wall)}]:")
-            phases = stage_phases(events, t_start, t_end)
-            for name, s in phases:
-                print(f"  {s:6.2f}s {s / wall:5.1%}  {name}")
-            profile["stage_phases_s"] = dict(phases)
-            profile["stage_profiled_wall_s"] = wall
-            profile["stage_profiled_cpu"] = cpu
+            for tag, src, count in (("", frames_dir, n), ("small", small_dir, n_small)):
+                c = make_conf(runs.next("stage-profiled" + (f"-{tag}" if tag else "")), src, args.master)
+                wait_quiet(args.wait_quiet)
+                wall, cpu, phases = profiled_stage(spark, c, count)
+                print(f"phases of one extra (instrumented) stage run on {count} frames, {wall:.1f}s = "
+                      f"{count / wall:.1f} img/s [{fmt_cpu(cpu, wall)}]:")
+                for name, sec in phases:
+                    print(f"  {sec:6.2f}s {sec / wall:5.1%}  {name}")
+                profile[f"stage_phases_{count}_s"] = dict(phases)
+                profile[f"stage_profiled_{count}"] = {"wall_s": wall, "cpu": cpu}
 
         sweep = [int(x) for x in args.sweep.split(",") if x.strip()]
         if sweep:
@@ -604,6 +631,7 @@ def main(argv=None) -> int:
             for parts in sweep:
                 walls = []
                 for _ in range(args.repeats):
+                    wait_quiet(args.wait_quiet)
                     wall, _, got = timed(lambda: spark_transform(spark, inputs, opts, parts, False))
                     assert got == 2 * n
                     walls.append(wall)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SOURCES = ("synthetic", "imagefolder", "bosch", "lisa", "dtld", "tusimple", "culane", "coco")
 TASKS = ("lane_classifier", "tl_classifier", "tl_detector")
+NOT_PROFILES = ("base", "augment")   # conf/ files that are not profiles (augment.yaml holds the named policies)
 
 
 class ConfigError(ValueError):
@@ -120,9 +121,10 @@ class TrainSection(_Section):
     task: Literal["lane_classifier", "tl_classifier", "tl_detector"] = "lane_classifier"
     data: str = "synthetic"
     dataset: Optional[Literal["road_frames", "tl_frames", "tl_crops"]] = None
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 32
-    lr: float = 0.01
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 5e-4
     width: float = 0.25
@@ -179,8 +181,8 @@ def load_config(profile: str = "local", conf_file: Optional[str] = None, overrid
     data: dict = {}
     origin: dict[str, str] = {}
     profile_path = CONF_DIR / f"{profile}.yaml"
-    if not profile_path.exists():
-        choices = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
+    if profile in NOT_PROFILES or not profile_path.exists():
+        choices = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem not in NOT_PROFILES)
         raise ConfigError(f"unknown profile '{profile}'; valid profiles: {', '.join(choices)} (files in {CONF_DIR})")
     for path in [CONF_DIR / "base.yaml", profile_path] + ([Path(conf_file)] if conf_file else []):
         _merge(data, _read_yaml(path), origin, str(path))

@@ -89,5 +89,5 @@ def test_unknown_profile_lists_profiles():
 
 def test_flat_has_every_leaf():
     flat = load_config("local").flat()
-    assert flat["train.epochs"] == 3 and flat["ingest.split.val"] == 0.15
+    assert flat["train.epochs"] == 5 and flat["ingest.split.val"] == 0.15
     assert flat["spark.conf.spark.driver.memory"] == "4g"

@@ -37,8 +37,8 @@ def _check_logged(client, parent_id, child_id):
     assert parent.info.status == child.info.status == "FINISHED"
     assert child.data.metrics["rows_written"] == 42
     assert child.data.metrics["dataset.road_frames.rows"] == 42
-    assert child.data.params["train.epochs"] == "3"            # the resolved config, on every run
-    assert parent.data.params["train.epochs"] == "3"
+    assert child.data.params["train.epochs"] == "5"            # the resolved config, on every run
+    assert parent.data.params["train.epochs"] == "5"
     assert child.data.tags["mlflow.source.git.commit"]
     artifacts = {a.path for a in client.list_artifacts(child_id)}
     assert {"config.yaml", "figures"} <= artifacts

@@ -117,14 +117,58 @@ def collate(kind: str, batch: list) -> tuple:
     return to_tensor(images), torch.tensor([int(r["label"]) for r in batch], dtype=torch.long)
 
 
-def batches(spec: LoaderSpec, steps: int, *, rank: int = 0, world: int = 1, epoch: int = 0) -> Iterator[tuple]:
-    """Exactly ``steps`` training batches for this rank in this epoch (its shard cycles if it is short)."""
+def prefetch(iterator: Iterator, depth: int = 3) -> Iterator:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead (decode and collate overlap the step)."""
+    import queue
+    import threading
+
+    items: queue.Queue = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as exc:  # hand the error to the consumer
+            items.put(exc)
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()
+
+    thread = threading.Thread(target=produce, daemon=True, name="batch-prefetch")
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _batches(spec: LoaderSpec, steps: int, rank: int, world: int, epoch: int) -> Iterator[tuple]:
     source = rows(spec, rank=rank, world=world, seed=spec.seed * 1000 + epoch, shuffle=True, infinite=True)
     try:
         for _ in range(steps):
             yield collate(spec.kind, [next(source) for _ in range(spec.batch_size)])
     finally:
         source.close()
+
+
+def batches(spec: LoaderSpec, steps: int, *, rank: int = 0, world: int = 1, epoch: int = 0) -> Iterator[tuple]:
+    """Exactly ``steps`` training batches for this rank in this epoch (its shard cycles if it is short),
+    prepared in a background thread."""
+    return prefetch(_batches(spec, steps, rank, world, epoch))
 
 
 def eval_batches(spec: LoaderSpec, limit: Optional[int] = None) -> Iterator[tuple]:

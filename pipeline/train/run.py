@@ -34,6 +34,7 @@ class TrainSpec:
     width: float
     epochs: int
     batch_size: int
+    optimizer: str
     lr: float
     momentum: float
     weight_decay: float
@@ -120,8 +121,11 @@ def build(spec: TrainSpec):
     seed_everything(spec.seed)
     num_classes = None if spec.task == "tl_detector" else len(spec.classes)
     model = build_model(spec.task, num_classes, spec.in_hw, spec.width)
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
-                                weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
+                                    weight_decay=spec.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs * spec.steps_per_epoch)
     return model, optimizer, scheduler
 
@@ -279,7 +283,8 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
     steps = t.steps_per_epoch or max(1, train_rows // (t.batch_size * t.num_processes))
     return TrainSpec(
         task=t.task, kind=kind, data_root=root, classes=tuple(classes), in_hw=in_hw, width=t.width,
-        epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
+        weight_decay=t.weight_decay,
         seed=t.seed, steps_per_epoch=steps, eval_batches=t.eval_batches, loader_workers=t.loader_workers,
         use_gpu=t.use_gpu, amp=t.amp, checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/{t.data}/{t.task}",
         resume=t.resume, run_id=run_id, tracking_uri=conf.mlflow.tracking_uri)

@@ -133,17 +133,16 @@ def test_geometric_ops_keep_each_box_on_its_object_pixels(name, data):
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())
 def test_geometric_ops_move_image_and_masks_together(name, data):
-    """The image is painted with the instance ids: away from edges, warped colour == warped id. (Linear
-    interpolation reads source pixels up to 1 px away, i.e. up to 1 / scale >= 3.4 px here after a crop.)"""
-    src = frame(data.draw(st.sampled_from(LIGHT_FRAMES), "frame"))
-    ids = src.light_mask
-    painted = Sample(np.repeat((ids * 50)[..., None], 3, 2), mask=ids.copy(), instance_mask=ids)
+    """Paint the image with the instance ids (x 50) and put in ``mask`` where the ids are constant over a
+    3x3 neighbourhood: where the warped mask says so, the bilinear image must equal the nearest-neighbour ids."""
+    ids = frame(data.draw(st.sampled_from(LIGHT_FRAMES), "frame")).light_mask
+    square, outside = np.ones((3, 3), np.uint8), {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
+    flat = (cv2.erode(ids, square, **outside) == cv2.dilate(ids, square, **outside)).view(np.uint8)
+    painted = Sample(np.repeat((ids * 50)[..., None], 3, 2), mask=flat, instance_mask=ids)
     out, _ = run(name, painted, data.draw(seeds, "seed"), **{k: data.draw(v, k) for k, v in GEOMETRIC[name].items()})
-    warped = out.instance_mask
-    near = np.ones((9, 9), np.uint8)
-    flat = cv2.erode(warped, near) == cv2.dilate(warped, near)
-    assert np.array_equal(out.mask, warped)
-    assert np.abs(out.image[..., 0].astype(int) - warped * 50)[flat].max(initial=0) <= 1
+    checked = out.mask == 1
+    assert checked.mean() > 0.5
+    assert np.abs(out.image[..., 0].astype(int) - out.instance_mask * 50)[checked].max() <= 1
 
 
 @settings(max_examples=30, deadline=None)
@@ -219,16 +218,33 @@ def band_energy(image: np.ndarray, outside: np.ndarray) -> float:
     return float((np.abs(spectra) ** 2)[outside].sum())
 
 
+def rounding_floor(image: np.ndarray, outside: np.ndarray) -> float:
+    """The energy that storing a filtered image as uint8 adds in the bins ``outside``: rounding errors are
+    white noise of variance 1/12 per value, i.e. N / 12 per bin and channel (N pixels)."""
+    height, width, channels = image.shape
+    return float(outside.sum()) * channels * height * width / 12
+
+
 def radius(height: int, width: int) -> np.ndarray:
     fy, fx = 2 * np.fft.fftfreq(height)[:, None], 2 * np.fft.fftfreq(width)[None, :]
     return np.sqrt(fy ** 2 + fx ** 2)
 
 
-@settings(max_examples=25, deadline=None)
-@given(index=st.integers(0, 39), kind=st.sampled_from(["freq_lowpass", "freq_highpass", "freq_bandpass"]),
-       cut_a=st.floats(0.03, 0.9), cut_b=st.floats(0.03, 0.9))
-def test_frequency_filters_remove_the_energy_outside_their_band(index, kind, cut_a, cut_b):
-    image = frame(index).image
+def texture(seed: int) -> np.ndarray:
+    """Rough noise: energy at every frequency, far above the uint8 rounding floor."""
+    return np.random.default_rng(seed).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+
+
+images = st.one_of(st.integers(0, 39).map(lambda i: frame(i).image), seeds.map(texture))
+
+
+@settings(max_examples=40, deadline=None)
+@given(image=images, kind=st.sampled_from(["freq_lowpass", "freq_highpass", "freq_bandpass"]),
+       cut_a=st.floats(0.03, 1.0), cut_b=st.floats(0.03, 1.0))
+def test_frequency_filters_remove_the_energy_outside_their_band(image, kind, cut_a, cut_b):
+    """What is left outside the band is < 1% of the input's energy there, beyond the rounding floor of
+    uint8 output (allowed twice over, for the clipping of overshoots next to bright or dark pixels: the
+    synthetic frames are smooth, so their sensor noise is only ~50x that floor)."""
     r = radius(*image.shape[:2])
     dc = r == 0
     if kind == "freq_lowpass":
@@ -242,7 +258,8 @@ def test_frequency_filters_remove_the_energy_outside_their_band(index, kind, cut
         outside = ((r < drawn["low"]) | (r > drawn["high"])) & ~dc
     assert out.image.dtype == np.uint8 and out.image.shape == image.shape
     if outside.any():
-        assert band_energy(out.image, outside) < 0.01 * band_energy(image, outside)
+        left = band_energy(out.image, outside)
+        assert left < 0.01 * band_energy(image, outside) + 2 * rounding_floor(image, outside)
     if kind != "freq_lowpass":     # DC is kept: the mean brightness stays (up to rounding and clipping)
         assert abs(out.image.mean() - image.mean()) < 0.1 * image.mean() + 2
 
@@ -359,7 +376,7 @@ def test_gaussian_noise_has_the_drawn_standard_deviation():
     assert abs(diff.mean()) < 0.1 and diff.std() == pytest.approx(drawn["sigma"], rel=0.05)
 
 
-@pytest.mark.parametrize("value", [10, 128, 240])
+@pytest.mark.parametrize("value", [10, 64, 128])   # brighter: the upper tail saturates at 255
 def test_shot_noise_is_poisson_in_photons(value):
     photons = 50.0
     flat = Sample(np.full((200, 300, 3), value, np.uint8))

@@ -7,7 +7,7 @@ from tests.conftest import make_conf
 TINY = ["ingest.num_frames=48", "ingest.frames_per_sequence=2", "ingest.render_hw=[180,320]",
         "ingest.frame_hw=[72,128]", "ingest.road_hw=[64,64]", "ingest.partitions=4",
         "ingest.split={train: 0.5, val: 0.25, test: 0.25}",
-        "train.batch_size=8", "train.epochs=2", "train.width=0.25", "train.lr=0.02"]
+        "train.batch_size=8", "train.epochs=2", "train.width=0.25", "train.lr=0.002"]
 
 
 @pytest.fixture(scope="session")
