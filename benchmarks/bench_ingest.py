@@ -86,8 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--sweep", default="2,4,8,16",
                    help="partition counts for the transform sweep in the profile section ('' to skip)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="before each timed measurement, wait up to this long for the machine to be idle (other processes "
-                        "using < 0.25 cores over 3 s); the machine is shared, and noise hurts the 2-core variants most")
+                   help="before each timed measurement, wait up to this long for the machine to be idle (other "
+                        "processes using < 0.25 cores over 3 s); the machine is shared, and noise hurts the 2-core "
+                        "variants most")
     p.add_argument("--no-profile", action="store_true", help="skip the 'where the time goes' section")
     p.add_argument("--skip-stage", action="store_true", help="do not run the whole stage (transform only)")
     return p.parse_args(argv)
@@ -159,6 +160,7 @@ class CpuMeter:
 
     def __init__(self):
         self.jvm_pid = None
+        self.pool_pids: list = []   # the plain multiprocessing loop's worker processes
         self.active = False     # poll only while a Spark variant runs (the thread must not slow the loops)
         self._seen: dict = {}
         self._lock = None
@@ -197,7 +199,12 @@ class CpuMeter:
         if psutil is None:
             return {}
         t = psutil.Process().cpu_times()
-        snap = {"driver": t.user + t.system, "jvm": 0.0, "workers": 0.0, "machine": _busy(psutil.cpu_times())}
+        snap = {"driver": t.user + t.system, "jvm": 0.0, "workers": 0.0, "pool": 0.0,
+                "machine": _busy(psutil.cpu_times())}
+        for pid in self.pool_pids:
+            with contextlib.suppress(psutil.Error):
+                pt = psutil.Process(pid).cpu_times()
+                snap["pool"] += pt.user + pt.system
         if self.jvm_pid and self._lock is not None:
             self._poll()
             with contextlib.suppress(psutil.Error):
@@ -212,7 +219,8 @@ class CpuMeter:
         if not a or not b:
             return {}
         d = {k: b[k] - a[k] for k in a}
-        d["others"] = max(0.0, d["machine"] - d["driver"] - d["jvm"] - d["workers"])
+        d["ours"] = d["driver"] + d["jvm"] + d["workers"] + d["pool"]
+        d["others"] = max(0.0, d["machine"] - d["ours"])
         return d
 
 
@@ -279,6 +287,19 @@ def run_loop(paths, conf, threads: int) -> int:
         return loop_once(paths, conf.ingest.min_size, conf.ingest.max_pixels)
     finally:
         cv2.setNumThreads(CV2_DEFAULT_THREADS)
+
+
+def _loop_chunk(job) -> int:
+    paths, min_size, max_pixels = job
+    cv2.setNumThreads(1)
+    return loop_once(paths, min_size, max_pixels)
+
+
+def run_loop_procs(pool, procs: int, paths, conf) -> int:
+    """The same loop in ``procs`` plain processes (a started multiprocessing pool), files split evenly:
+    what two cores give without Spark, the realistic ceiling for local[2]."""
+    jobs = [(paths[i::procs], conf.ingest.min_size, conf.ingest.max_pixels) for i in range(procs)]
+    return sum(pool.map(_loop_chunk, jobs, chunksize=1))
 
 
 def run_partition_in_process(inputs, opts) -> int:
@@ -467,8 +488,9 @@ def med(xs):
 def fmt_cpu(cpu: dict, wall: float) -> str:
     if not cpu:
         return "n/a"
-    return (f"driver {cpu['driver']:.1f}s, JVM {cpu['jvm']:.1f}s, py-workers {cpu['workers']:.1f}s, "
-            f"others {cpu['others']:.1f}s; util {(cpu['driver'] + cpu['jvm'] + cpu['workers']) / wall:.2f} cores")
+    pool = f", pool {cpu['pool']:.1f}s" if cpu["pool"] > 0.05 else ""
+    return (f"driver {cpu['driver']:.1f}s, JVM {cpu['jvm']:.1f}s, py-workers {cpu['workers']:.1f}s{pool}, "
+            f"others {cpu['others']:.1f}s; util {cpu['ours'] / wall:.2f} cores")
 
 
 def main(argv=None) -> int:
@@ -490,13 +512,22 @@ def main(argv=None) -> int:
     mb = sum(os.path.getsize(p) for p in paths) / 1e6
     print(f"{n} frames, {mb:.0f} MB of PNG (files are in the page cache after generation for every variant)")
 
+    import multiprocessing as mp
+
     import pyspark
 
     from pipeline.data import ingest
     from pipeline.session import build_session
 
+    # Every config is resolved now, once: conf/*.yaml may be edited by others while the benchmark runs.
     runs = Runs(work / "runs")
     conf = make_conf(runs.next("plan"), frames_dir, args.master)
+    small_conf = make_conf(runs.next("warmup"), small_dir, args.master)
+    stage_confs = [(make_conf(runs.next(f"stage-r{r + 1}"), frames_dir, args.master),
+                    make_conf(runs.next(f"stage-r{r + 1}-small"), small_dir, args.master))
+                   for r in range(args.repeats)]
+    profiled_confs = [(make_conf(runs.next("stage-profiled"), frames_dir, args.master), n),
+                      (make_conf(runs.next("stage-profiled-small"), small_dir, args.master), n_small)]
     inputs, classes = ingest.plan_inputs(conf)
     opts = ingest.options_from(conf, classes)
     assert len(inputs) == n, (len(inputs), n)
@@ -510,16 +541,20 @@ def main(argv=None) -> int:
 
     # Warm-up (untimed): JVM JIT, Python worker start + imports, MLflow store; the same code paths as timed runs.
     t0 = time.perf_counter()
-    small_conf = make_conf(runs.next("warmup"), small_dir, args.master)
     small_inputs, _ = ingest.plan_inputs(small_conf)
     spark_transform(spark, small_inputs, opts, args.partitions, persist=False)
     if not args.skip_stage:
         stage_once(spark, small_conf)
     run_loop(paths[:4], conf, 1)
+    procs = os.cpu_count() or 2
+    pool = mp.get_context("spawn").Pool(procs)    # started (and its imports paid) before any timing
+    run_loop_procs(pool, procs, paths[:2 * procs], conf)
+    METER.pool_pids = [p.pid for p in pool._pool]
     print(f"warm-up (untimed: one small transform + one small stage run on {n_small} frames): "
           f"{time.perf_counter() - t0:.1f}s")
 
-    variants = ["loop, cv2 1 thread", "loop, cv2 default threads", "process_partition, 1 proc (no Spark)",
+    two = f"loop, {procs} processes (no Spark)"
+    variants = ["loop, cv2 1 thread", "loop, cv2 default threads", two, "process_partition, 1 proc (no Spark)",
                 "spark transform", "spark transform+persist"]
     if not args.skip_stage:
         variants += ["spark stage", "spark stage, small"]
@@ -532,6 +567,7 @@ def main(argv=None) -> int:
         plan = [
             ("loop, cv2 1 thread", lambda: run_loop(paths, conf, 1), n, False),
             ("loop, cv2 default threads", lambda: run_loop(paths, conf, CV2_DEFAULT_THREADS), n, False),
+            (two, lambda: run_loop_procs(pool, procs, paths, conf), n, False),
             ("process_partition, 1 proc (no Spark)", lambda: run_partition_in_process(inputs, opts), 2 * n, False),
             ("spark transform", lambda: spark_transform(spark, inputs, opts, args.partitions, False), 2 * n, True),
             ("spark transform+persist", lambda: spark_transform(spark, inputs, opts, args.partitions, True), 2 * n,
@@ -546,8 +582,8 @@ def main(argv=None) -> int:
             print(f"{name:40s} {wall:7.2f}s  {n / wall:7.1f} img/s   [{fmt_cpu(cpu, wall)}]")
         if args.skip_stage:
             continue
-        for name, src, count in (("spark stage", frames_dir, n), ("spark stage, small", small_dir, n_small)):
-            c = make_conf(runs.next(f"stage-r{r + 1}" + ("-small" if count != n else "")), src, args.master)
+        for name, c, count in (("spark stage", stage_confs[r][0], n),
+                               ("spark stage, small", stage_confs[r][1], n_small)):
             wait_quiet(args.wait_quiet)
             wall, cpu, results, tr_s = stage_once(spark, c)
             tracker_init.append(tr_s)
@@ -560,17 +596,24 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------------------------- table
     base = n / med(res["loop, cv2 1 thread"]["wall"])
     base_mt = n / med(res["loop, cv2 default threads"]["wall"])
+    ceiling = n / med(res[two]["wall"])
     print(f"\n=== {n} frames 1280x720 PNG -> 128x128, {args.master} on {os.cpu_count()} cores, "
           f"median of {args.repeats} (min-max)")
-    print("| variant | images/s (median) | min-max | vs loop 1 thread | vs loop default threads |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print(f"| variant | images/s (median) | min-max | vs loop 1 thread | vs loop default threads | "
+          f"vs {procs}-process loop | cores used (ours) | other processes (cores) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     table = {}
     for v in variants:
         ips = [res[v]["images"] / w for w in res[v]["wall"]]
         m = res[v]["images"] / med(res[v]["wall"])
         table[v] = {"median_ips": m, "min_ips": min(ips), "max_ips": max(ips), "walls": res[v]["wall"],
-                    "ratio_vs_loop1": m / base, "ratio_vs_loop_default": m / base_mt, "images": res[v]["images"]}
-        print(f"| {v} | {m:.1f} | {min(ips):.1f}-{max(ips):.1f} | {m / base:.2f}x | {m / base_mt:.2f}x |")
+                    "ratio_vs_loop1": m / base, "ratio_vs_loop_default": m / base_mt,
+                    "ratio_vs_procs_loop": m / ceiling, "images": res[v]["images"]}
+        ours = [c["ours"] / w for w, c in zip(res[v]["wall"], res[v]["cpu"]) if c]
+        other = [c["others"] / w for w, c in zip(res[v]["wall"], res[v]["cpu"]) if c]
+        table[v].update({"ours_cores": ours, "others_cores": other})
+        print(f"| {v} | {m:.1f} | {min(ips):.1f}-{max(ips):.1f} | {m / base:.2f}x | {m / base_mt:.2f}x | "
+              f"{m / ceiling:.2f}x | {med(ours):.2f} | {med(other):.2f} |")
     extra = {}
     if not args.skip_stage:
         t_big = med(res["spark stage"]["wall"])
@@ -582,7 +625,7 @@ def main(argv=None) -> int:
         print(f"\nstage model from the two sizes: time = {fixed:.1f}s fixed + N / {1 / per_img:.1f} img/s "
               f"(marginal {1 / per_img / base:.2f}x the 1-thread loop); at N={n} the fixed part is "
               f"{fixed / t_big:.0%} of the stage. Tracker init (untimed) median {med(tracker_init):.1f}s.")
-    others = [c.get("others", 0.0) / w for v in variants for w, c in zip(res[v]["wall"], res[v]["cpu"]) if c]
+    others = [x for v in variants for x in table[v]["others_cores"]]
     if others:
         print(f"noise: other processes used {med(others):.2f} cores on median (max {max(others):.2f}) during "
               f"the timed runs; load average now {os.getloadavg()}")
@@ -613,8 +656,7 @@ def main(argv=None) -> int:
         profile["cprofile_groups_ms"] = {g: v / k * 1e3 for g, v in groups["groups"].items()}
 
         if not args.skip_stage:
-            for tag, src, count in (("", frames_dir, n), ("small", small_dir, n_small)):
-                c = make_conf(runs.next("stage-profiled" + (f"-{tag}" if tag else "")), src, args.master)
+            for c, count in profiled_confs:
                 wait_quiet(args.wait_quiet)
                 wall, cpu, phases = profiled_stage(spark, c, count)
                 print(f"phases of one extra (instrumented) stage run on {count} frames, {wall:.1f}s = "
@@ -645,6 +687,8 @@ def main(argv=None) -> int:
            "profile": profile, "load_average_end": os.getloadavg()}
     (work / "results.json").write_text(json.dumps(out, indent=1, default=str))
     print(f"\nresults: {work / 'results.json'}")
+    pool.close()
+    pool.join()
     spark.stop()
     return 0
 

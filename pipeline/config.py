@@ -137,8 +137,25 @@ class TrainSection(_Section):
     steps_per_epoch: int = 0
     eval_batches: int = 0
     loader_workers: int = 1
+    augment_policy: Optional[str] = None
 
     @field_validator("epochs", "batch_size", "num_processes")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+class AugmentSection(_Section):
+    source: str = "synthetic"
+    name: str = "synthetic-basic"
+    policy: str = "basic"
+    copies: int = 2
+    seed: int = 0
+    policies_file: Optional[str] = None
+
+    @field_validator("copies")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
@@ -166,6 +183,7 @@ class Config(_Section):
     mlflow: MlflowSection
     paths: PathsSection
     ingest: IngestSection = IngestSection()
+    augment: AugmentSection = AugmentSection()
     train: TrainSection = TrainSection()
     evaluate: EvaluateSection = EvaluateSection()
 

@@ -46,3 +46,25 @@ TLCropSchema = Unischema("TLCropSchema", _ID + [
 ])
 
 SCHEMAS = {"road_frames": RoadFrameSchema, "tl_frames": TLFrameSchema, "tl_crops": TLCropSchema}
+
+# Augmented datasets: the same rows plus where each came from. ``parent_id`` is the source row's id (itself for
+# the originals, copy 0), ``ops`` the applied ops with their drawn parameters as JSON. The fields are the same
+# objects as above, so a reader asking for the base fields reads either kind of dataset.
+_LINEAGE = [
+    UnischemaField("parent_id", np.str_, (), ScalarCodec(StringType()), False),
+    UnischemaField("copy", np.int32, (), ScalarCodec(IntegerType()), False),
+    UnischemaField("ops", np.str_, (), ScalarCodec(StringType()), False),
+]
+AUGMENTED_SCHEMAS = {kind: Unischema(f"Augmented{schema._name}", list(schema.fields.values()) + _LINEAGE)
+                     for kind, schema in SCHEMAS.items()}
+
+
+def decode_row(schema: Unischema, row) -> dict:
+    """A Spark Row (or dict) of Petastorm-encoded values back to numpy values, for the fields it has."""
+    get = row.asDict() if hasattr(row, "asDict") else row
+    out = {}
+    for name, value in get.items():
+        field = schema.fields.get(name)
+        out[name] = field.codec.decode(field, value) if field is not None and field.codec is not None \
+            and value is not None else value
+    return out

@@ -39,14 +39,13 @@ from pipeline.data.synth import LANE_CLASSES
 
 MIN_BOX_PX = 1.0
 
-# Labels whose meaning changes under a left-right mirror, both ways. A traffic-light arrow "<state>_left"
-# becomes "<state>_right". A lane class naming its lines left to right swaps their order:
-# "solid_dashed_yellow" (solid outer line left of a dashed inner one: passing allowed) mirrors to
-# "dashed_solid_yellow" (no passing), which is not one of the synthetic LANE_CLASSES. Every other known
-# label (plain states, "background", lane classes whose line types do not depend on the side) maps to
-# itself, as does any label not in the table. The table is an involution: flipping twice is the identity.
-_MIRRORED = (*((f"{state}_left", f"{state}_right") for state in TL_STATES),
-             ("solid_dashed_yellow", "dashed_solid_yellow"))
+# Labels whose meaning changes under a left-right mirror, both ways: a traffic-light arrow "<state>_left"
+# becomes "<state>_right". The synthetic lane classes name their lines from the outside of the road in
+# ("solid_dashed_yellow": a solid outer line, a dashed line next to the ego lane), which a mirror keeps: the
+# line nearest the car is still dashed, so passing is still allowed; they all map to themselves. A label set
+# that names sides (say "left_solid_right_dashed") adds its pairs here. Labels not in the table stay as
+# they are. The table is an involution: flipping twice is the identity.
+_MIRRORED = tuple((f"{state}_left", f"{state}_right") for state in TL_STATES)
 FLIP_LABELS: dict[str, str] = {
     **{name: name for name in (*TL_STATES, "background", *LANE_CLASSES)},
     **{a: b for a, b in _MIRRORED},

@@ -16,14 +16,9 @@ STATE_COLOURS = {"red": "#ff3030", "yellow": "#ffd400", "green": "#30ff60", "off
 
 def decode_row(kind: str, row) -> dict:
     """A Petastorm-encoded Spark Row of dataset ``kind`` back to numpy values."""
-    from schemas.datasets import SCHEMAS
+    from schemas.datasets import SCHEMAS, decode_row as decode
 
-    schema = SCHEMAS[kind]
-    out = {}
-    for name, field in schema.fields.items():
-        value = row[name]
-        out[name] = field.codec.decode(field, value) if field.codec is not None and value is not None else value
-    return out
+    return decode(SCHEMAS[kind], row)
 
 
 def _grid(n: int, cell: float = 2.6):

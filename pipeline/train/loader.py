@@ -56,6 +56,7 @@ class LoaderSpec:
     seed: int = 0
     workers: int = 1
     shuffle_buffer: int = 1024
+    policy: Optional[object] = None  # a pipeline.augment.Policy applied online to training batches
 
 
 def _reader(spec: LoaderSpec, *, rank: int, world: int):
@@ -156,11 +157,24 @@ def prefetch(iterator: Iterator, depth: int = 3) -> Iterator:
         thread.join(timeout=10)
 
 
+def augment_batch(spec: LoaderSpec, batch: list, epoch: int) -> list:
+    """Online augmentation with the augment stage's own function: copy ``epoch + 1`` of each row (copy 0 is
+    the original), another row of the batch as the background of context ops."""
+    from pipeline.augment.rows import augment_row
+
+    return [augment_row(spec.kind, row, spec.policy, row["id"], epoch + 1,
+                        background=batch[(i + 1) % len(batch)]["image"] if len(batch) > 1 else None)[0]
+            for i, row in enumerate(batch)]
+
+
 def _batches(spec: LoaderSpec, steps: int, rank: int, world: int, epoch: int) -> Iterator[tuple]:
     source = rows(spec, rank=rank, world=world, seed=spec.seed * 1000 + epoch, shuffle=True, infinite=True)
     try:
         for _ in range(steps):
-            yield collate(spec.kind, [next(source) for _ in range(spec.batch_size)])
+            batch = [next(source) for _ in range(spec.batch_size)]
+            if spec.policy is not None:
+                batch = augment_batch(spec, batch, epoch)
+            yield collate(spec.kind, batch)
     finally:
         source.close()
 

@@ -42,6 +42,7 @@ class TrainSpec:
     steps_per_epoch: int
     eval_batches: int
     loader_workers: int
+    augment_policy: Optional[str]
     use_gpu: bool
     amp: bool
     checkpoint_url: str
@@ -53,7 +54,14 @@ class TrainSpec:
         return f"{self.data_root}/{self.kind}/{split}"
 
     def loader(self, split: str) -> LoaderSpec:
-        return LoaderSpec(self.split_url(split), self.kind, self.batch_size, self.seed, self.loader_workers)
+        """The loader of one split; the train split gets the online augmentation policy, if any."""
+        policy = None
+        if split == "train" and self.augment_policy:
+            from pipeline.augment.policy import get_policy
+
+            policy = get_policy(self.augment_policy, self.seed)
+        return LoaderSpec(self.split_url(split), self.kind, self.batch_size, self.seed, self.loader_workers,
+                          policy=policy)
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -281,11 +289,16 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
              "tl_frames": conf.ingest.frame_hw}[kind]
     in_hw = tuple(_stored_hw(f"{root}/{kind}/train") or in_hw)
     steps = t.steps_per_epoch or max(1, train_rows // (t.batch_size * t.num_processes))
+    if t.augment_policy:
+        from pipeline.augment.policy import get_policy
+
+        get_policy(t.augment_policy, t.seed)  # an unknown policy fails here, on the driver, by name
     return TrainSpec(
         task=t.task, kind=kind, data_root=root, classes=tuple(classes), in_hw=in_hw, width=t.width,
         epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
         weight_decay=t.weight_decay,
         seed=t.seed, steps_per_epoch=steps, eval_batches=t.eval_batches, loader_workers=t.loader_workers,
+        augment_policy=t.augment_policy,
         use_gpu=t.use_gpu, amp=t.amp, checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/{t.data}/{t.task}",
         resume=t.resume, run_id=run_id, tracking_uri=conf.mlflow.tracking_uri)
 

@@ -1,0 +1,124 @@
+"""The augment stage on Spark, and the same functions online in the training loader."""
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from petastorm import make_reader
+
+from pipeline.augment.policy import PolicyError, get_policy
+from pipeline.augment.rows import augment_row
+from pipeline.data.ingest import dataset_root, read_meta
+from pipeline.stages import get_stage, run_stage
+from pipeline.tracking import Tracker
+from pipeline.train import loader
+from pipeline.train.run import make_spec
+
+
+def read(url, fields=None):
+    with make_reader(url, reader_pool_type="dummy", num_epochs=1, shuffle_row_groups=False,
+                     schema_fields=fields) as reader:
+        return {r.id: r._asdict() for r in reader}
+
+
+def augment(spark, conf):
+    return run_stage(get_stage("augment"), spark, conf, Tracker(conf))
+
+
+@pytest.fixture(scope="module")
+def augmented(spark, tiny_data):
+    conf = tiny_data("augment.policy=basic", "augment.copies=2")
+    return conf, augment(spark, conf)
+
+
+def test_train_rows_get_copies_with_lineage_val_and_test_untouched(augmented):
+    conf, results = augmented
+    src, dst = dataset_root(conf, "synthetic"), dataset_root(conf, "synthetic-basic")
+    assert results["dataset_url"] == dst
+    source, out = read(f"{src}/road_frames/train"), read(f"{dst}/road_frames/train")
+    assert len(out) == 3 * len(source)
+    for parent_id, parent in source.items():
+        copies = {r["copy"]: r for r in out.values() if r["parent_id"] == parent_id}
+        assert sorted(copies) == [0, 1, 2]
+        assert np.array_equal(copies[0]["image"], parent["image"]) and copies[0]["ops"] == "[]"
+        assert all(r["label"] == parent["label"] and r["group"] == parent["group"] for r in copies.values())
+    changed = [r for r in out.values() if r["copy"] and json.loads(r["ops"])]
+    differs = [not np.array_equal(r["image"], source[r["parent_id"]]["image"]) for r in changed]
+    assert changed and sum(differs) >= 0.9 * len(changed)
+    for split in ("val", "test"):
+        before, after = read(f"{src}/road_frames/{split}"), read(f"{dst}/road_frames/{split}")
+        assert set(before) == set(after)
+        assert all(np.array_equal(before[k]["image"], after[k]["image"]) for k in before)
+    meta = read_meta(dst)
+    assert meta["augment"]["copies"] == 2 and meta["augment"]["policy"]["name"] == "basic"
+
+
+def test_any_augmented_row_is_re_derived_from_its_parent(augmented):
+    conf, _ = augmented
+    src, dst = dataset_root(conf, "synthetic"), dataset_root(conf, "synthetic-basic")
+    policy = get_policy("basic", seed=0)
+    for kind in ("tl_frames", "road_frames"):
+        source, out = read(f"{src}/{kind}/train"), read(f"{dst}/{kind}/train")
+        for row in list(out.values())[:12]:
+            if row["copy"] == 0:
+                continue
+            again, applied = augment_row(kind, source[row["parent_id"]], policy, row["parent_id"], row["copy"])
+            assert applied == json.loads(row["ops"])
+            assert np.array_equal(again["image"], row["image"])
+            if kind == "tl_frames":
+                np.testing.assert_allclose(again["boxes"], row["boxes"], atol=1e-5)
+                assert list(again["states"]) == list(row["states"])
+
+
+def test_rerun_is_bit_identical(spark, augmented):
+    conf, _ = augmented
+    dst = dataset_root(conf, "synthetic-basic")
+    first = read(f"{dst}/tl_frames/train")
+    augment(spark, conf)
+    second = read(f"{dst}/tl_frames/train")
+    assert set(first) == set(second)
+    assert all(np.array_equal(first[k]["image"], second[k]["image"]) and first[k]["ops"] == second[k]["ops"]
+               for k in first)
+
+
+def test_augment_is_tracked_with_op_counts_and_pictures(augmented):
+    conf, results = augmented
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    run = client.get_run(results["run_id"])
+    out = read(f"{dataset_root(conf, 'synthetic-basic')}/road_frames/train")
+    flips = sum(a["op"] == "hflip" for r in out.values() for a in json.loads(r["ops"]))
+    assert run.data.metrics["ops.road_frames.hflip"] == flips > 0
+    figures = {a.path for a in client.list_artifacts(results["run_id"], "figures")}
+    assert {"figures/policy_road_frames.png", "figures/ops_tl_frames.png"} <= figures
+
+
+def test_context_policy_pastes_onto_a_recorded_background(spark, tiny_data):
+    conf = tiny_data("augment.policy=context", "augment.copies=1", "augment.name=ctx")
+    augment(spark, conf)
+    out = read(f"{dataset_root(conf, 'ctx')}/tl_frames/train")
+    pasted = [a for r in out.values() for a in json.loads(r["ops"]) if a["op"] == "context_paste"
+              and "background" in a]
+    assert pasted and all(a["background"] in out for a in pasted)
+
+
+def test_unknown_policy_is_named(spark, tiny_data):
+    with pytest.raises(PolicyError, match="unknown policy 'fancy'"):
+        augment(spark, tiny_data("augment.policy=fancy"))
+    with pytest.raises(PolicyError, match="unknown policy 'fancy'"):
+        make_spec(tiny_data("train.augment_policy=fancy"))
+
+
+def test_online_augmentation_is_the_offline_function(augmented):
+    """The loader's copy e+1 of a row equals the Spark job's copy e+1 of it: one implementation."""
+    conf, _ = augmented
+    online_conf = conf.model_copy(update={"train": conf.train.model_copy(update={"augment_policy": "basic"})})
+    train = make_spec(online_conf).loader("train")
+    assert train.policy is not None
+    batch = [r for r in loader.rows(train)][:6]
+    online = loader.augment_batch(train, batch, epoch=0)            # copy 1
+    offline = read(f"{dataset_root(conf, 'synthetic-basic')}/road_frames/train")
+    for row, aug in zip(batch, online):
+        assert np.array_equal(aug["image"], offline[f"{row['id']}~1"]["image"])
+    x_plain, _ = loader.collate("road_frames", batch)
+    x_aug, _ = loader.collate("road_frames", online)
+    assert not np.array_equal(x_plain.numpy(), x_aug.numpy())
