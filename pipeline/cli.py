@@ -89,21 +89,27 @@ def _execute(conf: Config, stages: Sequence[Stage], name: str, verbose: bool, fo
     print(browse_hint(conf))
 
 
+def user_errors() -> tuple:
+    """Errors that mean "fix your input or config": one line, no traceback (the run is still marked FAILED)."""
+    from pipeline.augment.policy import PolicyError
+    from pipeline.data.ingest import IngestError
+    from pipeline.data.readers import AnnotationError
+
+    return ConfigError, PolicyError, IngestError, AnnotationError, FileNotFoundError, NotADirectoryError, LookupError
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     try:
         conf = _resolve(args)
-    except ConfigError as exc:
+        if args.command == "run":
+            _execute(conf, STAGES, "pipeline", verbose, force=args.force)
+        else:
+            _execute(conf, [get_stage(args.command)], args.command, verbose)
+    except user_errors() as exc:
         print(f"pipeline: error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "run":
-        if not STAGES:
-            print("pipeline: no stages exist yet", file=sys.stderr)
-            return 1
-        _execute(conf, STAGES, "pipeline", verbose, force=args.force)
-    else:
-        _execute(conf, [get_stage(args.command)], args.command, verbose)
     return 0
 
 
@@ -114,11 +120,10 @@ def job_main(stage_name: str, argv: Optional[Sequence[str]] = None) -> int:
                                      description=stage.help, epilog=EPILOG)
     args = parser.parse_args(argv)
     try:
-        conf = _resolve(args)
-    except ConfigError as exc:
+        _execute(_resolve(args), [stage], stage_name, bool(getattr(args, "verbose", False)))
+    except user_errors() as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    _execute(conf, [stage], stage_name, bool(getattr(args, "verbose", False)))
     return 0
 
 

@@ -33,11 +33,15 @@ def build_session(conf: Config, verbose: bool = False):
     """
     from pyspark.sql import SparkSession
 
+    from pyspark import SparkConf
+
     quiet_warnings()
-    master = conf.spark.master
-    if master.startswith("local") and not under_spark_submit():
-        os.environ["PYSPARK_PYTHON"] = sys.executable
-        os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # Under spark-submit its --master wins; the Python workers' interpreter is still chosen here, in the driver.
+    master = SparkConf().get("spark.master", conf.spark.master) if under_spark_submit() else conf.spark.master
+    if master.startswith("local"):
+        python = os.environ.get("PYSPARK_PYTHON") if under_spark_submit() else None
+        os.environ["PYSPARK_PYTHON"] = python or sys.executable
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no guessing of a public address
     builder = SparkSession.builder.appName(conf.spark.app_name)
     if not under_spark_submit():

@@ -84,3 +84,24 @@ def test_docker_files_install_from_the_one_requirement_file():
     setup = (REPO / "setup.py").read_text()
     assert 'requirements("requirements.txt")' in setup
     assert "-r requirements.txt" in (REPO / "Makefile").read_text()
+
+
+def test_spark_submit_runs_a_stage_job(tmp_path):
+    """`spark-submit jobs/ingest.py KEY=VALUE ...` runs the same stage function as the CLI."""
+    submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    out = _run(submit, "--master", "local[2]", "--driver-memory", "1g", str(REPO / "jobs" / "ingest.py"),
+               f"paths.work_dir={tmp_path}", "ingest.num_frames=6", "ingest.render_hw=[90,160]",
+               "ingest.road_hw=[32,32]", "ingest.frame_hw=[36,64]",
+               env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.count(" ") == 1)
+    assert lines["rows_in"] == "6" and lines["rows_written"] == "6"
+    assert (tmp_path / "data" / "synthetic" / "road_frames").is_dir()
+    assert "mlflow ui --backend-store-uri sqlite:///" in out.stdout
+
+
+def test_a_missing_dataset_is_one_line_naming_the_fix(tmp_path):
+    out = _run(PIPELINE, "train", f"paths.work_dir={tmp_path}", "train.data=nothing-here")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("pipeline: error: no ingested dataset at ")
+    assert "run `pipeline ingest` first" in out.stderr

@@ -12,7 +12,7 @@ import json
 import uuid
 
 from pipeline.augment.policy import Policy, get_policy, stable_hash
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 
 
 def background_of(row_id: str, copy_index: int, ids: list) -> str | None:
@@ -73,7 +73,7 @@ def run(spark, conf: Config, tracker) -> dict:
     policy = get_policy(a.policy, a.seed, a.policies_file)
     src, dst = dataset_root(conf, a.source), dataset_root(conf, a.name)
     if src == dst:
-        raise ValueError(f"augment.name={a.name} would overwrite its source dataset: choose another name")
+        raise ConfigError(f"augment.name={a.name} would overwrite its source dataset: choose another name")
     meta = read_meta(src)
     with_background = any(step.op == "context_paste" for step in policy.ops)
     mlflow.log_dict(policy.describe(), "augment_policy.json")

@@ -518,11 +518,15 @@ def _fix_box(box: Box, width: int, height: int):
                    y_min=clipped[2], y_max=clipped[3]), fixes
 
 
-def _resize(rgb: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+def resize(image: np.ndarray, out_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize an image (or, with ``nearest``, a label mask) to ``out_hw`` = (height, width):
+    ``INTER_AREA`` when shrinking in both axes, ``INTER_LINEAR`` otherwise."""
     out_h, out_w = out_hw
-    shrinking = out_h <= rgb.shape[0] and out_w <= rgb.shape[1]
-    return cv2.resize(rgb, (out_w, out_h),
-                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if image.shape[:2] == (out_h, out_w):
+        return image
+    shrinking = out_h <= image.shape[0] and out_w <= image.shape[1]
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (out_w, out_h), interpolation=interpolation)
 
 
 def resize_with_boxes(rgb: np.ndarray, boxes: list[Box],
@@ -534,7 +538,7 @@ def resize_with_boxes(rgb: np.ndarray, boxes: list[Box],
     sx, sy = out_hw[1] / rgb.shape[1], out_hw[0] / rgb.shape[0]
     scaled = [replace(b, x_min=b.x_min * sx, x_max=b.x_max * sx,
                       y_min=b.y_min * sy, y_max=b.y_max * sy) for b in boxes]
-    return _resize(rgb, out_hw), scaled
+    return resize(rgb, out_hw), scaled
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -564,7 +568,7 @@ def crop(rgb: np.ndarray, box: Box, out_hw: tuple[int, int], pad: float = 0.15) 
     cx, cy = (box.x_min + box.x_max) / 2, (box.y_min + box.y_max) / 2
     x0, x1 = _pixel_span(cx, region_w)
     y0, y1 = _pixel_span(cy, region_h)
-    return _resize(_padded_slice(rgb, x0, x1, y0, y1), out_hw)
+    return resize(_padded_slice(rgb, x0, x1, y0, y1), out_hw)
 
 
 def _pixel_span(centre: float, size: float) -> tuple[int, int]:

@@ -14,13 +14,14 @@ import hashlib
 import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.data.records import DISTANCES, TL_STATES, Box, SourceRecord
+from pipeline.data.images import resize
+from pipeline.data.records import DISTANCES, TL_STATES, Box
 
 log = logging.getLogger(__name__)
 
@@ -134,16 +135,6 @@ def _rng_for(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")])
 
 
-def _resize(img: np.ndarray, hw: tuple, nearest: bool = False) -> np.ndarray:
-    import cv2
-
-    if img.shape[:2] == tuple(hw):
-        return img
-    shrinking = img.shape[0] >= hw[0] and img.shape[1] >= hw[1]
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(img, (hw[1], hw[0]), interpolation=interp)
-
-
 def _negative_boxes(rng, boxes: list, width: int, height: int, count: int) -> list:
     """Background windows that touch no light, sized like the lights (or like a mid-size light)."""
     out = []
@@ -215,10 +206,10 @@ def _synthetic(index: int, opts: IngestOptions, emit: _Emitter) -> Iterator[tupl
     frame = render_frame(opts.seed, index, opts.synth_config())
     split = split_of(frame.sequence_id, opts.split)
     ident = {"id": frame.frame_id, "group": frame.sequence_id, "split": split, "source": f"synthetic:{opts.seed}"}
-    road = _resize(frame.image, opts.road_hw)
+    road = resize(frame.image, opts.road_hw)
     phash = phash64(road)
     yield emit.row("road_frames", **ident, image=road, label=opts.classes.index(frame.lane_class),
-                   label_name=frame.lane_class, lane_mask=_resize(frame.lane_mask, opts.road_hw, nearest=True),
+                   label_name=frame.lane_class, lane_mask=resize(frame.lane_mask, opts.road_hw, nearest=True),
                    context=frame.context["time_of_day"], phash=phash)
     yield from emit.light_rows(ident, frame.image, list(frame.boxes))
     rec = {"source_id": frame.frame_id, "group": frame.sequence_id, "label": frame.lane_class}
@@ -265,7 +256,7 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
     rgb = decoded.rgb
     phash = 0
     if opts.writes_road:
-        road = _resize(rgb, opts.road_hw)
+        road = resize(rgb, opts.road_hw)
         phash = phash64(road)
         label = rec.get("label")
         yield emit.row("road_frames", **ident, image=road,

@@ -11,13 +11,13 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.train.evaluate import is_key_metric
 from pipeline.train.loader import TASK_DATASET, LoaderSpec, batches
 
@@ -275,15 +275,15 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
     root = dataset_root(conf, t.data)
     meta = read_meta(root)
     if kind not in meta["datasets"]:
-        raise ValueError(f"dataset '{t.data}' has no {kind} (it has {', '.join(meta['datasets'])}): "
+        raise ConfigError(f"dataset '{t.data}' has no {kind} (it has {', '.join(meta['datasets'])}): "
                          f"set train.dataset= to one of those, or ingest a source that yields {kind}")
     info = meta["datasets"][kind]
     train_rows = info["splits"].get("train", 0)
     if train_rows < t.batch_size * t.num_processes:
-        raise ValueError(f"{root}/{kind}/train has {train_rows} rows, fewer than train.batch_size x "
+        raise ConfigError(f"{root}/{kind}/train has {train_rows} rows, fewer than train.batch_size x "
                          f"train.num_processes = {t.batch_size * t.num_processes}: ingest more or lower the batch size")
     if "val" not in info["splits"]:
-        raise ValueError(f"{root}/{kind} has no val split: set ingest.split so val gets a share")
+        raise ConfigError(f"{root}/{kind} has no val split: set ingest.split so val gets a share")
     classes = _classes(kind, meta)
     in_hw = {"road_frames": conf.ingest.road_hw, "tl_crops": conf.ingest.crop_hw,
              "tl_frames": conf.ingest.frame_hw}[kind]

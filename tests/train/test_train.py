@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow.pytorch
-import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
