@@ -83,7 +83,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 
 
 def test_unknown_profile_lists_profiles():
-    with pytest.raises(ConfigError, match="unknown profile 'prod'; valid profiles: cluster, gpu, local"):
+    with pytest.raises(ConfigError, match="unknown profile 'prod'; valid profiles: cluster, full, gpu, local"):
         load_config("prod")
 
 
