@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SOURCES = ("synthetic", "imagefolder", "bosch", "lisa", "dtld", "tusimple", "culane", "coco")
 TASKS = ("lane_classifier", "tl_classifier", "tl_detector")
+LIGHT_LABELS = ("red", "yellow", "green", "off", "drop")   # pipeline.data.records.TL_STATES + "drop"
 NOT_PROFILES = ("base", "augment")   # conf/ files that are not profiles (augment.yaml holds the named policies)
 
 
@@ -94,6 +95,15 @@ class IngestSection(_Section):
     partitions: int = 0
     rowgroup_size_mb: int = 4
     near_duplicate_bits: int = 4
+    label_map: dict[str, str] = {}
+
+    @field_validator("label_map")
+    @classmethod
+    def _states(cls, v: dict) -> dict:
+        bad = {k: x for k, x in v.items() if x not in LIGHT_LABELS}
+        if bad:
+            raise ValueError(f"maps to {bad}; each label must map to one of: {', '.join(LIGHT_LABELS)}")
+        return v
 
     @field_validator("name")
     @classmethod

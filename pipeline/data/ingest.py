@@ -56,6 +56,7 @@ class IngestOptions:
     max_pixels: int
     negatives_per_frame: int
     classes: tuple               # image-level class names of road frames, in index order
+    label_map: tuple = ()        # (dataset label, state or "drop") pairs
 
     @property
     def writes_road(self) -> bool:
@@ -80,7 +81,7 @@ def options_from(conf: Config, classes: tuple) -> IngestOptions:
         crop_hw=tuple(c.crop_hw), render_hw=tuple(c.render_hw), frames_per_sequence=c.frames_per_sequence,
         context_bias=c.context_bias, distance_buckets=tuple(c.distance_buckets),
         split=(c.split.train, c.split.val, c.split.test), min_size=c.min_size, max_pixels=c.max_pixels,
-        negatives_per_frame=c.negatives_per_frame, classes=classes)
+        negatives_per_frame=c.negatives_per_frame, classes=classes, label_map=tuple(sorted(c.label_map.items())))
 
 
 # ------------------------------------------------------------------------------------------ extract
@@ -238,7 +239,9 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
     except OSError as exc:
         yield _ledger(item_id, rec, split, "quarantined", f"unreadable:{type(exc).__name__}", fixes)
         return
-    boxes = [Box(**b) for b in rec.get("boxes", ())]
+    label_map = dict(opts.label_map)
+    boxes = [Box(**{**b, "label": label_map.get(b["label"], b["label"])}) for b in rec.get("boxes", ())]
+    boxes = [b for b in boxes if b.label != "drop"]
     if boxes:
         stored_w, stored_h = ((decoded.height, decoded.width) if decoded.orientation in (5, 6, 7, 8)
                               else (decoded.width, decoded.height))

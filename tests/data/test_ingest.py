@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import cv2
@@ -293,3 +294,30 @@ def test_source_without_path_is_a_clear_error(spark, tmp_path):
     conf = make_conf(tmp_path, "ingest.source=lisa")
     with pytest.raises(ingest.IngestError, match="ingest.source=lisa needs ingest.source_path="):
         run_ingest(spark, conf)
+
+
+def test_coco_categories_map_to_states_or_are_dropped(spark, tmp_path):
+    root = tmp_path / "coco"
+    (root / "images").mkdir(parents=True)
+    cv2.imwrite(str(root / "images" / "a.png"), noisy(60, 80, seed=9))
+    coco = {"images": [{"id": 1, "file_name": "images/a.png", "width": 80, "height": 60}],
+            "annotations": [{"image_id": 1, "bbox": [10, 10, 6, 14], "category_id": 10},
+                            {"image_id": 1, "bbox": [40, 30, 20, 10], "category_id": 3}],
+            "categories": [{"id": 10, "name": "traffic light"}, {"id": 3, "name": "car"}]}
+    (root / "instances.json").write_text(json.dumps(coco))
+    common = ["ingest.source=coco", f"ingest.source_path={root / 'instances.json'}", "ingest.frame_hw=[60,80]",
+              "ingest.min_size=4", "ingest.split={train: 1.0, val: 0.0, test: 0.0}"]
+    unmapped = run_ingest(spark, make_conf(tmp_path / "a", *common))
+    assert unmapped["rows_quarantined"] == 1                 # "traffic light" is no state: quarantined, named
+    conf = make_conf(tmp_path / "b", *common, 'ingest.label_map={"traffic light": "off", "car": "drop"}')
+    assert run_ingest(spark, conf)["rows_written"] == 1
+    frame = read_rows(f"{ingest.dataset_root(conf)}/tl_frames/train")[0]
+    np.testing.assert_allclose(frame["boxes"], [[10, 10, 16, 24]])
+    assert list(frame["states"]) == [3]
+
+
+def test_label_map_values_are_checked():
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="ingest.label_map.*one of: red, yellow, green, off, drop"):
+        load_config("local", overrides=['ingest.label_map={"car": "blue"}'])
