@@ -48,15 +48,15 @@ def ensure_data(args) -> object:
                  f"train.task={args.task}", f"train.batch_size={args.batch_size}", f"train.width={args.width}",
                  "train.epochs=2", f"train.use_gpu={args.device == 'cuda'}"]
     conf = load_config("local", overrides=overrides)
+    from pipeline.session import build_session
+
+    spark = build_session(conf)  # TorchDistributor needs an active session
     if not (Path(args.work_dir) / "data" / "synthetic" / "_ingest.json").exists():
-        from pipeline.session import build_session
         from pipeline.stages import get_stage, run_stage
         from pipeline.tracking import Tracker
 
         print(f"ingesting {args.frames} synthetic frames into {args.work_dir} (once) ...", flush=True)
-        spark = build_session(conf)
         run_stage(get_stage("ingest"), spark, conf, Tracker(conf))
-        spark.stop()
     return conf
 
 

@@ -60,31 +60,44 @@ class LoaderSpec:
 
 
 def _reader(spec: LoaderSpec, *, rank: int, world: int):
-    from petastorm import make_reader
+    from petastorm import make_batch_reader
     from petastorm.errors import NoDataAvailableError
 
-    from schemas.datasets import SCHEMAS
-
     quiet_warnings()
-    fields = [SCHEMAS[spec.kind].fields[name] for name in TASK_FIELDS[spec.kind]]  # exact fields, not regexes
-    # Row groups in a fixed order, one pass per reader: Petastorm's own row-group shuffling is not
-    # reproducible across runs with cycling readers, so shuffling is ours (a seeded buffer, below).
-    common = dict(schema_fields=fields, reader_pool_type="thread", workers_count=spec.workers,
-                  shuffle_row_groups=False, num_epochs=1)
+    # Whole row groups as columns (no per-row Python in Petastorm), row groups in a fixed order, one pass per
+    # reader: Petastorm's own row-group shuffling is not reproducible with cycling readers, so shuffling is
+    # ours (a seeded buffer, below). Codec fields arrive encoded and are decoded in _shard.
+    common = dict(schema_fields=list(TASK_FIELDS[spec.kind]), reader_pool_type="thread",
+                  workers_count=spec.workers, shuffle_row_groups=False, num_epochs=1)
     if world > 1:
         try:
-            return make_reader(spec.url, cur_shard=rank, shard_count=world, **common), 1, 0
+            return make_batch_reader(spec.url, cur_shard=rank, shard_count=world, **common), 1, 0
         except NoDataAvailableError:
             pass  # fewer row groups than ranks: stride over rows instead
-    return make_reader(spec.url, **common), world, rank
+    return make_batch_reader(spec.url, **common), world, rank
 
 
 def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
+    """This rank's rows, decoded with the dataset schema's codecs (PNG images, numpy arrays)."""
+    from petastorm.codecs import ScalarCodec
+
+    from schemas.datasets import SCHEMAS
+
+    fields = SCHEMAS[spec.kind].fields
+    encoded = [n for n in TASK_FIELDS[spec.kind] if not isinstance(fields[n].codec, ScalarCodec)]
     reader, stride, offset = _reader(spec, rank=rank, world=world)
+    index = 0
     try:
-        for i, row in enumerate(reader):
-            if i % stride == offset:
-                yield row._asdict()
+        for batch in reader:
+            columns = batch._asdict()
+            for i in range(len(columns["id"])):
+                index += 1
+                if (index - 1) % stride != offset:
+                    continue
+                row = {name: values[i] for name, values in columns.items()}
+                for name in encoded:
+                    row[name] = fields[name].codec.decode(fields[name], row[name])
+                yield row
     finally:
         reader.stop()
         reader.join()
