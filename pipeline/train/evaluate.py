@@ -21,8 +21,8 @@ from pipeline.data.records import DISTANCES  # noqa: E402
 from pipeline.train.loader import DETECTOR_STRIDE, LoaderSpec, eval_batches, from_tensor  # noqa: E402
 
 
-KEY_METRICS = ("loss", "accuracy", "f1_macro", "precision", "recall", "ap") + tuple(
-    f"{m}_{d}" for m in ("precision", "recall", "ap") for d in DISTANCES)
+KEY_METRICS = ("loss", "accuracy", "f1_macro", "precision", "recall", "ap", "recall_at_p90") + tuple(
+    f"{m}_{d}" for m in ("precision", "recall", "ap", "recall_at_p90") for d in DISTANCES)
 
 
 def is_key_metric(name: str) -> bool:
@@ -192,6 +192,8 @@ class DetectorTally:
             out[f"{prefix}precision{name}"] = tp_at / max(int(above.sum()), 1)
             out[f"{prefix}recall{name}"] = tp_at / n if n else float("nan")
             out[f"{prefix}ap{name}"] = ap
+            at_p90 = recall[precision >= 0.9] if len(recall) else recall
+            out[f"{prefix}recall_at_p90{name}"] = float(at_p90.max()) if len(at_p90) else (0.0 if n else float("nan"))
             out[f"{prefix}lights{name}"] = n
             curves[bucket] = (recall, precision)
         return out, curves

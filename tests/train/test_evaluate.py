@@ -51,3 +51,5 @@ def test_detector_tally_per_distance_bucket():
     assert metrics["test_recall_near"] == 1.0 and metrics["test_recall_far"] == 0.0
     assert metrics["test_precision_near"] == 0.5        # the stray peak is a false positive in every bucket
     assert metrics["test_lights_far"] == 1 and np.isnan(metrics["test_recall_medium"])
+    assert metrics["test_recall_at_p90_near"] == 1.0     # the near light's peak ranks first: precision 1 there
+    assert metrics["test_recall_at_p90"] == 0.5 and metrics["test_recall_at_p90_far"] == 0.0
