@@ -82,7 +82,7 @@ def mark_done(conf: Config, stage: Stage, results: dict) -> None:
 
 def run_stage(stage: Stage, spark, conf: Config, tracker) -> dict:
     """Run one stage in its own MLflow child run; returns its key results (with ``run_id``)."""
-    with tracker.stage_run(stage.name) as run:
+    with tracker.stage_run(stage.name, conf) as run:
         results = dict(stage.function()(spark, conf, tracker) or {})
         results["run_id"] = run.info.run_id
     mark_done(conf, stage, results)

@@ -73,21 +73,23 @@ class Tracker:
                 self.parent_id = None
 
     @contextlib.contextmanager
-    def stage_run(self, stage: str) -> Iterator[mlflow.ActiveRun]:
-        """A child run for one stage (a parent run is opened around it if there is none)."""
+    def stage_run(self, stage: str, conf: Optional[Config] = None) -> Iterator[mlflow.ActiveRun]:
+        """A child run for one stage (a parent run is opened around it if there is none); it records ``conf``,
+        the config the stage runs with (default: the invocation's)."""
         if self.parent_id is None:
-            with self.pipeline_run(stage), self.stage_run(stage) as run:
+            with self.pipeline_run(stage), self.stage_run(stage, conf) as run:
                 yield run
             return
-        with self._run(stage, nested=True, tags={"pipeline.kind": "stage", "pipeline.stage": stage}) as run:
+        tags = {"pipeline.kind": "stage", "pipeline.stage": stage}
+        with self._run(stage, nested=True, tags=tags, conf=conf) as run:
             yield run
 
     @contextlib.contextmanager
-    def _run(self, name: str, nested: bool, tags: dict) -> Iterator[mlflow.ActiveRun]:
+    def _run(self, name: str, nested: bool, tags: dict, conf: Optional[Config] = None) -> Iterator[mlflow.ActiveRun]:
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=nested,
                                tags={**tags, "mlflow.source.git.commit": git_commit()})
         try:
-            self.log_config()
+            self.log_config(conf or self.conf)
             yield run
         except BaseException as exc:
             mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
@@ -98,10 +100,11 @@ class Tracker:
             mlflow.end_run("FINISHED")
 
     # --------------------------------------------------------------------------------- logging
-    def log_config(self) -> None:
-        params = {k: ("" if v is None else str(v))[:MAX_PARAM_LEN] for k, v in self.conf.flat().items()}
+    @staticmethod
+    def log_config(conf: Config) -> None:
+        params = {k: ("" if v is None else str(v))[:MAX_PARAM_LEN] for k, v in conf.flat().items()}
         mlflow.log_params(params)
-        mlflow.log_text(dump_yaml(self.conf), "config.yaml")
+        mlflow.log_text(dump_yaml(conf), "config.yaml")
 
     @staticmethod
     def log_figure(fig, name: str) -> None:

@@ -123,3 +123,15 @@ def test_mlflow_server_path(tmp_path, mlflow_server):
     parent_id, child_id = _log_a_pipeline(Tracker(conf), data_dir)
     _check_logged(MlflowClient(mlflow_server), parent_id, child_id)
     assert not (tmp_path / "mlflow.db").exists()     # nothing went to the embedded store
+
+
+def test_a_stage_run_records_the_config_it_ran_with(tmp_path):
+    """One invocation, several stage configs (e.g. one train run per task): each child logs its own."""
+    tracker = Tracker(make_conf(tmp_path))
+    detector = make_conf(tmp_path, "train.task=tl_detector")
+    with tracker.pipeline_run("pipeline") as parent:
+        with tracker.stage_run("train", detector) as child:
+            pass
+    client = MlflowClient(tracker.uri)
+    assert client.get_run(child.info.run_id).data.params["train.task"] == "tl_detector"
+    assert client.get_run(parent.info.run_id).data.params["train.task"] == "lane_classifier"

@@ -408,7 +408,10 @@ def run(spark, conf: Config, tracker) -> dict:
     tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
     kinds = [k for k, on in (("road_frames", opts.writes_road), ("tl_frames", opts.writes_lights),
                              ("tl_crops", opts.writes_lights)) if on]
-    partitions = min(len(inputs), conf.ingest.partitions or 2 * spark.sparkContext.defaultParallelism)
+    # One task per core unless the inputs are many (>= 200 per task): measured fastest on 2 cores
+    # (benchmarks/RESULTS.md); every split still gets a file per task, enough row groups to shard.
+    default = max(spark.sparkContext.defaultParallelism, -(-len(inputs) // 200))
+    partitions = min(len(inputs), conf.ingest.partitions or default)
     rows = (spark.sparkContext.parallelize(inputs, partitions)
             .mapPartitions(lambda items: process_partition(items, opts))
             .persist(StorageLevel.MEMORY_AND_DISK))
