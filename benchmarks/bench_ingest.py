@@ -7,6 +7,8 @@ What is measured, all in one run, interleaved per repeat so that machine noise h
                            image (``images.read_bytes`` -> ``images.decode_image`` -> ``cv2.resize(INTER_AREA)``
                            to 128x128 -> ``cv2.imencode('.png')``), with ``cv2.setNumThreads(1)`` as in a Spark task.
 * ``loop, cv2 default``    the same loop with OpenCV's default thread pool (a second, labelled baseline).
+* ``loop, 2 processes``    the same loop in a plain 2-process multiprocessing pool (started before timing), files split
+                           evenly: what two cores give without Spark, i.e. the realistic ceiling for ``local[2]``.
 * ``process_partition, 1 proc``  ingest's own per-input code (``ingest.process_partition``) called in this one
                            process, no Spark: what ingest does per image on top of the bare loop (phash, lane mask,
                            Petastorm row encoding), without any parallelism.
@@ -21,16 +23,22 @@ What is measured, all in one run, interleaved per repeat so that machine noise h
 * ``spark stage, small``   the same stage on the first ``--small-frames`` frames: with the full-size run it separates
                            the stage's fixed cost (Spark jobs, MLflow) from its per-image cost.
 
-One SparkSession is built once; the JVM start, the first Python-worker imports and the MLflow store creation
-are paid by an untimed warm-up stage run on the small tree. Tracker construction (MLflow store creation for the
-fresh work dir) is outside the timed region and reported separately.
+Noise: the machine is shared. Every measurement records the CPU that other processes used meanwhile (machine
+busy time minus ours); ``--wait-quiet`` waits for an idle machine before each measurement, and a measurement with
+others above ``--noise-cores`` is re-taken up to ``--retry-noisy`` times, keeping the least noisy attempt. The table
+shows the others' CPU of the kept samples.
+
+One SparkSession is built once (``spark.ui.showConsoleProgress=false``, for readable output); the JVM start, the
+first Python-worker imports and the MLflow store creation are paid by an untimed warm-up stage run on the small
+tree. Tracker construction (MLflow store creation for the fresh work dir) is outside the timed region and reported
+separately.
 
 Where the time goes (``--no-profile`` skips it): per-step timing of the loop (read / decode / resize / encode),
 a cProfile of ``process_partition`` in one process, a phase breakdown of one extra stage run (the ingest
 module's helpers are wrapped for timestamps only), CPU seconds per process (driver, JVM, Python workers) and
 the CPU other processes used during each measurement (noise), and a partition-count sweep of the transform.
 
-Run:  .venv/bin/python benchmarks/bench_ingest.py [--frames 400] [--repeats 3] [--work-dir DIR]
+Run:  .venv/bin/python benchmarks/bench_ingest.py [--frames 400] [--repeats 3] [--work-dir DIR] [--wait-quiet 30]
 Results (JSON) are also written to ``<work-dir>/results.json``.
 """
 from __future__ import annotations
@@ -89,6 +97,10 @@ def parse_args(argv=None):
                    help="before each timed measurement, wait up to this long for the machine to be idle (other "
                         "processes using < 0.25 cores over 3 s); the machine is shared, and noise hurts the 2-core "
                         "variants most")
+    p.add_argument("--noise-cores", type=float, default=0.2,
+                   help="a measurement during which other processes used more CPU than this (cores) is noisy")
+    p.add_argument("--retry-noisy", type=int, default=2,
+                   help="re-measure a noisy measurement up to this many times; the least noisy attempt is kept")
     p.add_argument("--no-profile", action="store_true", help="skip the 'where the time goes' section")
     p.add_argument("--skip-stage", action="store_true", help="do not run the whole stage (transform only)")
     return p.parse_args(argv)
@@ -523,11 +535,16 @@ def main(argv=None) -> int:
     runs = Runs(work / "runs")
     conf = make_conf(runs.next("plan"), frames_dir, args.master)
     small_conf = make_conf(runs.next("warmup"), small_dir, args.master)
-    stage_confs = [(make_conf(runs.next(f"stage-r{r + 1}"), frames_dir, args.master),
-                    make_conf(runs.next(f"stage-r{r + 1}-small"), small_dir, args.master))
+    attempts = 1 + max(0, args.retry_noisy)
+    stage_confs = [([make_conf(runs.next(f"stage-r{r + 1}-a{k + 1}"), frames_dir, args.master)
+                     for k in range(attempts)],
+                    [make_conf(runs.next(f"stage-r{r + 1}-a{k + 1}-small"), small_dir, args.master)
+                     for k in range(attempts)])
                    for r in range(args.repeats)]
-    profiled_confs = [(make_conf(runs.next("stage-profiled"), frames_dir, args.master), n),
-                      (make_conf(runs.next("stage-profiled-small"), small_dir, args.master), n_small)]
+    profiled_confs = [([make_conf(runs.next(f"stage-profiled-a{k + 1}"), frames_dir, args.master)
+                        for k in range(attempts)], n),
+                      ([make_conf(runs.next(f"stage-profiled-a{k + 1}-small"), small_dir, args.master)
+                        for k in range(attempts)], n_small)]
     inputs, classes = ingest.plan_inputs(conf)
     opts = ingest.options_from(conf, classes)
     assert len(inputs) == n, (len(inputs), n)
@@ -565,33 +582,42 @@ def main(argv=None) -> int:
     for r in range(args.repeats):
         print(f"\n--- repeat {r + 1}/{args.repeats}  (load average {os.getloadavg()[0]:.2f})", flush=True)
         plan = [
-            ("loop, cv2 1 thread", lambda: run_loop(paths, conf, 1), n, False),
-            ("loop, cv2 default threads", lambda: run_loop(paths, conf, CV2_DEFAULT_THREADS), n, False),
-            (two, lambda: run_loop_procs(pool, procs, paths, conf), n, False),
-            ("process_partition, 1 proc (no Spark)", lambda: run_partition_in_process(inputs, opts), 2 * n, False),
-            ("spark transform", lambda: spark_transform(spark, inputs, opts, args.partitions, False), 2 * n, True),
-            ("spark transform+persist", lambda: spark_transform(spark, inputs, opts, args.partitions, True), 2 * n,
+            ("loop, cv2 1 thread", lambda k: run_loop(paths, conf, 1), n, False),
+            ("loop, cv2 default threads", lambda k: run_loop(paths, conf, CV2_DEFAULT_THREADS), n, False),
+            (two, lambda k: run_loop_procs(pool, procs, paths, conf), n, False),
+            ("process_partition, 1 proc (no Spark)", lambda k: run_partition_in_process(inputs, opts), 2 * n, False),
+            ("spark transform", lambda k: spark_transform(spark, inputs, opts, args.partitions, False), 2 * n, True),
+            ("spark transform+persist", lambda k: spark_transform(spark, inputs, opts, args.partitions, True), 2 * n,
              True),
         ]
+        if not args.skip_stage:
+            plan += [("spark stage", lambda k, r=r: stage_once(spark, stage_confs[r][0][k]), None, True),
+                     ("spark stage, small", lambda k, r=r: stage_once(spark, stage_confs[r][1][k]), None, True)]
         for name, fn, expect, on_spark in plan:
-            wait_quiet(args.wait_quiet)
-            wall, cpu, got = timed(fn, on_spark)
-            assert got == expect, (name, got, expect)
-            res[name]["wall"].append(wall)
-            res[name]["cpu"].append(cpu)
-            print(f"{name:40s} {wall:7.2f}s  {n / wall:7.1f} img/s   [{fmt_cpu(cpu, wall)}]")
-        if args.skip_stage:
-            continue
-        for name, c, count in (("spark stage", stage_confs[r][0], n),
-                               ("spark stage, small", stage_confs[r][1], n_small)):
-            wait_quiet(args.wait_quiet)
-            wall, cpu, results, tr_s = stage_once(spark, c)
-            tracker_init.append(tr_s)
-            assert results["rows_in"] == results["rows_written"] == count, results
-            res[name]["wall"].append(wall)
-            res[name]["cpu"].append(cpu)
-            print(f"{name:40s} {wall:7.2f}s  {count / wall:7.1f} img/s   [{fmt_cpu(cpu, wall)}]  "
-                  f"(Tracker init {tr_s:.1f}s, untimed)")
+            count = res[name]["images"]
+            kept = None
+            for k in range(attempts):
+                wait_quiet(args.wait_quiet)
+                if expect is None:    # a stage run: Tracker creation happens inside stage_once, untimed
+                    wall, cpu, results, tr_s = fn(k)
+                    assert results["rows_in"] == results["rows_written"] == count, results
+                    note = f"  (Tracker init {tr_s:.1f}s, untimed)"
+                    tracker_init.append(tr_s)
+                else:
+                    wall, cpu, got = timed(lambda: fn(k), on_spark)
+                    assert got == expect, (name, got, expect)
+                    note = ""
+                noise = cpu["others"] / wall if cpu else 0.0
+                print(f"{name:40s} {wall:7.2f}s  {count / wall:7.1f} img/s   [{fmt_cpu(cpu, wall)}]{note}"
+                      + (f"  NOISY ({noise:.2f} cores used by others)" if noise > args.noise_cores else ""),
+                      flush=True)
+                if kept is None or noise < kept[2]:
+                    kept = (wall, cpu, noise)
+                if noise <= args.noise_cores:
+                    break
+            res[name]["wall"].append(kept[0])
+            res[name]["cpu"].append(kept[1])
+            res[name]["attempts"] = res[name].get("attempts", 0) + k + 1
 
     # ------------------------------------------------------------------------------------- table
     base = n / med(res["loop, cv2 1 thread"]["wall"])
@@ -611,7 +637,7 @@ def main(argv=None) -> int:
                     "ratio_vs_procs_loop": m / ceiling, "images": res[v]["images"]}
         ours = [c["ours"] / w for w, c in zip(res[v]["wall"], res[v]["cpu"]) if c]
         other = [c["others"] / w for w, c in zip(res[v]["wall"], res[v]["cpu"]) if c]
-        table[v].update({"ours_cores": ours, "others_cores": other})
+        table[v].update({"ours_cores": ours, "others_cores": other, "attempts": res[v].get("attempts", 0)})
         print(f"| {v} | {m:.1f} | {min(ips):.1f}-{max(ips):.1f} | {m / base:.2f}x | {m / base_mt:.2f}x | "
               f"{m / ceiling:.2f}x | {med(ours):.2f} | {med(other):.2f} |")
     extra = {}
@@ -625,6 +651,9 @@ def main(argv=None) -> int:
         print(f"\nstage model from the two sizes: time = {fixed:.1f}s fixed + N / {1 / per_img:.1f} img/s "
               f"(marginal {1 / per_img / base:.2f}x the 1-thread loop); at N={n} the fixed part is "
               f"{fixed / t_big:.0%} of the stage. Tracker init (untimed) median {med(tracker_init):.1f}s.")
+    retried = {v: table[v]["attempts"] - args.repeats for v in variants if table[v]["attempts"] > args.repeats}
+    print(f"noisy measurements re-taken (others > {args.noise_cores} cores; least noisy attempt kept): "
+          + (", ".join(f"{v}: {k}" for v, k in retried.items()) or "none"))
     others = [x for v in variants for x in table[v]["others_cores"]]
     if others:
         print(f"noise: other processes used {med(others):.2f} cores on median (max {max(others):.2f}) during "
@@ -656,9 +685,15 @@ def main(argv=None) -> int:
         profile["cprofile_groups_ms"] = {g: v / k * 1e3 for g, v in groups["groups"].items()}
 
         if not args.skip_stage:
-            for c, count in profiled_confs:
-                wait_quiet(args.wait_quiet)
-                wall, cpu, phases = profiled_stage(spark, c, count)
+            for cs, count in profiled_confs:
+                for k in range(attempts):
+                    wait_quiet(args.wait_quiet)
+                    wall, cpu, phases = profiled_stage(spark, cs[k], count)
+                    noise = cpu["others"] / wall if cpu else 0.0
+                    if noise <= args.noise_cores or k == attempts - 1:
+                        break
+                    print(f"  (instrumented stage run on {count} frames was noisy: others used {noise:.2f} cores;"
+                          f" again)")
                 print(f"phases of one extra (instrumented) stage run on {count} frames, {wall:.1f}s = "
                       f"{count / wall:.1f} img/s [{fmt_cpu(cpu, wall)}]:")
                 for name, sec in phases:
@@ -673,13 +708,21 @@ def main(argv=None) -> int:
             for parts in sweep:
                 walls = []
                 for _ in range(args.repeats):
-                    wait_quiet(args.wait_quiet)
-                    wall, _, got = timed(lambda: spark_transform(spark, inputs, opts, parts, False))
-                    assert got == 2 * n
-                    walls.append(wall)
+                    kept = None
+                    for k in range(attempts):
+                        wait_quiet(args.wait_quiet)
+                        wall, cpu, got = timed(lambda: spark_transform(spark, inputs, opts, parts, False))
+                        assert got == 2 * n
+                        noise = cpu["others"] / wall if cpu else 0.0
+                        if kept is None or noise < kept[1]:
+                            kept = (wall, noise)
+                        if noise <= args.noise_cores:
+                            break
+                    walls.append(kept[0])
                 ips = n / med(walls)
                 profile["partition_sweep_ips"][parts] = ips
-                print(f"  {parts:3d} partitions: {ips:6.1f} img/s ({ips / base:.2f}x the 1-thread loop)")
+                print(f"  {parts:3d} partitions: {ips:6.1f} img/s ({ips / base:.2f}x the 1-thread loop, "
+                      f"{ips / ceiling:.2f}x the {procs}-process loop)")
 
     out = {"date": started.isoformat(), "command": " ".join([Path(sys.executable).name] + sys.argv),
            "frames": n, "small_frames": n_small, "repeats": args.repeats, "master": args.master,
