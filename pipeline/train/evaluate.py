@@ -248,8 +248,9 @@ def evaluate_detector(model, spec: LoaderSpec, prefix: str, limit=None, device="
         for peaks, row, h, img in zip(heatmap_peaks(heat, min(0.05, threshold)), batch_rows, heat, from_tensor(x)):
             boxes = np.asarray(row["boxes"], np.float32).reshape(-1, 4)
             tally.add(peaks, boxes, row["distances"], match_distance)
-            for d in row["distances"]:
-                samples.setdefault(DISTANCES[int(d)], (DISTANCES[int(d)], img, h[0].numpy(), boxes))
+            missing = [DISTANCES[int(d)] for d in row["distances"] if DISTANCES[int(d)] not in samples]
+            if missing:  # one frame per bucket, a different frame for each
+                samples[missing[0]] = (missing[0], img, h[0].numpy(), boxes)
     metrics, curves = tally.metrics(prefix, threshold)
     if not tally.positives["all"] and not tally.scores["all"]:
         raise ValueError(f"no frames with lights to evaluate in {spec.url}")
