@@ -87,7 +87,7 @@ def run(spark, conf: Config, tracker) -> dict:
             df = spark.read.parquet(f"{src}/{kind}/{split}")
             copies = a.copies if split == "train" else 0
             plan = _plan(spark, df, copies, with_background and split == "train")
-            parts = max(plan.rdd.getNumPartitions(), 2 * spark.sparkContext.defaultParallelism)
+            parts = 2 * spark.sparkContext.defaultParallelism  # (asking the plan would execute its joins)
             rows = plan.repartition(parts, "id").rdd.mapPartitions(
                 lambda it, k=kind: _augment_partition(it, k, policy))
             url = f"{tmp}/{kind}/{split}"
