@@ -285,9 +285,7 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
     if "val" not in info["splits"]:
         raise ConfigError(f"{root}/{kind} has no val split: set ingest.split so val gets a share")
     classes = _classes(kind, meta)
-    in_hw = {"road_frames": conf.ingest.road_hw, "tl_crops": conf.ingest.crop_hw,
-             "tl_frames": conf.ingest.frame_hw}[kind]
-    in_hw = tuple(_stored_hw(f"{root}/{kind}/train") or in_hw)
+    in_hw = _stored_hw(LoaderSpec(f"{root}/{kind}/train", kind, 1))  # the train split is non-empty (checked above)
     steps = t.steps_per_epoch or max(1, train_rows // (t.batch_size * t.num_processes))
     if t.augment_policy:
         from pipeline.augment.policy import get_policy
@@ -313,14 +311,14 @@ def _classes(kind: str, meta: dict) -> list:
     return ["light"]
 
 
-def _stored_hw(url: str) -> Optional[tuple]:
+def _stored_hw(spec: LoaderSpec) -> tuple:
     """The image size actually stored (the config may have changed since ingest)."""
-    from pipeline.train.loader import LoaderSpec, rows
+    from contextlib import closing
 
-    for row in rows(LoaderSpec(url, "road_frames" if "road_frames" in url else
-                               "tl_crops" if "tl_crops" in url else "tl_frames", 1)):
-        return tuple(row["image"].shape[:2])
-    return None
+    from pipeline.train.loader import rows
+
+    with closing(rows(spec)) as first:  # stops the reader at once
+        return tuple(next(first)["image"].shape[:2])
 
 
 def distribute(spec: TrainSpec, num_processes: int, local_mode: bool, use_gpu: bool) -> None:
