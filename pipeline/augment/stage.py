@@ -1,10 +1,15 @@
 """The augment stage: N seeded copies of every train row of an ingested dataset, with lineage, via Spark.
 
 extract   : the train split of each dataset kind of ``augment.source`` (val and test are copied untouched);
-transform : a plan row per (row, copy); Spark tasks decode, run :func:`pipeline.augment.rows.augment_row`
-            (the same function the training loader uses online) and encode; context ops get another frame
-            of the split as background, chosen from (row id, copy) alone so any row can be re-derived;
-load      : a new dataset ``<data_url>/<augment.name>`` shaped like an ingested one, swapped in whole.
+transform : one Spark job over the source files: a task reads its Parquet files with pyarrow, passes copy 0
+            (and val / test rows) through as stored bytes, decodes each train row once and runs
+            :func:`pipeline.augment.rows.augment_row` (the same function the training loader uses online) for
+            copies 1..N, encodes them, and writes its own output file per source file
+            (:mod:`pipeline.data.parts`). Context ops need another frame of the split as background, chosen
+            from (row id, copy) alone so any row can be re-derived: for those policies the train split goes
+            through a Spark join of (row, copy) to its background instead (slower: a plan row per copy);
+load      : a new dataset ``<data_url>/<augment.name>`` shaped like an ingested one, swapped in whole; op counts,
+            row counts and sample rows come back in the tasks' reports (no second pass over the data).
 """
 from __future__ import annotations
 
@@ -23,50 +28,147 @@ def background_of(row_id: str, copy_index: int, ids: list) -> str | None:
     return pick if pick != row_id else ids[(ids.index(pick) + 1) % len(ids)]
 
 
-def _augment_partition(rows, kind: str, policy: Policy):
-    """Spark task: plan rows (source fields + copy + optional bg_image) -> encoded augmented rows."""
-    from petastorm.unischema import dict_to_spark_row
+def _lineage(row: dict, parent_id: str, copy_index: int, applied: list) -> dict:
+    return {**row, "parent_id": parent_id, "copy": int(copy_index), "ops": json.dumps(applied, sort_keys=True)}
+
+
+class _Report:
+    """What one task tells the driver: files written, augmented op counts, a few sample rows per kind."""
+
+    def __init__(self, samples: int):
+        from collections import Counter
+
+        self.files, self.ops, self.samples, self.keep = [], Counter(), {}, samples
+
+    def applied(self, kind: str, applied: list) -> None:
+        self.ops.update((kind, a["op"]) for a in applied)
+
+    def sample(self, kind: str, row: dict) -> None:
+        kept = self.samples.setdefault(kind, [])
+        if len({r["parent_id"] for r in kept} | {row["parent_id"]}) <= self.keep:
+            kept.append(row)
+
+    def done(self) -> dict:
+        return {"files": self.files, "ops": list(self.ops.items()), "samples": self.samples}
+
+
+def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_size_mb: float):
+    """Spark task: (kind, split, source file) units -> one output file each; yields one report."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from pipeline.augment.rows import augment_row
+    from pipeline.data.parts import PartWriter, _fs, arrow_schema, encode_row
     from pipeline.session import quiet_warnings
     from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS, decode_row
 
     quiet_warnings()
+    _one_thread()
+    report = _Report(samples=4)
+    for kind, split, path in units:
+        base, schema = SCHEMAS[kind], AUGMENTED_SCHEMAS[kind]
+        out_schema = arrow_schema(schema)
+        folder = f"{kind}/{split}"
+        writer = PartWriter(out_url, _part_name(path), rowgroup_size_mb)
+        fs, local = _fs(path)
+        with fs.open(local, "rb") as fh:
+            table = pq.read_table(fh, columns=list(base.fields))
+        if split != "train" or not copies:  # untouched: the stored bytes plus lineage columns, no decoding
+            ids = table.column("id")
+            table = table.append_column("parent_id", ids).append_column(
+                "copy", pa.array([0] * len(table), pa.int32())).append_column(
+                "ops", pa.array(["[]"] * len(table), pa.string()))
+            writer.add_table(folder, table.cast(out_schema))
+            report.files.append(writer.close())
+            continue
+        for stored in table.to_pylist():
+            original = _lineage(stored, stored["id"], 0, [])
+            writer.add(folder, out_schema, original)
+            report.sample(kind, original)
+            row = decode_row(base, stored)
+            for copy_index in range(1, copies + 1):
+                out, applied = augment_row(kind, row, policy, row["id"], copy_index)
+                out["id"] = f"{row['id']}~{copy_index}"
+                encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied))
+                writer.add(folder, out_schema, encoded)
+                report.applied(kind, applied)
+                report.sample(kind, encoded)
+        report.files.append(writer.close())
+    yield report.done()
+
+
+def _one_thread() -> None:
+    """Spark already runs one task per core: OpenCV's own threads would only compete with the other task."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _part_name(path: str) -> str:
+    """The output file of a source file: its name without extensions (part-00000.snappy.parquet -> part-00000)."""
+    return path.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def _context_partition(index: int, rows, kind: str, policy: Policy, out_url: str, rowgroup_size_mb: float):
+    """Spark task for context policies: plan rows (source fields + copy + background image) -> one file."""
+    from pipeline.augment.rows import augment_row
+    from pipeline.data.parts import PartWriter, arrow_schema, encode_row
+    from pipeline.session import quiet_warnings
+    from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS, decode_row
+
+    quiet_warnings()
+    _one_thread()
     base, schema = SCHEMAS[kind], AUGMENTED_SCHEMAS[kind]
-    image_field = base.fields["image"]
+    out_schema, image_field = arrow_schema(schema), base.fields["image"]
+    writer = PartWriter(out_url, f"part-context-{index:05d}", rowgroup_size_mb)
+    report = _Report(samples=4)
     for plan in rows:
         copy_index, bg = plan["copy"], plan["bg_image"]
-        row = decode_row(base, {k: plan[k] for k in base.fields})
+        stored = {k: plan[k] for k in base.fields}
         if copy_index == 0:
-            out, applied = row, []
+            encoded = _lineage(stored, stored["id"], 0, [])
         else:
+            row = decode_row(base, stored)
             background = image_field.codec.decode(image_field, bg) if bg is not None else None
             out, applied = augment_row(kind, row, policy, row["id"], copy_index, background)
             if plan["bg_id"] and any(a["op"] == "context_paste" and "skipped" not in a for a in applied):
                 applied = [dict(a, background=plan["bg_id"]) if a["op"] == "context_paste" else a for a in applied]
             out["id"] = f"{row['id']}~{copy_index}"
-        out.update(parent_id=row["id"], copy=int(copy_index), ops=json.dumps(applied, sort_keys=True))
-        yield dict_to_spark_row(schema, out)
+            encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied))
+            report.applied(kind, applied)
+        writer.add(f"{kind}/train", out_schema, encoded)
+        report.sample(kind, encoded)
+    report.files.append(writer.close())
+    yield report.done()
 
 
-def _plan(spark, df, copies: int, with_background: bool):
+def _plan(spark, df, copies: int):
     """(id, copy, bg_id) for every row and copy 0..copies, joined to the row and its background's image."""
     from pyspark.sql import functions as F
 
     ids = sorted(r["id"] for r in df.select("id").collect())
-    plan = [(i, c, background_of(i, c, ids) if with_background and c else None)
-            for i in ids for c in range(copies + 1)]
+    plan = [(i, c, background_of(i, c, ids) if c else None) for i in ids for c in range(copies + 1)]
     plan_df = spark.createDataFrame(plan, "id string, copy int, bg_id string")
     backgrounds = df.select(F.col("id").alias("bg_id"), F.col("image").alias("bg_image"))
     return plan_df.join(df, "id").join(backgrounds, "bg_id", "left")
 
 
+def _balanced(units: list, weights: list, groups: int) -> list:
+    """Units into at most ``groups`` lists of about equal weight (largest first onto the lightest)."""
+    bins = [[0.0, []] for _ in range(max(1, min(groups, len(units))))]
+    for weight, unit in sorted(zip(weights, units), key=lambda wu: -wu[0]):
+        lightest = min(bins, key=lambda b: b[0])
+        lightest[0] += weight
+        lightest[1].append(unit)
+    return [b[1] for b in bins if b[1]]
+
+
 def run(spark, conf: Config, tracker) -> dict:
     """The augment stage (registered in pipeline.stages)."""
     import mlflow
-    from pyspark.sql import functions as F
 
-    from pipeline.data.ingest import _write_meta, dataset_root, read_meta, recover, swap_in, write_petastorm
+    from pipeline.data import parts
+    from pipeline.data.ingest import _write_meta, dataset_root, read_meta, recover, swap_in
     from schemas.datasets import AUGMENTED_SCHEMAS
 
     a = conf.augment
@@ -80,25 +182,50 @@ def run(spark, conf: Config, tracker) -> dict:
     mlflow.log_params({"augment.source_url": src, "augment.output_url": dst})
     recover(dst)
     tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
+    fs, _ = parts._fs(src)
+    scheme = src.split("://", 1)[0] + "://" if "://" in src else ""
+    units, weights = [], []
+    for kind, info in meta["datasets"].items():
+        for split in info["splits"]:
+            if split == "train" and with_background and a.copies:
+                continue  # the join path below
+            for path in sorted(fs.glob(f"{parts._fs(src)[1]}/{kind}/{split}/*.parquet")):
+                units.append((kind, split, f"{scheme}{path}"))
+                size = fs.size(path)  # val / test files are only copied; train rows are decoded and augmented
+                weights.append(size * (1 + 3 * a.copies) if split == "train" else 0.1 * size)
+    groups = _balanced(units, weights, 2 * spark.sparkContext.defaultParallelism)
+    mb = conf.ingest.rowgroup_size_mb
+    reports = spark.sparkContext.parallelize(groups, len(groups) or 1).mapPartitions(
+        lambda it: _augment_files([u for group in it for u in group], policy, a.copies, tmp, mb)).collect() \
+        if groups else []
+    if with_background and a.copies:
+        for kind, info in meta["datasets"].items():
+            if "train" in info["splits"]:
+                plan = _plan(spark, spark.read.parquet(f"{src}/{kind}/train"), a.copies)
+                part_count = 2 * spark.sparkContext.defaultParallelism  # (asking the plan would run its joins)
+                reports += plan.repartition(part_count, "id").rdd.mapPartitionsWithIndex(
+                    lambda i, it, k=kind: _context_partition(i, it, k, policy, tmp, mb)).collect()
+    files = parts.merge(f for r in reports for f in r["files"])
     counts, op_counts, samples = {}, {}, {}
     for kind, info in meta["datasets"].items():
         counts[kind] = {"rows": 0, "splits": {}, "classes": info["classes"]}
         for split in info["splits"]:
-            df = spark.read.parquet(f"{src}/{kind}/{split}")
-            copies = a.copies if split == "train" else 0
-            plan = _plan(spark, df, copies, with_background and split == "train")
-            parts = 2 * spark.sparkContext.defaultParallelism  # (asking the plan would execute its joins)
-            rows = plan.repartition(parts, "id").rdd.mapPartitions(
-                lambda it, k=kind: _augment_partition(it, k, policy))
-            url = f"{tmp}/{kind}/{split}"
-            write_petastorm(spark, rows, AUGMENTED_SCHEMAS[kind], url, conf.ingest.rowgroup_size_mb)
-            n = spark.read.parquet(url).count()
+            n = parts.finalize(f"{tmp}/{kind}/{split}", AUGMENTED_SCHEMAS[kind], files.get(f"{kind}/{split}", []))
             counts[kind]["splits"][split] = n
             counts[kind]["rows"] += n
-        train = spark.read.parquet(f"{tmp}/{kind}/train")
-        applied = train.select(F.explode(F.from_json("ops", "array<struct<op:string>>")).alias("a"))
-        op_counts[kind] = {r["op"]: r["count"] for r in applied.groupBy("a.op").count().collect()}
-        samples[kind] = train.filter("copy <= 3").orderBy("parent_id", "copy").limit(4 * (a.copies + 1)).collect()
+        expected = info["splits"].get("train", 0) * (a.copies + 1)
+        if counts[kind]["splits"].get("train", 0) != expected:
+            raise RuntimeError(f"augment wrote {counts[kind]['splits'].get('train', 0)} {kind} train rows, "
+                               f"expected {expected} ({a.copies} copies + the original per source row)")
+        op_counts[kind] = {}
+        for r in reports:
+            for (k, op), n in r["ops"]:
+                if k == kind:
+                    op_counts[kind][op] = op_counts[kind].get(op, 0) + n
+        rows = sorted((row for r in reports for row in r["samples"].get(kind, [])),
+                      key=lambda row: (row["parent_id"], row["copy"]))
+        first = sorted({row["parent_id"] for row in rows})[:4]
+        samples[kind] = [row for row in rows if row["parent_id"] in first and row["copy"] <= 3]
     _write_meta(tmp, {**meta, "datasets": counts, "augment": {"source": src, "policy": policy.describe(),
                                                                "copies": a.copies, "op_counts": op_counts}})
     swap_in(tmp, dst)

@@ -157,19 +157,18 @@ def _negative_boxes(rng, boxes: list, width: int, height: int, count: int) -> li
 
 
 class _Emitter:
-    """Builds Petastorm rows (encoded in the task) for one input."""
+    """Builds Petastorm rows (encoded with the Unischemas' codecs, in the task) for one input."""
 
     def __init__(self, opts: IngestOptions):
-        from petastorm.unischema import dict_to_spark_row
-
         from schemas.datasets import SCHEMAS
 
         self.opts = opts
-        self._row = dict_to_spark_row
         self._schemas = SCHEMAS
 
     def row(self, kind: str, **fields):
-        return kind, self._row(self._schemas[kind], fields)
+        from pipeline.data.parts import encode_row
+
+        return kind, encode_row(self._schemas[kind], fields)
 
     def light_rows(self, ident: dict, full: np.ndarray, boxes: list) -> Iterator[tuple]:
         """The detector frame (resized) and the classifier crops (from the full-resolution image)."""
@@ -352,17 +351,48 @@ def swap_in(tmp_url: str, root_url: str) -> None:
         fs.rm(old, recursive=True)
 
 
-def write_petastorm(spark, rows, schema, url: str, rowgroup_size_mb: int) -> None:
-    from petastorm.etl.dataset_metadata import materialize_dataset
-
-    with materialize_dataset(spark, url, schema, rowgroup_size_mb):
-        spark.createDataFrame(rows, schema.as_spark_schema()).write.mode("overwrite").parquet(url)
+QUARANTINE = "quarantine"
+QUARANTINE_COLUMNS = ("input_id", "source_id", "path", "group", "reason")
 
 
-def _ledger_schema():
-    from pyspark.sql.types import LongType, StringType, StructField, StructType
+def _table_schema(columns: tuple):
+    import pyarrow as pa
 
-    return StructType([StructField(c, LongType() if c == "phash" else StringType(), False) for c in LEDGER_COLUMNS])
+    return pa.schema([pa.field(c, pa.int64() if c == "phash" else pa.string(), nullable=False) for c in columns])
+
+
+def write_partition(index: int, items: Iterable[dict], opts: IngestOptions, out_url: str,
+                    rowgroup_size_mb: float) -> Iterator[dict]:
+    """The Spark task: runs :func:`process_partition` and writes its rows itself, one Parquet file per
+    dataset (``<kind>/<split>``) plus its part of the ledger and the quarantine table, all named after the
+    partition; yields one small report: files written, ledger counts, classes and a few sample rows."""
+    from collections import Counter
+
+    from pipeline.data.parts import PartWriter, arrow_schema
+    from schemas.datasets import SCHEMAS
+
+    writer = PartWriter(out_url, f"part-{index:05d}", rowgroup_size_mb)
+    ledger_schema, quarantine_schema = _table_schema(LEDGER_COLUMNS), _table_schema(QUARANTINE_COLUMNS)
+    writer.ensure(LEDGER, ledger_schema)
+    writer.ensure(QUARANTINE, quarantine_schema)
+    schemas = {kind: arrow_schema(schema) for kind, schema in SCHEMAS.items()}
+    statuses, fixes, classes, samples = Counter(), Counter(), Counter(), {}
+    for kind, row in process_partition(items, opts):
+        if kind == LEDGER:
+            writer.add(LEDGER, ledger_schema, row)
+            statuses[(row["status"], row["split"], row["label"], row["reason"])] += 1
+            fixes.update(f for f in row["fixes"].split(",") if f)
+            if row["status"] == "quarantined":
+                writer.add(QUARANTINE, quarantine_schema, {c: row[c] for c in QUARANTINE_COLUMNS})
+            continue
+        writer.add(f"{kind}/{row['split']}", schemas[kind], row)
+        if "label_name" in row:
+            classes[(kind, row["label_name"])] += 1
+        kept = samples.setdefault(kind, [])
+        if len(kept) < 12:
+            kept.append(row)
+    yield {"files": writer.close(), "statuses": list(statuses.items()), "fixes": dict(fixes),
+           "classes": list(classes.items()), "samples": samples}
 
 
 def near_duplicate_pairs(ledger, max_bits: int):
@@ -395,10 +425,8 @@ def near_duplicate_pairs(ledger, max_bits: int):
 
 
 def run(spark, conf: Config, tracker) -> dict:
-    """The ingest stage (registered in pipeline.stages): plan -> Spark tasks -> datasets swapped in whole."""
-    from pyspark import StorageLevel
-    from pyspark.sql import Row
-
+    """The ingest stage (registered in pipeline.stages): plan -> one Spark job -> datasets swapped in whole."""
+    from pipeline.data import parts
     from schemas.datasets import SCHEMAS
 
     inputs, classes = plan_inputs(conf)
@@ -412,26 +440,21 @@ def run(spark, conf: Config, tracker) -> dict:
     # (benchmarks/RESULTS.md); every split still gets a file per task, enough row groups to shard.
     default = max(spark.sparkContext.defaultParallelism, -(-len(inputs) // 200))
     partitions = min(len(inputs), conf.ingest.partitions or default)
-    rows = (spark.sparkContext.parallelize(inputs, partitions)
-            .mapPartitions(lambda items: process_partition(items, opts))
-            .persist(StorageLevel.MEMORY_AND_DISK))
-    try:
-        spark.createDataFrame(rows.filter(lambda kv: kv[0] == LEDGER).map(lambda kv: Row(**kv[1])),
-                              _ledger_schema()).write.parquet(f"{tmp}/ledger")
-        splits = [r["split"] for r in spark.read.parquet(f"{tmp}/ledger").select("split").distinct().collect()]
-        for kind in kinds:  # one Petastorm dataset per split: ranks shard the train split by row group
-            for split in sorted(splits):
-                write_petastorm(spark, rows.filter(lambda kv, k=kind, s=split: kv[0] == k and kv[1]["split"] == s)
-                                .map(lambda kv: kv[1]), SCHEMAS[kind], f"{tmp}/{kind}/{split}",
-                                conf.ingest.rowgroup_size_mb)
-        samples = {kind: rows.filter(lambda kv, k=kind: kv[0] == k).map(lambda kv: kv[1]).take(12)
-                   for kind in kinds}
-    finally:
-        rows.unpersist()
-    ledger = spark.read.parquet(f"{tmp}/ledger")
-    summary = _account(spark, ledger, tmp, kinds, len(inputs))
-    ledger.filter("status = 'quarantined'").select("input_id", "source_id", "path", "group", "reason") \
-        .coalesce(1).write.parquet(f"{tmp}/quarantine")
+    rowgroup_mb = conf.ingest.rowgroup_size_mb
+    reports = (spark.sparkContext.parallelize(inputs, partitions)
+               .mapPartitionsWithIndex(lambda i, items: write_partition(i, items, opts, tmp, rowgroup_mb))
+               .collect())
+    files = parts.merge(r["files"] for r in reports)
+    written_rows = {}
+    for folder, infos in sorted(files.items()):  # Petastorm metadata per dataset; footers checked
+        if folder in (LEDGER, QUARANTINE):
+            written_rows[folder] = parts.count_rows(f"{tmp}/{folder}", [i["file"] for i in infos])
+        else:
+            kind = folder.split("/")[0]
+            written_rows[folder] = parts.finalize(f"{tmp}/{folder}", SCHEMAS[kind], infos)
+    summary = _account(reports, written_rows, kinds, len(inputs))
+    samples = {kind: [row for r in reports for row in r["samples"].get(kind, [])][:12] for kind in kinds}
+    ledger = spark.read.parquet(f"{tmp}/{LEDGER}")
     pairs = near_duplicate_pairs(ledger, conf.ingest.near_duplicate_bits).cache()
     summary["near_duplicates_across_splits"] = pairs.count()
     summary["classes"] = list(classes)
@@ -446,37 +469,44 @@ def run(spark, conf: Config, tracker) -> dict:
             "dataset_url": root}
 
 
-def _account(spark, ledger, tmp: str, kinds: list, planned: int) -> dict:
-    """Counts per status / split / class / reason; raises unless rows in = written + quarantined."""
-    from pyspark.sql import functions as F
-
-    by = {tuple(r[:-1]): r[-1] for r in ledger.groupBy("status", "split", "label", "reason").count().collect()}
+def _account(reports: list, written_rows: dict, kinds: list, planned: int) -> dict:
+    """Counts per status / split / class / reason from the tasks' reports, checked against the rows on disk
+    (file footers); raises unless rows in = written + quarantined and every written input has its rows."""
+    by: dict = {}
+    fixes: dict = {}
+    classes: dict = {}
+    for report in reports:
+        for key, n in report["statuses"]:
+            by[tuple(key)] = by.get(tuple(key), 0) + n
+        for fix, n in report["fixes"].items():
+            fixes[fix] = fixes.get(fix, 0) + n
+        for (kind, name), n in report["classes"]:
+            classes.setdefault(kind, {})
+            classes[kind][name] = classes[kind].get(name, 0) + n
     written = sum(n for (status, *_), n in by.items() if status == "written")
     quarantined = sum(n for (status, *_), n in by.items() if status == "quarantined")
     rows_in = sum(by.values())
-    if rows_in != planned or written + quarantined != rows_in:
+    on_disk = written_rows.get(LEDGER, 0)
+    if not (rows_in == planned == on_disk) or written + quarantined != rows_in \
+            or written_rows.get(QUARANTINE, 0) != quarantined:
         raise IngestError(f"ingest lost rows: {planned} inputs planned, {rows_in} accounted for "
-                          f"({written} written + {quarantined} quarantined)")
+                          f"({written} written + {quarantined} quarantined), {on_disk} ledger rows on disk")
     datasets = {}
     for kind in kinds:
-        df = spark.read.parquet(f"{tmp}/{kind}/*")
-        per_split = {r["split"]: r["count"] for r in df.groupBy("split").count().collect()}
-        per_class = ({r["label_name"]: r["count"] for r in df.groupBy("label_name").count().collect()}
-                     if "label_name" in df.columns else {})
-        datasets[kind] = {"rows": sum(per_split.values()), "splits": per_split, "classes": per_class}
+        per_split = {folder.split("/")[1]: n for folder, n in written_rows.items()
+                     if folder.startswith(f"{kind}/") and n}
+        datasets[kind] = {"rows": sum(per_split.values()), "splits": per_split, "classes": classes.get(kind, {})}
     primary = kinds[0]
     if datasets[primary]["rows"] != written:
         raise IngestError(f"ingest wrote {datasets[primary]['rows']} {primary} rows for {written} inputs "
                           f"marked written")
-    fixes = ledger.filter(F.col("fixes") != "").select(F.explode(F.split("fixes", ",")).alias("fix")) \
-        .groupBy("fix").count().collect()
     reasons = {}
     for (status, _, _, reason), n in by.items():
         if status == "quarantined":
             key = reason.split(":", 1)[0]
             reasons[key] = reasons.get(key, 0) + n
     return {"rows_in": rows_in, "rows_written": written, "rows_quarantined": quarantined,
-            "quarantine_reasons": reasons, "fixes": {r["fix"]: r["count"] for r in fixes}, "datasets": datasets}
+            "quarantine_reasons": reasons, "fixes": fixes, "datasets": datasets}
 
 
 def _write_meta(tmp: str, summary: dict) -> None:

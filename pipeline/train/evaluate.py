@@ -128,22 +128,23 @@ def heatmap_peaks(heat: torch.Tensor, threshold: float, stride: int = DETECTOR_S
 def match_peaks(peaks: list, boxes: np.ndarray, match_distance: float) -> tuple[list, list]:
     """Greedy by score: each peak takes the nearest unmatched light that contains it or is within reach.
 
-    Returns (per peak: matched box index or -1, in score order with the score) and the matched box flags."""
+    Returns, per peak in score order, (score, matched box index or -1, nearest box within reach or -1, taken
+    or not: for an unmatched peak this says which light it duplicates), and the matched box flags."""
     order = sorted(peaks, key=lambda p: -p[2])
     taken = [False] * len(boxes)
     result = []
     for x, y, score in order:
-        best, best_d = -1, None
+        best, best_d, near, near_d = -1, None, -1, None
         for k, (x0, y0, x1, y1) in enumerate(boxes):
-            if taken[k]:
-                continue
             d = float(np.hypot(x - (x0 + x1) / 2, y - (y0 + y1) / 2))
             if (x0 <= x <= x1 and y0 <= y <= y1) or d <= match_distance:
-                if best_d is None or d < best_d:
+                if near_d is None or d < near_d:
+                    near, near_d = k, d
+                if not taken[k] and (best_d is None or d < best_d):
                     best, best_d = k, d
         if best >= 0:
             taken[best] = True
-        result.append((score, best))
+        result.append((score, best, best if best >= 0 else near))
     return result, taken
 
 
@@ -173,11 +174,13 @@ class DetectorTally:
         self.positives["all"] += len(boxes)
         for d in distances:
             self.positives[DISTANCES[int(d)]] += 1
-        for score, k in matched:
+        for score, k, near in matched:
             self.scores["all"].append(score)
             self.tps["all"].append(k >= 0)
-            for bucket in DISTANCES:  # a peak on a light of another bucket is neither TP nor FP here
-                if k < 0 or DISTANCES[int(distances[k])] == bucket:
+            for bucket in DISTANCES:
+                # As COCO does with its area ranges: a peak on a light of another bucket (its match, or a second
+                # peak on it) is neither TP nor FP here; a peak on no light is a false positive in every bucket.
+                if near < 0 or DISTANCES[int(distances[near])] == bucket:
                     self.scores[bucket].append(score)
                     self.tps[bucket].append(k >= 0)
 

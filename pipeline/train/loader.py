@@ -23,15 +23,19 @@ MEAN, STD = 0.5, 0.25
 DETECTOR_STRIDE = 4
 
 
+_SCALE, _SHIFT = 1.0 / (255.0 * STD), MEAN / STD
+
+
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W)."""
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W): (x / 255 - MEAN) / STD, in one allocation and two
+    in-place passes (half the CPU of the plain expression; it runs in the loader thread beside the step)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return (x / 255.0 - MEAN) / STD
+    return x.mul_(_SCALE).sub_(_SHIFT)
 
 
 def from_tensor(x: torch.Tensor) -> np.ndarray:
     """The inverse of :func:`to_tensor`, for pictures."""
-    return ((x.detach().cpu().permute(0, 2, 3, 1).numpy() * STD + MEAN) * 255).clip(0, 255).astype(np.uint8)
+    return ((x.detach().cpu().permute(0, 2, 3, 1).numpy() * STD + MEAN) * 255).round().clip(0, 255).astype(np.uint8)
 
 
 def heat_target(boxes: np.ndarray, hw: tuple, stride: int = DETECTOR_STRIDE) -> np.ndarray:

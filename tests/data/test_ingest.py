@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from petastorm import make_reader
 
-from pipeline.data import ingest
+from pipeline.data import ingest, parts
 from pipeline.data.ingest import near_duplicate_pairs, phash64, split_of
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
@@ -119,23 +119,23 @@ def test_rerun_after_a_crash_keeps_the_old_dataset_and_gives_the_same_rows(synth
     data_dir = Path(conf.paths.work_dir) / "data"
     before = read_rows(f"{root}/road_frames/train")
 
-    real_write = ingest.write_petastorm
+    real_finalize = parts.finalize
     calls = []
 
-    def write_then_crash(*args, **kwargs):
-        calls.append(args[3])
+    def finalize_then_crash(*args, **kwargs):   # the tasks wrote their files; killed while finishing them
+        calls.append(args[0])
         if len(calls) == 2:
             raise KeyboardInterrupt("killed midway")
-        return real_write(*args, **kwargs)
+        return real_finalize(*args, **kwargs)
 
-    monkeypatch.setattr(ingest, "write_petastorm", write_then_crash)
+    monkeypatch.setattr(parts, "finalize", finalize_then_crash)
     with pytest.raises(KeyboardInterrupt):
         run_ingest(spark, conf)
     again = read_rows(f"{root}/road_frames/train")                       # the old dataset is untouched
     assert [r["id"] for r in again] == [r["id"] for r in before]
     leftovers = [p.name for p in data_dir.iterdir() if ".tmp-" in p.name]
     assert leftovers                                                     # the crash left its temp folder
-    monkeypatch.setattr(ingest, "write_petastorm", real_write)
+    monkeypatch.setattr(parts, "finalize", real_finalize)
     run_ingest(spark, conf)
     after = read_rows(f"{root}/road_frames/train")
     assert [r["id"] for r in after] == [r["id"] for r in before]

@@ -31,7 +31,8 @@ def test_greedy_matching_by_score_inside_box_or_within_distance():
     boxes = np.array([[0, 0, 10, 10], [50, 50, 54, 54]], np.float32)
     peaks = [(5, 5, 0.9), (6, 6, 0.8), (58, 52, 0.7), (100, 100, 0.95)]
     matched, taken = match_peaks(peaks, boxes, match_distance=8)
-    assert matched == [(0.95, -1), (0.9, 0), (0.8, -1), (0.7, 1)]   # the second peak on box 0 is a duplicate
+    # the second peak on box 0 is a duplicate: unmatched, and it says which light it duplicates
+    assert matched == [(0.95, -1, -1), (0.9, 0, 0), (0.8, -1, 0), (0.7, 1, 1)]
     assert taken == [True, True]
 
 
@@ -53,3 +54,16 @@ def test_detector_tally_per_distance_bucket():
     assert metrics["test_lights_far"] == 1 and np.isnan(metrics["test_recall_medium"])
     assert metrics["test_recall_at_p90_near"] == 1.0     # the near light's peak ranks first: precision 1 there
     assert metrics["test_recall_at_p90"] == 0.5 and metrics["test_recall_at_p90_far"] == 0.0
+
+
+def test_detector_tally_duplicate_on_another_bucket_is_ignored_there():
+    tally = DetectorTally()
+    boxes = np.array([[0, 0, 10, 30], [100, 0, 104, 6]], np.float32)   # one near, one far
+    distances = np.array([0, 2])
+    # a peak on each light, then a second (weaker) peak on the near light
+    tally.add([(5, 15, 0.9), (102, 3, 0.8), (5, 25, 0.7)], boxes, distances, match_distance=4)
+    metrics, _ = tally.metrics("test_", threshold=0.5)
+    assert metrics["test_precision"] == pytest.approx(2 / 3)     # overall, the duplicate is a false positive
+    assert metrics["test_precision_near"] == 0.5                  # and in the bucket of the light it duplicates
+    assert metrics["test_precision_far"] == 1.0                   # but not in another bucket
+    assert metrics["test_recall_far"] == 1.0 and metrics["test_recall_near"] == 1.0

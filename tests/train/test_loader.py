@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from pipeline.train import loader
 from pipeline.train.run import make_spec
@@ -53,3 +54,12 @@ def test_detector_batches_carry_heat_maps(tiny_data):
 def test_missing_dataset_names_the_fix(tiny_data):
     with pytest.raises(Exception, match="run `pipeline ingest` first"):
         make_spec(tiny_data("train.data=nowhere"))
+
+
+def test_to_tensor_normalises_and_from_tensor_inverts():
+    images = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    x = loader.to_tensor(images)
+    assert x.shape == (3, 3, 5, 7) and x.dtype == torch.float32
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255 - loader.MEAN) / loader.STD
+    assert torch.allclose(x.double(), expected, atol=1e-5)
+    assert np.array_equal(loader.from_tensor(x), images)

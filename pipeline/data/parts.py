@@ -1,0 +1,200 @@
+"""Datasets written by the Spark tasks themselves: one Parquet file per task and folder, then Petastorm metadata.
+
+Why: a stage that filters one cached RDD into a ``DataFrame.write`` per (kind, split) pays a Spark job, a
+query plan and a Petastorm metadata job for each of them (benchmarks/RESULTS.md: most of the ingest and augment
+stages' fixed cost). Here one job does the work: every task encodes its rows with the Unischema's codecs and
+writes them with pyarrow, a file per folder it has rows for, and returns what it wrote (files, row groups, rows)
+to the driver, which adds the Petastorm metadata (the pickled Unischema and the row groups per file) from that
+alone, with no second pass over the data.
+
+Re-runnable: a file's name comes from the task's input (its partition index or its source file), never from the
+attempt, and it is written under a hidden name and renamed when complete, so a retried or speculative task
+replaces its file instead of adding a second one, and a killed task leaves nothing a reader would see.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+from typing import Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_SPARK_TO_ARROW = {"StringType": pa.string(), "BinaryType": pa.binary(), "IntegerType": pa.int32(),
+                   "LongType": pa.int64(), "ShortType": pa.int16(), "ByteType": pa.int8(),
+                   "FloatType": pa.float32(), "DoubleType": pa.float64(), "BooleanType": pa.bool_()}
+
+
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def arrow_schema(unischema) -> pa.Schema:
+    """The Arrow schema Spark would write for a Unischema (same column types, so either reads the other)."""
+    fields = []
+    for f in unischema.as_spark_schema().fields:
+        name = type(f.dataType).__name__
+        if name not in _SPARK_TO_ARROW:
+            raise TypeError(f"field {f.name}: no Arrow type for {name}")
+        fields.append(pa.field(f.name, _SPARK_TO_ARROW[name], nullable=f.nullable))
+    return pa.schema(fields)
+
+
+def encode_row(unischema, values: dict) -> dict:
+    """Numpy values -> the stored values, with the Unischema's codecs (as ``dict_to_spark_row``, without a Row)."""
+    fields = unischema.fields
+    if values.keys() != fields.keys():
+        missing, extra = sorted(fields.keys() - values.keys()), sorted(values.keys() - fields.keys())
+        raise ValueError(f"{unischema._name}: row fields do not match the schema "
+                         f"(missing {missing}, unexpected {extra})")
+    out = {}
+    for name, value in values.items():
+        field = fields[name]
+        if value is None:
+            if not field.nullable:
+                raise ValueError(f"{unischema._name}.{name} is not nullable")
+            out[name] = None
+        else:
+            out[name] = field.codec.encode(field, value) if field.codec is not None else value
+    return out
+
+
+class _Folder:
+    def __init__(self, fs, directory: str, name: str, schema: pa.Schema, rowgroup_bytes: int):
+        self.fs, self.directory, self.name, self.schema = fs, directory, name, schema
+        self.rowgroup_bytes = rowgroup_bytes
+        self.columns = {f.name: [] for f in schema}
+        self.buffered = self.rows = self.row_groups = 0
+        self.writer = self.handle = None
+        self.hidden = f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.inprogress"
+
+    def add(self, row: dict) -> None:
+        for name, column in self.columns.items():
+            value = row[name]
+            column.append(value)
+            self.buffered += len(value) if isinstance(value, (bytes, bytearray, str)) else 8
+        self.rows += 1
+        if self.buffered >= self.rowgroup_bytes:
+            self._flush()
+
+    def _open(self) -> None:
+        if self.writer is None:
+            self.fs.makedirs(self.directory, exist_ok=True)
+            self.handle = self.fs.open(self.hidden, "wb")
+            self.writer = pq.ParquetWriter(self.handle, self.schema)
+
+    def _flush(self) -> None:
+        self._open()
+        if self.buffered or not self.row_groups:
+            table = pa.table({n: pa.array(v, type=self.schema.field(n).type) for n, v in self.columns.items()},
+                             schema=self.schema)
+            self.writer.write_table(table, row_group_size=max(len(table), 1))
+            self.row_groups += 1 if len(table) else 0
+        self.columns = {n: [] for n in self.columns}
+        self.buffered = 0
+
+    def add_table(self, table: pa.Table) -> None:
+        if self.buffered:
+            self._flush()
+        self._open()
+        per_group = max(1, int(len(table) * self.rowgroup_bytes / max(table.nbytes, 1)))
+        for start in range(0, len(table), per_group):
+            self.writer.write_table(table.slice(start, per_group), row_group_size=per_group)
+            self.row_groups += 1
+        self.rows += len(table)
+
+    def close(self) -> dict:
+        self._flush()
+        self.writer.close()
+        self.handle.close()
+        final = f"{self.directory}/{self.name}"
+        if self.fs.exists(final):
+            self.fs.rm(final)
+        self.fs.mv(self.hidden, final)
+        return {"file": self.name, "rows": self.rows, "row_groups": self.row_groups}
+
+
+class PartWriter:
+    """In a Spark task: rows into ``<root>/<folder>/<name>.parquet``, one file per folder, row groups of
+    about ``rowgroup_size_mb``. ``close()`` returns ``{folder: {"file", "rows", "row_groups"}}``."""
+
+    def __init__(self, root_url: str, name: str, rowgroup_size_mb: float):
+        self.fs, self.root = _fs(root_url)
+        self.name = f"{name}.parquet"
+        self.rowgroup_bytes = int(rowgroup_size_mb * 2 ** 20)
+        self.folders: dict = {}
+
+    def add(self, folder: str, schema: pa.Schema, row: dict) -> None:
+        """One row of stored values (see :func:`encode_row`) to ``folder``, whose files all have ``schema``."""
+        out = self.folders.get(folder)
+        if out is None:
+            out = self.folders[folder] = _Folder(self.fs, f"{self.root}/{folder}", self.name, schema,
+                                                 self.rowgroup_bytes)
+        out.add(row)
+
+    def add_table(self, folder: str, table: pa.Table) -> None:
+        """Whole rows already in Arrow form (no decoding), e.g. a source file with lineage columns added."""
+        self.ensure(folder, table.schema)
+        self.folders[folder].add_table(table)
+
+    def ensure(self, folder: str, schema: pa.Schema) -> None:
+        """Write ``folder``'s file even if it gets no rows (plain tables that readers expect to exist)."""
+        if folder not in self.folders:
+            self.folders[folder] = _Folder(self.fs, f"{self.root}/{folder}", self.name, schema, self.rowgroup_bytes)
+
+    def close(self) -> dict:
+        return {folder: out.close() for folder, out in self.folders.items()}
+
+
+def merge(results: Iterable[dict]) -> dict:
+    """Task results ``{folder: file info}`` -> ``{folder: [file infos]}``; a file reported twice (a retried
+    task whose first attempt also got its result through) counts once."""
+    out: dict = {}
+    for result in results:
+        for folder, info in result.items():
+            files = out.setdefault(folder, {})
+            files[info["file"]] = info
+    return {folder: sorted(files.values(), key=lambda i: i["file"]) for folder, files in out.items()}
+
+
+def finalize(url: str, unischema, files: list, *, check: bool = True) -> int:
+    """Make ``url`` a Petastorm dataset: ``_common_metadata`` with the Unischema and the row groups per file
+    (what ``materialize_dataset`` writes, from the tasks' reports instead of a Spark job over the files).
+    Removes what killed attempts left; with ``check``, reads every file's footer and fails unless the rows
+    and row groups on disk are the ones reported. Returns the number of rows."""
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
+
+    fs, path = _fs(url)
+    for leftover in fs.glob(f"{path}/.*.inprogress"):
+        fs.rm(leftover)
+    names = {i["file"] for i in files}
+    on_disk = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{path}/*.parquet")}
+    if on_disk != names:
+        raise RuntimeError(f"{url}: files on disk {sorted(on_disk - names)} not reported by a task, or reported "
+                           f"files missing {sorted(names - on_disk)}")
+    if check:
+        for info in files:
+            with fs.open(f"{path}/{info['file']}", "rb") as fh:
+                meta = pq.read_metadata(fh)
+            if (meta.num_rows, meta.num_row_groups) != (info["rows"], info["row_groups"]):
+                raise RuntimeError(f"{url}/{info['file']}: {meta.num_rows} rows in {meta.num_row_groups} row "
+                                   f"groups on disk, {info['rows']} in {info['row_groups']} reported")
+    schema = arrow_schema(unischema).with_metadata({
+        UNISCHEMA_KEY: pickle.dumps(unischema),
+        ROW_GROUPS_PER_FILE_KEY: json.dumps({i["file"]: i["row_groups"] for i in files}).encode()})
+    with fs.open(f"{path}/_common_metadata", "wb") as fh:
+        pq.write_metadata(schema, fh)
+    return sum(i["rows"] for i in files)
+
+
+def count_rows(url: str, files: Optional[list] = None) -> int:
+    """Rows of a folder of Parquet files, from their footers."""
+    fs, path = _fs(url)
+    total = 0
+    for name in files if files is not None else [p.rsplit("/", 1)[-1] for p in fs.glob(f"{path}/*.parquet")]:
+        with fs.open(f"{path}/{name}", "rb") as fh:
+            total += pq.read_metadata(fh).num_rows
+    return total
