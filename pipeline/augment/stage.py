@@ -78,7 +78,7 @@ def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_si
             table = table.append_column("parent_id", ids).append_column(
                 "copy", pa.array([0] * len(table), pa.int32())).append_column(
                 "ops", pa.array(["[]"] * len(table), pa.string()))
-            writer.add_table(folder, table.cast(out_schema))
+            writer.add_table(folder, table.select(out_schema.names).cast(out_schema))
             report.files.append(writer.close())
             continue
         for stored in table.to_pylist():
