@@ -253,7 +253,7 @@ PHASE_NOTES = {
     "recover": "recover (leftovers of killed runs)",
     ("recover", "collect"): "parallelize the inputs",
     "collect": "THE Spark job: tasks transform their inputs and write their own Parquet files (write_partition)",
-    "count_rows": "ledger + quarantine row counts (file footers)",
+    "commit": "commit of ledger + quarantine files (rename, footers)",
     "finalize": "Petastorm metadata per dataset (parts.finalize: footers checked, _common_metadata)",
     "_account": "accounting from the task reports",
     ("_account", "parquet"): "sample rows from the reports",
@@ -277,7 +277,7 @@ def profiled_stage(spark, conf, count: int):
     from pipeline.tracking import Tracker
 
     targets = [(ingest, "run"), (ingest, "plan_inputs"), (ingest, "recover"), (RDD, "collect"),
-               (parts, "count_rows"), (parts, "finalize"), (ingest, "_account"), (DataFrameReader, "parquet"),
+               (parts, "commit"), (parts, "finalize"), (ingest, "_account"), (DataFrameReader, "parquet"),
                (ingest, "near_duplicate_pairs"), (DataFrame, "count"), (ingest, "_write_meta"),
                (ingest, "swap_in"), (ingest, "_log")]
     events: list = []

@@ -45,7 +45,7 @@ class _Report:
 
     def sample(self, kind: str, row: dict) -> None:
         kept = self.samples.setdefault(kind, [])
-        if len({r["parent_id"] for r in kept} | {row["parent_id"]}) <= self.keep:
+        if row["copy"] <= 3 and len({r["parent_id"] for r in kept} | {row["parent_id"]}) <= self.keep:
             kept.append(row)
 
     def done(self) -> dict:
@@ -72,27 +72,27 @@ def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_si
         writer = PartWriter(out_url, _part_name(path), rowgroup_size_mb)
         fs, local = _fs(path)
         with fs.open(local, "rb") as fh:
-            table = pq.read_table(fh, columns=list(base.fields))
-        if split != "train" or not copies:  # untouched: the stored bytes plus lineage columns, no decoding
-            ids = table.column("id")
-            table = table.append_column("parent_id", ids).append_column(
-                "copy", pa.array([0] * len(table), pa.int32())).append_column(
-                "ops", pa.array(["[]"] * len(table), pa.string()))
-            writer.add_table(folder, table.select(out_schema.names).cast(out_schema))
-            report.files.append(writer.close())
-            continue
-        for stored in table.to_pylist():
-            original = _lineage(stored, stored["id"], 0, [])
-            writer.add(folder, out_schema, original)
-            report.sample(kind, original)
-            row = decode_row(base, stored)
-            for copy_index in range(1, copies + 1):
-                out, applied = augment_row(kind, row, policy, row["id"], copy_index)
-                out["id"] = f"{row['id']}~{copy_index}"
-                encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied))
-                writer.add(folder, out_schema, encoded)
-                report.applied(kind, applied)
-                report.sample(kind, encoded)
+            source = pq.ParquetFile(fh)
+            for group in range(source.num_row_groups):  # a row group at a time: bounded memory
+                table = source.read_row_group(group, columns=list(base.fields))
+                if split != "train" or not copies:  # untouched: the stored bytes plus lineage columns, no decoding
+                    table = table.append_column("parent_id", table.column("id")).append_column(
+                        "copy", pa.array([0] * len(table), pa.int32())).append_column(
+                        "ops", pa.array(["[]"] * len(table), pa.string()))
+                    writer.add_table(folder, table.select(out_schema.names).cast(out_schema))
+                    continue
+                for stored in table.to_pylist():
+                    original = _lineage(stored, stored["id"], 0, [])
+                    writer.add(folder, out_schema, original)
+                    report.sample(kind, original)
+                    row = decode_row(base, stored)
+                    for copy_index in range(1, copies + 1):
+                        out, applied = augment_row(kind, row, policy, row["id"], copy_index)
+                        out["id"] = f"{row['id']}~{copy_index}"
+                        encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied))
+                        writer.add(folder, out_schema, encoded)
+                        report.applied(kind, applied)
+                        report.sample(kind, encoded)
         report.files.append(writer.close())
     yield report.done()
 
@@ -182,15 +182,18 @@ def run(spark, conf: Config, tracker) -> dict:
     mlflow.log_params({"augment.source_url": src, "augment.output_url": dst})
     recover(dst)
     tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
-    fs, _ = parts._fs(src)
-    scheme = src.split("://", 1)[0] + "://" if "://" in src else ""
+    fs, src_path = parts._fs(src)
     units, weights = [], []
     for kind, info in meta["datasets"].items():
         for split in info["splits"]:
             if split == "train" and with_background and a.copies:
                 continue  # the join path below
-            for path in sorted(fs.glob(f"{parts._fs(src)[1]}/{kind}/{split}/*.parquet")):
-                units.append((kind, split, f"{scheme}{path}"))
+            listed = sorted(fs.glob(f"{src_path}/{kind}/{split}/*.parquet"))
+            if not listed:
+                raise RuntimeError(f"{src}: {kind}/{split} should hold {info['splits'][split]} rows but has no "
+                                   f"Parquet files: re-run the ingest of {a.source}")
+            for path in listed:  # executors get the source URL itself (an fsspec path drops e.g. the HDFS host)
+                units.append((kind, split, f"{src}/{kind}/{split}/{path.rsplit('/', 1)[-1]}"))
                 size = fs.size(path)  # val / test files are only copied; train rows are decoded and augmented
                 weights.append(size * (1 + 3 * a.copies) if split == "train" else 0.1 * size)
     groups = _balanced(units, weights, 2 * spark.sparkContext.defaultParallelism)
@@ -213,10 +216,12 @@ def run(spark, conf: Config, tracker) -> dict:
             n = parts.finalize(f"{tmp}/{kind}/{split}", AUGMENTED_SCHEMAS[kind], files.get(f"{kind}/{split}", []))
             counts[kind]["splits"][split] = n
             counts[kind]["rows"] += n
-        expected = info["splits"].get("train", 0) * (a.copies + 1)
-        if counts[kind]["splits"].get("train", 0) != expected:
-            raise RuntimeError(f"augment wrote {counts[kind]['splits'].get('train', 0)} {kind} train rows, "
-                               f"expected {expected} ({a.copies} copies + the original per source row)")
+        for split, n in info["splits"].items():
+            expected = n * (a.copies + 1) if split == "train" else n
+            if counts[kind]["splits"][split] != expected:
+                raise RuntimeError(f"augment wrote {counts[kind]['splits'][split]} {kind} {split} rows, expected "
+                                   f"{expected}" + (f" ({a.copies} copies + the original per source row)"
+                                                    if split == "train" else " (copied untouched)"))
         op_counts[kind] = {}
         for r in reports:
             for (k, op), n in r["ops"]:

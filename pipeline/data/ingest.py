@@ -194,10 +194,20 @@ class _Emitter:
                            label=CROP_CLASSES.index("background"), label_name="background", distance="")
 
 
+def storable(text: str) -> str:
+    """A file name as valid UTF-8 for Parquet: undecodable bytes (surrogate escapes) become \\xNN."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _ledger(item_id: str, rec: dict, split: str, status: str, reason: str = "", fixes=(), phash: int = 0):
-    return LEDGER, {"input_id": item_id, "source_id": rec.get("source_id", item_id), "path": rec.get("path") or "",
-                    "group": rec.get("group", ""), "split": split, "label": rec.get("label") or "",
-                    "status": status, "reason": reason, "fixes": ",".join(fixes), "phash": phash}
+    return LEDGER, {"input_id": storable(item_id), "source_id": storable(rec.get("source_id", item_id)),
+                    "path": storable(rec.get("path") or ""),
+                    "group": storable(rec.get("group", "")), "split": split, "label": storable(rec.get("label") or ""),
+                    "status": status, "reason": storable(reason), "fixes": ",".join(fixes), "phash": phash}
 
 
 def _synthetic(index: int, opts: IngestOptions, emit: _Emitter) -> Iterator[tuple]:
@@ -254,7 +264,7 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
     if opts.writes_lights and unknown:
         yield _ledger(item_id, rec, split, "quarantined", f"unknown_label:{unknown[0]}", fixes)
         return
-    ident = {"id": item_id, "group": rec["group"], "split": split, "source": rec["path"]}
+    ident = {"id": storable(item_id), "group": storable(rec["group"]), "split": split, "source": storable(rec["path"])}
     rgb = decoded.rgb
     phash = 0
     if opts.writes_road:
@@ -263,7 +273,8 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
         label = rec.get("label")
         yield emit.row("road_frames", **ident, image=road,
                        label=opts.classes.index(label) if label in opts.classes else -1,
-                       label_name=label or "", lane_mask=_lane_mask(rec.get("lanes", ()), rgb.shape, opts.road_hw),
+                       label_name=storable(label or ""),
+                       lane_mask=_lane_mask(rec.get("lanes", ()), rgb.shape, opts.road_hw),
                        context="", phash=phash)
     if opts.writes_lights:
         rows = list(emit.light_rows(ident, rgb, boxes))
@@ -389,7 +400,7 @@ def write_partition(index: int, items: Iterable[dict], opts: IngestOptions, out_
         if "label_name" in row:
             classes[(kind, row["label_name"])] += 1
         kept = samples.setdefault(kind, [])
-        if len(kept) < 12:
+        if index < 4 and len(kept) < 12:  # for the sample figures: a few tasks' worth, not every task's
             kept.append(row)
     yield {"files": writer.close(), "statuses": list(statuses.items()), "fixes": dict(fixes),
            "classes": list(classes.items()), "samples": samples}
@@ -448,7 +459,7 @@ def run(spark, conf: Config, tracker) -> dict:
     written_rows = {}
     for folder, infos in sorted(files.items()):  # Petastorm metadata per dataset; footers checked
         if folder in (LEDGER, QUARANTINE):
-            written_rows[folder] = parts.count_rows(f"{tmp}/{folder}", [i["file"] for i in infos])
+            written_rows[folder] = parts.commit(f"{tmp}/{folder}", infos)
         else:
             kind = folder.split("/")[0]
             written_rows[folder] = parts.finalize(f"{tmp}/{folder}", SCHEMAS[kind], infos)
@@ -490,7 +501,8 @@ def _account(reports: list, written_rows: dict, kinds: list, planned: int) -> di
     if not (rows_in == planned == on_disk) or written + quarantined != rows_in \
             or written_rows.get(QUARANTINE, 0) != quarantined:
         raise IngestError(f"ingest lost rows: {planned} inputs planned, {rows_in} accounted for "
-                          f"({written} written + {quarantined} quarantined), {on_disk} ledger rows on disk")
+                          f"({written} written + {quarantined} quarantined); on disk {on_disk} ledger rows and "
+                          f"{written_rows.get(QUARANTINE, 0)} quarantine rows")
     datasets = {}
     for kind in kinds:
         per_split = {folder.split("/")[1]: n for folder, n in written_rows.items()

@@ -7,9 +7,11 @@ writes them with pyarrow, a file per folder it has rows for, and returns what it
 to the driver, which adds the Petastorm metadata (the pickled Unischema and the row groups per file) from that
 alone, with no second pass over the data.
 
-Re-runnable: a file's name comes from the task's input (its partition index or its source file), never from the
-attempt, and it is written under a hidden name and renamed when complete, so a retried or speculative task
-replaces its file instead of adding a second one, and a killed task leaves nothing a reader would see.
+Re-runnable: a task writes its file under a hidden name unique to the attempt (``.<name>.<uuid>.inprogress``,
+which no reader lists) and reports that name; only the driver, after the job, renames the reported file of each
+task to its final name (fixed by the task's input, never by the attempt) and deletes every other hidden file. So
+a retried, speculative or zombie attempt can neither add a second copy of its rows nor touch a committed file,
+and a killed job leaves nothing a reader would see.
 """
 from __future__ import annotations
 
@@ -88,11 +90,11 @@ class _Folder:
 
     def _flush(self) -> None:
         self._open()
-        if self.buffered or not self.row_groups:
+        if self.buffered:  # (an empty table would still make a row group: pyarrow writes one for 0 rows)
             table = pa.table({n: pa.array(v, type=self.schema.field(n).type) for n, v in self.columns.items()},
                              schema=self.schema)
-            self.writer.write_table(table, row_group_size=max(len(table), 1))
-            self.row_groups += 1 if len(table) else 0
+            self.writer.write_table(table, row_group_size=len(table))
+            self.row_groups += 1
         self.columns = {n: [] for n in self.columns}
         self.buffered = 0
 
@@ -107,14 +109,12 @@ class _Folder:
         self.rows += len(table)
 
     def close(self) -> dict:
+        """Finish the hidden file; the driver commits it (:func:`commit`)."""
         self._flush()
         self.writer.close()
         self.handle.close()
-        final = f"{self.directory}/{self.name}"
-        if self.fs.exists(final):
-            self.fs.rm(final)
-        self.fs.mv(self.hidden, final)
-        return {"file": self.name, "rows": self.rows, "row_groups": self.row_groups}
+        return {"file": self.name, "hidden": self.hidden.rsplit("/", 1)[-1], "rows": self.rows,
+                "row_groups": self.row_groups}
 
 
 class PartWriter:
@@ -160,41 +160,55 @@ def merge(results: Iterable[dict]) -> dict:
     return {folder: sorted(files.values(), key=lambda i: i["file"]) for folder, files in out.items()}
 
 
-def finalize(url: str, unischema, files: list, *, check: bool = True) -> int:
-    """Make ``url`` a Petastorm dataset: ``_common_metadata`` with the Unischema and the row groups per file
-    (what ``materialize_dataset`` writes, from the tasks' reports instead of a Spark job over the files).
-    Removes what killed attempts left; with ``check``, reads every file's footer and fails unless the rows
-    and row groups on disk are the ones reported. Returns the number of rows."""
-    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
+def commit(url: str, files: list, *, check: bool = True) -> int:
+    """The driver's half of a write: rename each reported hidden file to its final name, delete every other
+    hidden file (attempts that failed, lost the race or still run), refuse files nobody reported, and, with
+    ``check``, read every footer and fail unless the rows and row groups on disk are the ones reported.
+    Returns the number of rows."""
+    from concurrent.futures import ThreadPoolExecutor
 
     fs, path = _fs(url)
-    for leftover in fs.glob(f"{path}/.*.inprogress"):
-        fs.rm(leftover)
+    reported = {i["hidden"] for i in files if "hidden" in i}
+    for hidden in fs.glob(f"{path}/.*.inprogress"):
+        if hidden.rsplit("/", 1)[-1] not in reported:
+            fs.rm(hidden)
+    for info in files:
+        if "hidden" in info:
+            final = f"{path}/{info['file']}"
+            if fs.exists(final):
+                fs.rm(final)
+            fs.mv(f"{path}/{info['hidden']}", final)
     names = {i["file"] for i in files}
     on_disk = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{path}/*.parquet")}
     if on_disk != names:
         raise RuntimeError(f"{url}: files on disk {sorted(on_disk - names)} not reported by a task, or reported "
                            f"files missing {sorted(names - on_disk)}")
     if check:
-        for info in files:
+        def footer(info):
             with fs.open(f"{path}/{info['file']}", "rb") as fh:
-                meta = pq.read_metadata(fh)
-            if (meta.num_rows, meta.num_row_groups) != (info["rows"], info["row_groups"]):
-                raise RuntimeError(f"{url}/{info['file']}: {meta.num_rows} rows in {meta.num_row_groups} row "
-                                   f"groups on disk, {info['rows']} in {info['row_groups']} reported")
+                return info, pq.read_metadata(fh)
+
+        with ThreadPoolExecutor(8) as pool:  # one round trip per file on remote storage
+            for info, meta in pool.map(footer, files):
+                if (meta.num_rows, meta.num_row_groups) != (info["rows"], info["row_groups"]):
+                    raise RuntimeError(f"{url}/{info['file']}: {meta.num_rows} rows in {meta.num_row_groups} row "
+                                       f"groups on disk, {info['rows']} in {info['row_groups']} reported")
+    return sum(i["rows"] for i in files)
+
+
+def finalize(url: str, unischema, files: list, *, check: bool = True) -> int:
+    """Commit a folder's files (:func:`commit`) and make it a Petastorm dataset: ``_common_metadata`` with the
+    Unischema and the row groups per file (what ``materialize_dataset`` writes, from the tasks' reports instead
+    of a Spark job over the files). Returns the number of rows."""
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
+
+    if not files:
+        raise RuntimeError(f"{url}: no task wrote any file for this dataset")
+    rows = commit(url, files, check=check)
+    fs, path = _fs(url)
     schema = arrow_schema(unischema).with_metadata({
         UNISCHEMA_KEY: pickle.dumps(unischema),
         ROW_GROUPS_PER_FILE_KEY: json.dumps({i["file"]: i["row_groups"] for i in files}).encode()})
     with fs.open(f"{path}/_common_metadata", "wb") as fh:
         pq.write_metadata(schema, fh)
-    return sum(i["rows"] for i in files)
-
-
-def count_rows(url: str, files: Optional[list] = None) -> int:
-    """Rows of a folder of Parquet files, from their footers."""
-    fs, path = _fs(url)
-    total = 0
-    for name in files if files is not None else [p.rsplit("/", 1)[-1] for p in fs.glob(f"{path}/*.parquet")]:
-        with fs.open(f"{path}/{name}", "rb") as fh:
-            total += pq.read_metadata(fh).num_rows
-    return total
+    return rows

@@ -321,3 +321,8 @@ def test_label_map_values_are_checked():
 
     with pytest.raises(ConfigError, match="ingest.label_map.*one of: red, yellow, green, off, drop"):
         load_config("local", overrides=['ingest.label_map={"car": "blue"}'])
+
+
+def test_undecodable_file_names_are_stored_escaped():
+    assert ingest.storable("plain ü.png") == "plain ü.png"
+    assert ingest.storable("bad\udcff.png") == "bad\\xff.png"     # os.listdir's surrogate escape of byte 0xff

@@ -47,25 +47,57 @@ def test_task_files_make_a_petastorm_dataset_spark_reads_too(tmp_path, spark):
     assert df.count() == 45 and dict(zip(df.columns, [None] * 8)).keys() == set(TLCropSchema.fields)
 
 
-def test_a_retried_task_replaces_its_file_and_leftovers_are_removed(tmp_path):
+def test_attempts_never_duplicate_rows_and_a_late_attempt_cannot_touch_a_committed_file(tmp_path):
     url = (tmp_path / "ds").as_uri()
-    write(url, "part-00000", range(0, 10))
-    report = write(url, "part-00000", range(0, 10))            # the retry: same name, same rows
-    leftover = tmp_path / "ds" / "tl_crops" / "train" / ".part-00000.parquet.dead.inprogress"
-    leftover.write_bytes(b"half a file from a killed attempt")
+    folder = tmp_path / "ds" / "tl_crops" / "train"
+    write(url, "part-00000", range(0, 10))                     # a failed first attempt (its report is lost)
+    report = write(url, "part-00000", range(0, 10))            # the retry whose report the driver got
+    zombie = parts.PartWriter(url, "part-00000", 0.01)         # a speculative attempt still running
+    schema = parts.arrow_schema(TLCropSchema)
+    zombie.add("tl_crops/train", schema, parts.encode_row(TLCropSchema, crop_row(99)))
     files = parts.merge([report])["tl_crops/train"]
     assert parts.finalize(f"{url}/tl_crops/train", TLCropSchema, files) == 10
-    assert not leftover.exists()
-    assert parts.count_rows(f"{url}/tl_crops/train") == 10
+    assert sorted(p.name for p in folder.iterdir()) == ["_common_metadata", "part-00000.parquet"]
+    committed = (folder / "part-00000.parquet").read_bytes()
+    zombie.close()                                             # finishes after the commit: a hidden file only
+    assert (folder / "part-00000.parquet").read_bytes() == committed
+    with make_reader(f"{url}/tl_crops/train", reader_pool_type="dummy", num_epochs=1) as reader:
+        assert sorted(r.id for r in reader) == [f"r{i:03d}" for i in range(10)]
+
+
+def test_a_task_with_no_rows_writes_an_empty_file_that_commits(tmp_path):
+    url = (tmp_path / "ds").as_uri()
+    writer = parts.PartWriter(url, "part-00003", 4)
+    writer.ensure("quarantine", parts.arrow_schema(TLCropSchema))
+    files = parts.merge([writer.close()])["quarantine"]
+    assert files[0]["rows"] == 0 and files[0]["row_groups"] == 0
+    assert parts.commit(f"{url}/quarantine", files) == 0
+
+
+def test_ranks_shard_the_row_groups_and_together_read_every_row_once(tmp_path):
+    url = (tmp_path / "ds").as_uri()
+    reports = [write(url, f"part-{k:05d}", range(20 * k, 20 * k + 20)) for k in range(3)]
+    files = parts.merge(reports)["tl_crops/train"]
+    assert parts.finalize(f"{url}/tl_crops/train", TLCropSchema, files) == 60
+    seen = []
+    for rank in range(3):
+        with make_batch_reader(f"{url}/tl_crops/train", cur_shard=rank, shard_count=3, reader_pool_type="dummy",
+                               num_epochs=1, schema_fields=["id"]) as reader:
+            ids = [i for batch in reader for i in batch.id]
+        assert ids                                            # every rank gets a share
+        seen += ids
+    assert sorted(seen) == [f"r{i:03d}" for i in range(60)]
 
 
 def test_finalize_refuses_what_the_tasks_did_not_report(tmp_path):
     url = (tmp_path / "ds").as_uri()
-    report = write(url, "part-00000", range(0, 10))
-    write(url, "part-00001", range(10, 12))                   # on disk, but its report is lost
-    with pytest.raises(RuntimeError, match="part-00001.parquet"):
-        parts.finalize(f"{url}/tl_crops/train", TLCropSchema, parts.merge([report])["tl_crops/train"])
-    wrong = [dict(parts.merge([report])["tl_crops/train"][0], rows=11)]
+    both = parts.merge([write(url, "part-00000", range(0, 10)), write(url, "part-00001", range(10, 12))])
+    parts.commit(f"{url}/tl_crops/train", both["tl_crops/train"])
+    first = [{k: v for k, v in both["tl_crops/train"][0].items() if k != "hidden"}]   # committed already
+    with pytest.raises(RuntimeError, match="part-00001.parquet"):   # on disk, but in no report
+        parts.finalize(f"{url}/tl_crops/train", TLCropSchema, first)
     (tmp_path / "ds" / "tl_crops" / "train" / "part-00001.parquet").unlink()
     with pytest.raises(RuntimeError, match="10 rows .* 11 in"):
-        parts.finalize(f"{url}/tl_crops/train", TLCropSchema, wrong)
+        parts.finalize(f"{url}/tl_crops/train", TLCropSchema, [dict(first[0], rows=11)])
+    with pytest.raises(RuntimeError, match="no task wrote"):
+        parts.finalize(f"{url}/tl_crops/val", TLCropSchema, [])
