@@ -175,15 +175,21 @@ def first_image_shape(src: str, kind: str) -> tuple:
     return ()
 
 
-def encode_row(schema, row: dict) -> dict:
-    """Every field of ``schema`` that ``row`` has, encoded by its Petastorm codec (the loops' rows have no
-    lineage columns, so ``parts.encode_row``, which wants every field, does not fit)."""
+def encode_row(schema, row: dict, png_level: int = 0) -> dict:
+    """Every field of ``schema`` that ``row`` has, encoded as the stage stores it: its Petastorm codec, the image
+    as PNG at the stage's zlib level (``ingest.png_compression``). The loops' rows have no lineage columns, so
+    ``parts.encode_row``, which wants every field, does not fit."""
+    from pipeline.data.parts import encode_png
+
     out = {}
     for name, field in schema.fields.items():
         if name in row:
             value = row[name]
-            out[name] = field.codec.encode(field, value) if field.codec is not None and value is not None \
-                else value
+            if name == "image" and value is not None:
+                out[name] = encode_png(field, value, png_level)
+            else:
+                out[name] = field.codec.encode(field, value) if field.codec is not None and value is not None \
+                    else value
     return out
 
 

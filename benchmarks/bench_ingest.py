@@ -158,8 +158,10 @@ def link_subset(paths: list[str], src_root: Path, dst_root: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ baseline
 
-def loop_once(paths: list[str], min_size: int, max_pixels: int, steps: dict | None = None) -> int:
-    """The plain single-process loop: read -> decode_image -> resize 128x128 (INTER_AREA) -> PNG encode."""
+def loop_once(paths: list[str], min_size: int, max_pixels: int, steps: dict | None = None,
+              png_level: int = 0) -> int:
+    """The plain single-process loop: read -> decode_image -> resize 128x128 (INTER_AREA) -> PNG encode at the
+    stage's zlib level (``ingest.png_compression``)."""
     from pipeline.data import images
 
     clock = time.perf_counter
@@ -172,7 +174,8 @@ def loop_once(paths: list[str], min_size: int, max_pixels: int, steps: dict | No
         t2 = clock()
         small = cv2.resize(decoded.rgb, (TARGET_HW[1], TARGET_HW[0]), interpolation=cv2.INTER_AREA)
         t3 = clock()
-        ok, buf = cv2.imencode(".png", small[:, :, ::-1])   # RGB -> BGR as Petastorm's codec does
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(small, cv2.COLOR_RGB2BGR),   # BGR, as the stage stores it
+                               [cv2.IMWRITE_PNG_COMPRESSION, png_level])
         t4 = clock()
         assert ok and len(buf) > 0
         done += 1
@@ -185,21 +188,23 @@ def loop_once(paths: list[str], min_size: int, max_pixels: int, steps: dict | No
 def run_loop(paths, conf, threads: int) -> int:
     cv2.setNumThreads(threads)
     try:
-        return loop_once(paths, conf.ingest.min_size, conf.ingest.max_pixels)
+        return loop_once(paths, conf.ingest.min_size, conf.ingest.max_pixels,
+                         png_level=conf.ingest.png_compression)
     finally:
         cv2.setNumThreads(CV2_DEFAULT_THREADS)
 
 
 def _loop_chunk(job) -> int:
-    paths, min_size, max_pixels = job
+    paths, min_size, max_pixels, png_level = job
     cv2.setNumThreads(1)
-    return loop_once(paths, min_size, max_pixels)
+    return loop_once(paths, min_size, max_pixels, png_level=png_level)
 
 
 def run_loop_procs(pool, procs: int, paths, conf) -> int:
     """The same loop in ``procs`` plain processes (a started multiprocessing pool), files split evenly:
     what two cores give without Spark, the realistic ceiling for local[2]."""
-    jobs = [(paths[i::procs], conf.ingest.min_size, conf.ingest.max_pixels) for i in range(procs)]
+    jobs = [(paths[i::procs], conf.ingest.min_size, conf.ingest.max_pixels, conf.ingest.png_compression)
+            for i in range(procs)]
     return sum(pool.map(_loop_chunk, jobs, chunksize=1))
 
 
@@ -450,7 +455,7 @@ def main(argv=None) -> int:
         steps: dict = {}
         M.wait_quiet(args.wait_quiet)
         cv2.setNumThreads(1)
-        loop_once(paths, conf.ingest.min_size, conf.ingest.max_pixels, steps)
+        loop_once(paths, conf.ingest.min_size, conf.ingest.max_pixels, steps, png_level=conf.ingest.png_compression)
         cv2.setNumThreads(CV2_DEFAULT_THREADS)
         tot = sum(steps.values())
         print(f"loop steps (1 thread, {n} images, {tot:.2f}s): " + ", ".join(

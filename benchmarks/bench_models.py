@@ -25,8 +25,8 @@ from pipeline.tracking import Tracker  # noqa: E402
 TASKS = ("lane_classifier", "tl_classifier", "tl_detector")
 SHOWN = {"lane_classifier": ("test_accuracy", "test_f1_macro"),
          "tl_classifier": ("test_accuracy", "test_f1_macro"),
-         "tl_detector": ("test_precision", "test_recall", "test_ap", "test_precision_near", "test_recall_near",
-                         "test_precision_medium", "test_recall_medium", "test_recall_far")}
+         "tl_detector": ("test_recall_at_p90_near", "test_recall_at_p90_medium", "test_recall_at_p90_far",
+                         "test_ap_near", "test_ap_medium", "test_ap_far", "test_precision", "test_recall")}
 
 
 def main() -> int:

@@ -94,6 +94,7 @@ class IngestSection(_Section):
     distance_buckets: tuple[float, float] = (0.04, 0.09)
     partitions: int = 0
     rowgroup_size_mb: int = 4
+    png_compression: int = 0
     near_duplicate_bits: int = 4
     label_map: dict[str, str] = {}
 
@@ -117,6 +118,13 @@ class IngestSection(_Section):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("png_compression")
+    @classmethod
+    def _zlib_level(cls, v: int) -> int:
+        if not 0 <= v <= 9:
+            raise ValueError("must be a zlib level in 0..9 (0: stored, fastest to decode; 9: smallest)")
         return v
 
     @field_validator("context_bias")

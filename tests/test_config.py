@@ -57,6 +57,7 @@ def test_cluster_profile_without_environment_names_the_variable(monkeypatch):
     ("train.epochs=abc", r"bad value for 'train.epochs' \(from override 'train.epochs=abc'\): .*integer"),
     ("train.epochs=0", r"'train.epochs'.*must be >= 1"),
     ("ingest.context_bias=2", r"'ingest.context_bias'.*\[0, 1\]"),
+    ("ingest.png_compression=10", r"'ingest.png_compression'.*0..9"),
     ("ingest.split.train=0.9", r"'ingest.split' \(from .*base.yaml and override 'ingest.split.train=0.9'\).*sum to 1"),
     ("ingest.source=pascal", r"valid choices: synthetic, imagefolder, bosch, lisa, dtld, tusimple, culane, coco"),
     ("train=3", r"'train' \(from override 'train=3'\) must be a section with keys: task, data, dataset, epochs"),

@@ -52,7 +52,7 @@ class _Report:
         return {"files": self.files, "ops": list(self.ops.items()), "samples": self.samples}
 
 
-def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_size_mb: float):
+def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_size_mb: float, png_level: int = 0):
     """Spark task: (kind, split, source file) units -> one output file each; yields one report."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -89,7 +89,7 @@ def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_si
                     for copy_index in range(1, copies + 1):
                         out, applied = augment_row(kind, row, policy, row["id"], copy_index)
                         out["id"] = f"{row['id']}~{copy_index}"
-                        encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied))
+                        encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied), png_level)
                         writer.add(folder, out_schema, encoded)
                         report.applied(kind, applied)
                         report.sample(kind, encoded)
@@ -109,7 +109,8 @@ def _part_name(path: str) -> str:
     return path.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
-def _context_partition(index: int, rows, kind: str, policy: Policy, out_url: str, rowgroup_size_mb: float):
+def _context_partition(index: int, rows, kind: str, policy: Policy, out_url: str, rowgroup_size_mb: float,
+                       png_level: int = 0):
     """Spark task for context policies: plan rows (source fields + copy + background image) -> one file."""
     from pipeline.augment.rows import augment_row
     from pipeline.data.parts import PartWriter, arrow_schema, encode_row
@@ -134,7 +135,7 @@ def _context_partition(index: int, rows, kind: str, policy: Policy, out_url: str
             if plan["bg_id"] and any(a["op"] == "context_paste" and "skipped" not in a for a in applied):
                 applied = [dict(a, background=plan["bg_id"]) if a["op"] == "context_paste" else a for a in applied]
             out["id"] = f"{row['id']}~{copy_index}"
-            encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied))
+            encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied), png_level)
             report.applied(kind, applied)
         writer.add(f"{kind}/train", out_schema, encoded)
         report.sample(kind, encoded)
@@ -197,9 +198,9 @@ def run(spark, conf: Config, tracker) -> dict:
                 size = fs.size(path)  # val / test files are only copied; train rows are decoded and augmented
                 weights.append(size * (1 + 3 * a.copies) if split == "train" else 0.1 * size)
     groups = _balanced(units, weights, 2 * spark.sparkContext.defaultParallelism)
-    mb = conf.ingest.rowgroup_size_mb
+    mb, png = conf.ingest.rowgroup_size_mb, conf.ingest.png_compression
     reports = spark.sparkContext.parallelize(groups, len(groups) or 1).mapPartitions(
-        lambda it: _augment_files([u for group in it for u in group], policy, a.copies, tmp, mb)).collect() \
+        lambda it: _augment_files([u for group in it for u in group], policy, a.copies, tmp, mb, png)).collect() \
         if groups else []
     if with_background and a.copies:
         for kind, info in meta["datasets"].items():
@@ -207,7 +208,7 @@ def run(spark, conf: Config, tracker) -> dict:
                 plan = _plan(spark, spark.read.parquet(f"{src}/{kind}/train"), a.copies)
                 part_count = 2 * spark.sparkContext.defaultParallelism  # (asking the plan would run its joins)
                 reports += plan.repartition(part_count, "id").rdd.mapPartitionsWithIndex(
-                    lambda i, it, k=kind: _context_partition(i, it, k, policy, tmp, mb)).collect()
+                    lambda i, it, k=kind: _context_partition(i, it, k, policy, tmp, mb, png)).collect()
     files = parts.merge(f for r in reports for f in r["files"])
     counts, op_counts, samples = {}, {}, {}
     for kind, info in meta["datasets"].items():

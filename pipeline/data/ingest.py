@@ -57,6 +57,7 @@ class IngestOptions:
     negatives_per_frame: int
     classes: tuple               # image-level class names of road frames, in index order
     label_map: tuple = ()        # (dataset label, state or "drop") pairs
+    png_compression: int = 0     # zlib level of the stored images
 
     @property
     def writes_road(self) -> bool:
@@ -81,7 +82,8 @@ def options_from(conf: Config, classes: tuple) -> IngestOptions:
         crop_hw=tuple(c.crop_hw), render_hw=tuple(c.render_hw), frames_per_sequence=c.frames_per_sequence,
         context_bias=c.context_bias, distance_buckets=tuple(c.distance_buckets),
         split=(c.split.train, c.split.val, c.split.test), min_size=c.min_size, max_pixels=c.max_pixels,
-        negatives_per_frame=c.negatives_per_frame, classes=classes, label_map=tuple(sorted(c.label_map.items())))
+        negatives_per_frame=c.negatives_per_frame, classes=classes, label_map=tuple(sorted(c.label_map.items())),
+        png_compression=c.png_compression)
 
 
 # ------------------------------------------------------------------------------------------ extract
@@ -168,7 +170,7 @@ class _Emitter:
     def row(self, kind: str, **fields):
         from pipeline.data.parts import encode_row
 
-        return kind, encode_row(self._schemas[kind], fields)
+        return kind, encode_row(self._schemas[kind], fields, self.opts.png_compression)
 
     def light_rows(self, ident: dict, full: np.ndarray, boxes: list) -> Iterator[tuple]:
         """The detector frame (resized) and the classifier crops (from the full-resolution image)."""

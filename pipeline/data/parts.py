@@ -45,8 +45,27 @@ def arrow_schema(unischema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def encode_row(unischema, values: dict) -> dict:
-    """Numpy values -> the stored values, with the Unischema's codecs (as ``dict_to_spark_row``, without a Row)."""
+def encode_png(field, value, level: int) -> bytearray:
+    """What Petastorm's ``CompressedImageCodec('png')`` stores (RGB in, BGR PNG bytes; any PNG decodes with the
+    same codec), at a chosen zlib level: the codec itself always uses OpenCV's default."""
+    import cv2
+    import numpy as np
+
+    if not isinstance(value, np.ndarray) or value.dtype != field.numpy_dtype or value.ndim != len(field.shape) \
+            or any(f is not None and f != v for f, v in zip(field.shape, value.shape)):
+        raise ValueError(f"Unexpected value of {field.name} feature: expected {field.numpy_dtype} of shape "
+                         f"{field.shape}, got {getattr(value, 'dtype', type(value))} of shape "
+                         f"{getattr(value, 'shape', None)}")
+    bgr = cv2.cvtColor(value, cv2.COLOR_RGB2BGR) if value.ndim == 3 else value
+    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
+    if not ok:
+        raise ValueError(f"could not encode {field.name} as PNG")
+    return bytearray(data)
+
+
+def encode_row(unischema, values: dict, png_level: Optional[int] = None) -> dict:
+    """Numpy values -> the stored values, with the Unischema's codecs (as ``dict_to_spark_row``, without a Row);
+    with ``png_level``, the ``image`` field's PNG is written at that zlib level (see :func:`encode_png`)."""
     fields = unischema.fields
     if values.keys() != fields.keys():
         missing, extra = sorted(fields.keys() - values.keys()), sorted(values.keys() - fields.keys())
@@ -59,6 +78,8 @@ def encode_row(unischema, values: dict) -> dict:
             if not field.nullable:
                 raise ValueError(f"{unischema._name}.{name} is not nullable")
             out[name] = None
+        elif png_level is not None and name == "image" and getattr(field.codec, "_image_codec", None) == ".png":
+            out[name] = encode_png(field, value, png_level)
         else:
             out[name] = field.codec.encode(field, value) if field.codec is not None else value
     return out

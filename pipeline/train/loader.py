@@ -81,14 +81,25 @@ def _reader(spec: LoaderSpec, *, rank: int, world: int):
     return make_batch_reader(spec.url, **common), world, rank
 
 
+def _decode_image(value) -> np.ndarray:
+    """What ``CompressedImageCodec.decode`` returns (RGB, or grey), but C-contiguous: its ``[..., (2, 1, 0)]``
+    gives a channel-planar array that every later step (stack, to_tensor) has to copy again."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
 def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
     """This rank's rows, decoded with the dataset schema's codecs (PNG images, numpy arrays)."""
-    from petastorm.codecs import ScalarCodec
+    from petastorm.codecs import CompressedImageCodec, ScalarCodec
 
     from schemas.datasets import SCHEMAS
 
     fields = SCHEMAS[spec.kind].fields
     encoded = [n for n in TASK_FIELDS[spec.kind] if not isinstance(fields[n].codec, ScalarCodec)]
+    decoders = {n: _decode_image if isinstance(fields[n].codec, CompressedImageCodec)
+                else (lambda value, f=fields[n]: f.codec.decode(f, value)) for n in encoded}
     reader, stride, offset = _reader(spec, rank=rank, world=world)
     index = 0
     try:
@@ -100,7 +111,7 @@ def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
                     continue
                 row = {name: values[i] for name, values in columns.items()}
                 for name in encoded:
-                    row[name] = fields[name].codec.decode(fields[name], row[name])
+                    row[name] = decoders[name](row[name])
                 yield row
     finally:
         reader.stop()

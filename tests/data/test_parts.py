@@ -101,3 +101,16 @@ def test_finalize_refuses_what_the_tasks_did_not_report(tmp_path):
         parts.finalize(f"{url}/tl_crops/train", TLCropSchema, [dict(first[0], rows=11)])
     with pytest.raises(RuntimeError, match="no task wrote"):
         parts.finalize(f"{url}/tl_crops/val", TLCropSchema, [])
+
+
+def test_png_level_changes_the_bytes_not_the_pixels():
+    from schemas.datasets import RoadFrameSchema
+
+    field = RoadFrameSchema.fields["image"]
+    image = np.tile(np.arange(64, dtype=np.uint8)[:, None, None], (1, 64, 3))
+    stored = {level: parts.encode_png(field, image, level) for level in (0, 1, 9)}
+    assert len(stored[0]) > 2 * len(stored[9])                       # level 0 stores, 9 compresses
+    for data in stored.values():
+        assert np.array_equal(field.codec.decode(field, data), image)   # Petastorm's codec reads any level
+    with pytest.raises(ValueError, match="image"):
+        parts.encode_png(field, image.astype(np.float32), 0)

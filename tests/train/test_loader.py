@@ -63,3 +63,14 @@ def test_to_tensor_normalises_and_from_tensor_inverts():
     expected = (torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255 - loader.MEAN) / loader.STD
     assert torch.allclose(x.double(), expected, atol=1e-5)
     assert np.array_equal(loader.from_tensor(x), images)
+
+
+def test_image_decode_matches_the_petastorm_codec_and_is_contiguous():
+    from schemas.datasets import RoadFrameSchema
+
+    field = RoadFrameSchema.fields["image"]
+    image = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    stored = field.codec.encode(field, image)
+    decoded = loader._decode_image(stored)
+    assert np.array_equal(decoded, field.codec.decode(field, stored)) and np.array_equal(decoded, image)
+    assert decoded.flags["C_CONTIGUOUS"]
