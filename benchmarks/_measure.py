@@ -115,7 +115,8 @@ class CpuMeter:
         return self.jvm_pid
 
     def watch_pool(self, pool) -> None:
-        self.pool_pids = [p.pid for p in pool._pool]
+        """Count this pool's worker processes as ours (call once per pool; pools add up)."""
+        self.pool_pids += [p.pid for p in pool._pool]
 
     def _poll(self) -> None:
         try:

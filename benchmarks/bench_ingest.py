@@ -386,6 +386,25 @@ def main(argv=None) -> int:
     pool = mp.get_context("spawn").Pool(procs)    # started (and its imports paid) before any timing
     run_loop_procs(pool, procs, paths[:2 * procs], conf)
     M.METER.watch_pool(pool)
+    # The same loop under the glibc malloc settings the stage gives its Spark workers (conf/base.yaml
+    # spark.executorEnv.MALLOC_*): a second, tuned baseline, in freshly spawned processes (glibc reads them at start).
+    malloc_env = {k.split("spark.executorEnv.", 1)[1]: v for k, v in conf.spark.conf.items()
+                  if k.startswith("spark.executorEnv.MALLOC_")}
+    saved = {k: os.environ.get(k) for k in malloc_env}
+    os.environ.update(malloc_env)
+    try:
+        tuned1 = mp.get_context("spawn").Pool(1)
+        tuned = mp.get_context("spawn").Pool(procs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    run_loop_procs(tuned1, 1, paths[:4], conf)
+    run_loop_procs(tuned, procs, paths[:2 * procs], conf)
+    M.METER.watch_pool(tuned1)
+    M.METER.watch_pool(tuned)
     print(f"warm-up (untimed: one small transform{'' if args.skip_stage else ' + one small stage run'} on "
           f"{sizes[0]} frames): "
           f"{time.perf_counter() - t0:.1f}s")
@@ -393,9 +412,11 @@ def main(argv=None) -> int:
     bench = M.Bench(args)
     v_loop1, v_loopd = "loop, cv2 1 thread (baseline)", f"loop, cv2 default threads ({CV2_DEFAULT_THREADS})"
     v_procs, v_pp = f"loop, {procs} processes (no Spark)", "process_partition, 1 process (no Spark, no write)"
+    v_tuned1 = "loop, cv2 1 thread, workers' malloc settings (tuned baseline)"
+    v_tunedp = f"loop, {procs} processes, workers' malloc settings"
     v_tr = f"spark transform: write_partition tasks, {partitions} partitions"
     v_stage = {s: f"spark stage, {s} frames" for s in ([] if args.skip_stage else sizes)}
-    for v in (v_loop1, v_loopd, v_procs, v_pp, v_tr):
+    for v in (v_loop1, v_loopd, v_procs, v_tuned1, v_tunedp, v_pp, v_tr):
         bench.variant(v, n)
     for s, v in sorted(v_stage.items(), reverse=True):
         bench.variant(v, s)
@@ -412,6 +433,10 @@ def main(argv=None) -> int:
             lambda: M.expect(run_loop(paths, conf, CV2_DEFAULT_THREADS), n, v_loopd), False))
         bench.record(v_procs, lambda: M.timed(
             lambda: M.expect(run_loop_procs(pool, procs, paths, conf), n, v_procs), False))
+        bench.record(v_tuned1, lambda: M.timed(
+            lambda: M.expect(run_loop_procs(tuned1, 1, paths, conf), n, v_tuned1), False))
+        bench.record(v_tunedp, lambda: M.timed(
+            lambda: M.expect(run_loop_procs(tuned, procs, paths, conf), n, v_tunedp), False))
         bench.record(v_pp, lambda: M.timed(
             lambda: M.expect(run_partition_in_process(inputs, opts), 2 * n, v_pp), False))
         out = bench.record(v_tr, lambda: M.timed(
@@ -426,7 +451,7 @@ def main(argv=None) -> int:
     variants = list(bench.res)
     print(f"\n=== {n} frames 1280x720 PNG -> 128x128, {args.master} on {os.cpu_count()} cores, "
           f"median of {args.repeats} (min-max); images/s = frames of the variant / wall time")
-    table = bench.table(variants, "images/s", [v_loop1, v_loopd, v_procs])
+    table = bench.table(variants, "images/s", [v_loop1, v_tuned1, v_procs])
     base = bench.rate(v_loop1)
     extra = {}
     if v_stage:
@@ -507,8 +532,9 @@ def main(argv=None) -> int:
         "master": args.master, "cpus": os.cpu_count(), "transform_partitions": partitions, "table": table,
         "cpu": {v: bench.res[v]["cpu"] for v in variants}, **extra, "profile": profile, "retaken": bench.retaken,
         "load_average_end": os.getloadavg()})
-    pool.close()
-    pool.join()
+    for p in (pool, tuned1, tuned):
+        p.close()
+        p.join()
     spark.stop()
     return 0
 

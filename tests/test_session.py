@@ -20,3 +20,10 @@ def test_session_is_shared_and_quiet(spark):
     assert SparkSession.getActiveSession() is spark
     assert spark.sparkContext.master == "local[2]"
     assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
+
+
+def test_python_workers_get_the_configured_environment(spark):
+    """spark.executorEnv.* from conf/base.yaml reaches the Python workers (glibc reads MALLOC_* at start)."""
+    got = spark.sparkContext.parallelize([0], 1).map(
+        lambda _: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_"))).collect()
+    assert got == [("33554432", "268435456")]
