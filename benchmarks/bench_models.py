@@ -1,6 +1,6 @@
 """What each model reaches on the synthetic default data, and in how long on this machine.
 
-    .venv/bin/python benchmarks/bench_models.py [--profile full] [KEY=VALUE ...]
+    .venv/bin/python benchmarks/bench_models.py [--profile full] [--detector-epochs 20] [KEY=VALUE ...]
 
 Ingests once with the profile (default ``conf/full.yaml``), then trains and tests each task through the real
 stages (TorchDistributor, MLflow) and prints one line per task: test metrics and wall time. Targets from the
@@ -33,6 +33,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="full")
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--detector-epochs", type=int, default=20,
+                        help="epochs of tl_detector (it needs more than the profile's; 0: the profile's)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     base = load_config(args.profile, overrides=args.overrides)
@@ -46,7 +48,8 @@ def main() -> int:
             run_stage(ingest, spark, base, tracker)
         print(f"ingest: {time.perf_counter() - tic:.0f} s", flush=True)
         for task in args.tasks.split(","):
-            conf = load_config(args.profile, overrides=[*args.overrides, f"train.task={task}"])
+            extra = [f"train.epochs={args.detector_epochs}"] if task == "tl_detector" and args.detector_epochs else []
+            conf = load_config(args.profile, overrides=[*extra, *args.overrides, f"train.task={task}"])
             tic = time.perf_counter()
             results = run_stage(get_stage("train"), spark, conf, tracker)
             wall = time.perf_counter() - tic
