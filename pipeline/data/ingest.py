@@ -3,7 +3,10 @@
 extract   : plan the inputs on the driver (synthetic frame indices, or a reader's canonical records);
 transform : Spark tasks render / read + decode their own inputs (paths travel, not bytes), validate, resize,
             and emit one ledger row per input plus the dataset rows it yields (``process_partition``);
-load      : every dataset of one ingest is written under a temporary folder and swapped in whole.
+load      : the same tasks write their rows themselves, a Parquet file per dataset and task
+            (``write_partition``, :mod:`pipeline.data.parts`): one Spark job in all. The driver commits the files,
+            adds the Petastorm metadata and checks the footers; every dataset of one ingest is written under a
+            temporary folder and swapped in whole.
 
 Accounting: every input yields exactly one ledger row, ``written`` or ``quarantined`` with its reason,
 so rows in = rows written + rows quarantined is checked on every run.
