@@ -1,6 +1,6 @@
 """What each model reaches on the synthetic default data, and in how long on this machine.
 
-    .venv/bin/python benchmarks/bench_models.py [--profile full] [--detector-epochs 20] [KEY=VALUE ...]
+    .venv/bin/python benchmarks/bench_models.py [--profile full] [--detector-epochs 30] [KEY=VALUE ...]
 
 Ingests once with the profile (default ``conf/full.yaml``), then trains and tests each task through the real
 stages (TorchDistributor, MLflow) and prints one line per task: test metrics and wall time. Targets from the
@@ -33,7 +33,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="full")
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--detector-epochs", type=int, default=20,
+    parser.add_argument("--detector-epochs", type=int, default=30,
                         help="epochs of tl_detector (it needs more than the profile's; 0: the profile's)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
