@@ -333,7 +333,12 @@ def stage_once(spark, conf, stage: str):
     return wall, cpu, results, tracker_s
 
 
-def write_results(path: Path, out: dict) -> None:
+def write_results(path: Path, out: dict, bench: "Bench | None" = None) -> None:
+    """``out`` as JSON with the command line; with ``bench``, also every variant's CPU, the re-taken
+    measurements and the load average at the end."""
+    if bench is not None:
+        out = {**out, "cpu": {v: r["cpu"] for v, r in bench.res.items()}, "retaken": bench.retaken,
+               "load_average_end": os.getloadavg()}
     path.write_text(json.dumps({"command": command_line(), **out}, indent=1, default=str))
     print(f"results: {path}")
 

@@ -654,8 +654,7 @@ def main(argv=None) -> int:
         "policy": POLICY, "repeats": args.repeats, "master": args.master, "cpus": os.cpu_count(),
         "train_rows": train, "all_rows": all_rows, "augmented_images": n_aug, "rows_written": n_written,
         "image_shapes": {k: list(v) for k, v in shapes.items()}, "table": table, "stage_model": model,
-        "cpu": {v: bench.res[v]["cpu"] for v in variants}, "tracker_init_s": tracker_init, "profile": profile,
-        "retaken": bench.retaken, "load_average_end": os.getloadavg()})
+        "tracker_init_s": tracker_init, "profile": profile}, bench)
     pool.close()
     pool.join()
     spark.stop()

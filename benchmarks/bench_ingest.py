@@ -530,8 +530,7 @@ def main(argv=None) -> int:
     M.write_results(work / "results.json", {
         "date": started.isoformat(), "frames": n, "stage_sizes": sizes, "repeats": args.repeats,
         "master": args.master, "cpus": os.cpu_count(), "transform_partitions": partitions, "table": table,
-        "cpu": {v: bench.res[v]["cpu"] for v in variants}, **extra, "profile": profile, "retaken": bench.retaken,
-        "load_average_end": os.getloadavg()})
+        **extra, "profile": profile}, bench)
     for p in (pool, tuned1, tuned):
         p.close()
         p.join()

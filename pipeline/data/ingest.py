@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.data.images import resize
+from pipeline.data.parts import _fs
 from pipeline.data.records import DISTANCES, TL_STATES, Box
 
 log = logging.getLogger(__name__)
@@ -331,12 +332,6 @@ def dataset_root(conf: Config, name: Optional[str] = None) -> str:
     """Where one ingest's datasets live: ``<paths.data_url>/<ingest.name>``; each kind of rows has one
     Petastorm dataset per split under it: ``<root>/<kind>/<split>`` (e.g. ``.../synthetic/road_frames/train``)."""
     return f"{conf.paths.data_url.rstrip('/')}/{name or conf.ingest.name}"
-
-
-def _fs(url: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
 
 
 def recover(root_url: str) -> None:
