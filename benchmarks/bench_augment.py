@@ -129,12 +129,15 @@ def make_conf(work: Path, args, *extra):
 
 def ensure_ingested(spark, conf, work: Path, args) -> None:
     """Run the real ingest stage once per work dir; a manifest says what is there, so later runs reuse it."""
+    from pipeline.data import store
+
+    root = store.dataset_root(conf.paths.data_url, conf.ingest.name)
     manifest = work / "ingest_manifest.json"
     want = {"frames": args.frames, "road_hw": _hw(args.road_hw), "render_hw": args.render_hw or "default",
             "source": "synthetic", "seed": 0}
     if not args.reingest and manifest.exists() and json.loads(manifest.read_text()) == want and \
-            (work / "data" / "synthetic" / "_ingest.json").exists():
-        print(f"ingest: reusing {work / 'data' / 'synthetic'}")
+            store.exists(f"{root}/{store.META}"):
+        print(f"ingest: reusing {root}")
         return
     shutil.rmtree(work / "data", ignore_errors=True)
     manifest.unlink(missing_ok=True)
@@ -144,8 +147,12 @@ def ensure_ingested(spark, conf, work: Path, args) -> None:
           f"(once, untimed)")
 
 
-def local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+def train_files(src: str, kind: str) -> tuple:
+    """(fsspec filesystem, the train split's Parquet files of one kind, sorted)."""
+    from pipeline.data import store
+
+    fs, root = store.filesystem(f"{src}/{kind}/train")
+    return fs, sorted(fs.glob(f"{root}/*.parquet"))
 
 
 def read_train_rows(src: str, kind: str, subset=None) -> list:
@@ -155,9 +162,13 @@ def read_train_rows(src: str, kind: str, subset=None) -> list:
 
     from schemas.datasets import SCHEMAS
 
-    files = sorted(Path(local_path(f"{src}/{kind}/train")).glob("*.parquet"))
+    fs, files = train_files(src, kind)
     cols = list(SCHEMAS[kind].fields)
-    table = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
+    tables = []
+    for f in files:
+        with fs.open(f, "rb") as fh:   # as the stage's tasks read them
+            tables.append(pq.read_table(fh, columns=cols))
+    table = pa.concat_tables(tables)
     if subset is not None:
         table = table.take(list(range(subset[0], len(table), subset[1])))
     return table.to_pylist()
@@ -166,31 +177,16 @@ def read_train_rows(src: str, kind: str, subset=None) -> list:
 def first_image_shape(src: str, kind: str) -> tuple:
     import pyarrow.parquet as pq
 
-    from schemas.datasets import SCHEMAS, decode_row
+    from schemas.datasets import SCHEMAS, field_decoders
 
-    for f in sorted(Path(local_path(f"{src}/{kind}/train")).glob("*.parquet")):
-        table = pq.read_table(f, columns=["image"])
+    decode = field_decoders(SCHEMAS[kind], ["image"])["image"]
+    fs, files = train_files(src, kind)
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            table = pq.read_table(fh, columns=["image"])
         if len(table):
-            return tuple(decode_row(SCHEMAS[kind], table.slice(0, 1).to_pylist()[0])["image"].shape)
+            return tuple(decode(table.column("image")[0].as_py()).shape)
     return ()
-
-
-def encode_row(schema, row: dict, png_level: int = 0) -> dict:
-    """Every field of ``schema`` that ``row`` has, encoded as the stage stores it: its Petastorm codec, the image
-    as PNG at the stage's zlib level (``ingest.png_compression``). The loops' rows have no lineage columns, so
-    ``parts.encode_row``, which wants every field, does not fit."""
-    from pipeline.data.parts import encode_png
-
-    out = {}
-    for name, field in schema.fields.items():
-        if name in row:
-            value = row[name]
-            if name == "image" and value is not None:
-                out[name] = encode_png(field, value, png_level)
-            else:
-                out[name] = field.codec.encode(field, value) if field.codec is not None and value is not None \
-                    else value
-    return out
 
 
 # ----------------------------------------------------------------------------------------- torchvision
@@ -265,13 +261,17 @@ def _restore_threads() -> None:
     _set_threads(TORCH_DEFAULT_THREADS, CV2_DEFAULT_THREADS)
 
 
-def loop(src: str, copies: int, which: str, policy=None, subset=None, steps: dict | None = None) -> int:
+def loop(src: str, copies: int, which: str, policy=None, subset=None, steps: dict | None = None,
+         png_level: int = 0) -> int:
     """One process: read train Parquet -> decode each row once -> ``copies`` x (augment -> encode).
 
     ``which``: "tv" (torchvision v2) or "own" (augment_row / Policy.apply + ops JSON). ``subset``: (i, n) to do
-    rows i, i+n, ... only (the 2-process variant). ``steps``: accumulate seconds per (kind, step). Returns the
-    number of augmented images produced."""
+    rows i, i+n, ... only (the 2-process variant). ``steps``: accumulate seconds per (kind, step). Every output
+    field of the kind's schema is encoded as the stage stores it (``parts.encode_row``: the Petastorm codecs, the
+    image as PNG at ``png_level``, the stage's ``ingest.png_compression``); the lineage columns the stage adds
+    (parent id, copy, ops JSON) are not encoded. Returns the number of augmented images produced."""
     from pipeline.augment.rows import augment_row
+    from pipeline.data.parts import encode_row
     from schemas.datasets import SCHEMAS, decode_row
 
     tv = TvAugmenter() if which == "tv" else None
@@ -296,7 +296,7 @@ def loop(src: str, copies: int, which: str, policy=None, subset=None, steps: dic
                     out, applied = augment_row(kind, row, policy, row["id"], c)
                     out["ops"] = json.dumps(applied, sort_keys=True)
                 t2 = clock()
-                encoded = encode_row(schema, out)
+                encoded = encode_row(schema, {name: out[name] for name in schema.fields}, png_level)
                 t3 = clock()
                 assert len(encoded["image"]) > 0
                 t_aug += t2 - t1
@@ -310,34 +310,35 @@ def loop(src: str, copies: int, which: str, policy=None, subset=None, steps: dic
     return done
 
 
-def run_loop(src, copies, which, threads: int, policy=None) -> int:
+def run_loop(src, copies, which, threads: int, png_level: int, policy=None) -> int:
     n = threads if threads > 0 else None
     _set_threads(n or TORCH_DEFAULT_THREADS, n or CV2_DEFAULT_THREADS)
     try:
-        return loop(src, copies, which, policy)
+        return loop(src, copies, which, policy, png_level=png_level)
     finally:
         _restore_threads()
 
 
 def _pool_chunk(job) -> int:
-    src, copies, seed, i, n = job
+    src, copies, seed, png_level, i, n = job
     from pipeline.augment.policy import get_policy
 
     _set_threads(1, 1)
-    return loop(src, copies, "own", get_policy(POLICY, seed), subset=(i, n))
+    return loop(src, copies, "own", get_policy(POLICY, seed), subset=(i, n), png_level=png_level)
 
 
 def _warm_worker(_) -> int:
     """Pay the pool workers' imports before any timing."""
     import importlib
 
-    for module in ("pipeline.augment.rows", "pipeline.augment.policy", "schemas.datasets"):
+    for module in ("pipeline.augment.rows", "pipeline.augment.policy", "pipeline.data.parts", "schemas.datasets"):
         importlib.import_module(module)
     return os.getpid()
 
 
-def run_loop_procs(pool, procs: int, src: str, copies: int, seed: int) -> int:
-    return sum(pool.map(_pool_chunk, [(src, copies, seed, i, procs) for i in range(procs)], chunksize=1))
+def run_loop_procs(pool, procs: int, src: str, copies: int, seed: int, png_level: int) -> int:
+    return sum(pool.map(_pool_chunk, [(src, copies, seed, png_level, i, procs) for i in range(procs)],
+                        chunksize=1))
 
 
 # ------------------------------------------------------------------------------------------------ Spark
@@ -346,28 +347,29 @@ def stage_groups(spark, src: str, meta: dict, copies: int) -> list:
     """The stage's (kind, split, source file) units, weighted and balanced into task groups as
     ``pipeline.augment.stage.run`` does for a policy without context ops (mirrors it: keep the two in step)."""
     from pipeline.augment.stage import _balanced
-    from pipeline.data import parts
+    from pipeline.data import store
 
-    fs, root = parts._fs(src)
-    scheme = src.split("://", 1)[0] + "://" if "://" in src else ""
+    fs, root = store.filesystem(src)
     units, weights = [], []
     for kind, info in meta["datasets"].items():
         for split in info["splits"]:
             for path in sorted(fs.glob(f"{root}/{kind}/{split}/*.parquet")):
-                units.append((kind, split, f"{scheme}{path}"))
+                units.append((kind, split, f"{src}/{kind}/{split}/{path.rsplit('/', 1)[-1]}"))
                 size = fs.size(path)
                 weights.append(size * (1 + 3 * copies) if split == "train" else 0.1 * size)
     return _balanced(units, weights, 2 * spark.sparkContext.defaultParallelism)
 
 
-def spark_transform(spark, groups: list, policy, copies: int, scratch: Path, rowgroup_mb: float) -> int:
+def spark_transform(spark, groups: list, policy, copies: int, scratch: Path, rowgroup_mb: float,
+                    png_level: int) -> int:
     """The stage's Spark job alone, into a throwaway folder under ``scratch`` (removed by the caller, untimed);
     returns the rows written."""
     from pipeline.augment.stage import _augment_files
 
     url = f"file://{scratch}/{uuid.uuid4().hex[:8]}"
     reports = spark.sparkContext.parallelize(groups, len(groups)).mapPartitions(
-        lambda it: _augment_files([u for group in it for u in group], policy, copies, url, rowgroup_mb)).collect()
+        lambda it: _augment_files([u for group in it for u in group], policy, copies, url, rowgroup_mb,
+                                  png_level)).collect()
     return sum(info["rows"] for r in reports for written in r["files"] for info in written.values())
 
 
@@ -376,50 +378,36 @@ def spark_transform(spark, groups: list, policy, copies: int, scratch: Path, row
 
 PHASE_NOTES = {
     "get_policy": "load the policy",
-    "read_meta": "read the source's _ingest.json",
+    "read_meta": "store.read_meta: the source's _ingest.json",
     ("read_meta", "recover"): "MLflow: policy dict + params",
-    "recover": "recover (leftovers of killed runs)",
+    "recover": "store.recover (leftovers of killed runs)",
     ("recover", "_balanced"): "list the source files (glob + size per file)",
     "_balanced": "balance the units into task groups",
     ("_balanced", "collect"): "parallelize the groups",
     "collect": "THE Spark job: tasks read, decode once, augment, encode and write their own files (_augment_files)",
     "_plan": "context policies only: plan join of (row, copy) to its background",
     "finalize": "Petastorm metadata per dataset (parts.finalize: footers checked, _common_metadata)",
-    ("finalize", "_write_meta"): "op counts + sample rows from the task reports",
-    "_write_meta": "_ingest.json",
-    "swap_in": "swap the dataset in",
+    ("finalize", "write_meta"): "op counts + sample rows from the task reports",
+    "write_meta": "store.write_meta: _ingest.json",
+    "swap_in": "store.swap_in: swap the dataset in",
     "_log": "_log: MLflow metrics, dataset fingerprints (reads every output byte), 2 figures per kind",
 }
 
 
-def profiled_stage(spark, conf):
-    """One instrumented stage run: (wall, CPU, phases, Spark job/stage/task counts, wrapped targets not found)."""
+def stage_targets() -> list:
+    """What the augment stage calls on the driver, wrapped for timestamps by ``M.profiled_stage``."""
     from pyspark import RDD
 
     from pipeline.augment import stage
-    from pipeline.data import ingest, parts
-    from pipeline.stages import get_stage, run_stage
-    from pipeline.tracking import Tracker
+    from pipeline.data import parts, store
 
-    targets = [(stage, "run"), (stage, "get_policy"), (ingest, "read_meta"), (ingest, "recover"),
-               (stage, "_balanced"), (RDD, "collect"), (stage, "_plan"), (parts, "finalize"),
-               (ingest, "_write_meta"), (ingest, "swap_in"), (stage, "_log")]
-    events: list = []
-    tracker = Tracker(conf)
-    with M.SparkJobs(spark) as jobs, M.wrapped(targets, events, jobs.now) as missing:
-        a = M.METER.snapshot()
-        M.METER.active = True
-        t_start = time.perf_counter()
-        run_stage(get_stage("augment"), spark, conf, tracker)
-        t_end = time.perf_counter()
-        M.METER.active = False
-        cpu = M.CpuMeter.delta(a, M.METER.snapshot())
-        j_end = jobs.now()
-    phases = M.timeline(events, t_start, t_end, j_end, outer="run", notes=PHASE_NOTES)
-    return t_end - t_start, cpu, phases, jobs.counts(), missing
+    return [(stage, "run"), (stage, "get_policy"), (store, "read_meta"), (store, "recover"),
+            (stage, "_balanced"), (RDD, "collect"), (stage, "_plan"), (parts, "finalize"),
+            (store, "write_meta"), (store, "swap_in"), (stage, "_log")]
 
 
-def cprofile_files(groups: list, policy, copies: int, scratch: Path, rowgroup_mb: float, top: int = 16) -> tuple:
+def cprofile_files(groups: list, policy, copies: int, scratch: Path, rowgroup_mb: float, png_level: int,
+                   top: int = 16) -> tuple:
     """cProfile of _augment_files on the train files (all of them, one task) in this process."""
     from pipeline.augment.stage import _augment_files
 
@@ -428,7 +416,7 @@ def cprofile_files(groups: list, policy, copies: int, scratch: Path, rowgroup_mb
     prof = cProfile.Profile()
     try:
         prof.enable()
-        reports = list(_augment_files(units, policy, copies, f"file://{scratch}/profile", rowgroup_mb))
+        reports = list(_augment_files(units, policy, copies, f"file://{scratch}/profile", rowgroup_mb, png_level))
         prof.disable()
     finally:
         _restore_threads()
@@ -469,7 +457,7 @@ def main(argv=None) -> int:
     import multiprocessing as mp
 
     from pipeline.augment.policy import get_policy
-    from pipeline.data.ingest import dataset_root, read_meta
+    from pipeline.data import store
     from pipeline.session import build_session
 
     # Every config is resolved now, once: conf/*.yaml may be edited by others while the benchmark runs.
@@ -481,7 +469,7 @@ def main(argv=None) -> int:
     conf_none = make_conf(work, args, "augment.policy=none", "augment.name=bench-none") \
         if args.policy_none and not args.skip_stage else None
     policy = get_policy(POLICY, conf.augment.seed, conf.augment.policies_file)
-    rowgroup_mb = conf.ingest.rowgroup_size_mb
+    rowgroup_mb, png = conf.ingest.rowgroup_size_mb, conf.ingest.png_compression
     scratch = work / "transform-out"
     M.clear(scratch)
 
@@ -498,8 +486,8 @@ def main(argv=None) -> int:
           f"untimed")
     ensure_ingested(spark, conf, work, args)
 
-    src = dataset_root(conf, conf.augment.source)
-    meta = read_meta(src)
+    src = store.dataset_root(conf.paths.data_url, conf.augment.source)
+    meta = store.read_meta(src)
     train = {k: meta["datasets"][k]["splits"].get("train", 0) for k in KINDS if k in meta["datasets"]}
     all_rows = {k: sum(v["splits"].values()) for k, v in meta["datasets"].items()}
     n_train = sum(train.values())
@@ -514,13 +502,13 @@ def main(argv=None) -> int:
 
     # Warm-up (untimed): JIT, Python workers + imports, MLflow store, torchvision pipelines, the pool's imports.
     t0 = time.perf_counter()
-    spark_transform(spark, groups, policy, copies, scratch, rowgroup_mb)
+    spark_transform(spark, groups, policy, copies, scratch, rowgroup_mb, png)
     M.clear(scratch)
     if not args.skip_stage:
         M.stage_once(spark, conf, "augment")
-    run_loop(src, copies, "tv", 1)
-    run_loop(src, copies, "own", 1, policy)
-    run_loop_procs(pool, procs, src, copies, conf.augment.seed)
+    run_loop(src, copies, "tv", 1, png)
+    run_loop(src, copies, "own", 1, png, policy)
+    run_loop_procs(pool, procs, src, copies, conf.augment.seed, png)
     print(f"warm-up (untimed: one transform{'' if args.skip_stage else ', one stage run'}, one pass of each loop): "
           f"{time.perf_counter() - t0:.1f}s")
 
@@ -548,14 +536,14 @@ def main(argv=None) -> int:
     unit = "aug img/s"
     for r in range(args.repeats):
         print(f"\n--- repeat {r + 1}/{args.repeats}  (load average {os.getloadavg()[0]:.2f})", flush=True)
-        loops = [(v_tv1, lambda: run_loop(src, copies, "tv", 1)),
-                 (v_tvd, lambda: run_loop(src, copies, "tv", 0)),
-                 (v_own, lambda: run_loop(src, copies, "own", 1, policy)),
-                 (v_own2, lambda: run_loop_procs(pool, procs, src, copies, conf.augment.seed))]
+        loops = [(v_tv1, lambda: run_loop(src, copies, "tv", 1, png)),
+                 (v_tvd, lambda: run_loop(src, copies, "tv", 0, png)),
+                 (v_own, lambda: run_loop(src, copies, "own", 1, png, policy)),
+                 (v_own2, lambda: run_loop_procs(pool, procs, src, copies, conf.augment.seed, png))]
         for name, fn in loops:
             bench.record(name, lambda: M.timed(lambda: M.expect(fn(), n_aug, name), False), unit)
         bench.record(v_tr, lambda: M.timed(lambda: M.expect(
-            spark_transform(spark, groups, policy, copies, scratch, rowgroup_mb), n_written, v_tr)), unit)
+            spark_transform(spark, groups, policy, copies, scratch, rowgroup_mb, png), n_written, v_tr)), unit)
         M.clear(scratch)
         for name, c_conf, c in stages:
             out = bench.record(name, lambda c_conf=c_conf: M.stage_once(spark, c_conf, "augment"), unit, stage_note)
@@ -605,7 +593,7 @@ def main(argv=None) -> int:
             M.wait_quiet(args.wait_quiet)
             _set_threads(1, 1)
             try:
-                loop(src, copies, which, pol, steps=steps)
+                loop(src, copies, which, pol, steps=steps, png_level=png)
             finally:
                 _restore_threads()
             print(f"{label} steps (1 thread), ms per augmented image:")
@@ -620,7 +608,7 @@ def main(argv=None) -> int:
                       + f"  = {sum(parts.values()):.3f} ms/img")
 
         M.wait_quiet(args.wait_quiet)
-        text, groups_prof = cprofile_files(groups, policy, copies, scratch, rowgroup_mb)
+        text, groups_prof = cprofile_files(groups, policy, copies, scratch, rowgroup_mb, png)
         M.clear(scratch)
         gt = groups_prof["total_s"]
         print(f"cProfile of _augment_files on the train files ({groups_prof['rows']} rows written: copies "
@@ -632,8 +620,8 @@ def main(argv=None) -> int:
         profile["cprofile_groups_ms_per_aug_img"] = {g: v / n_aug * 1e3 for g, v in groups_prof["groups"].items()}
 
         if not args.skip_stage:
-            (wall, cpu, phases, counts, missing), _ = bench.measure(lambda: profiled_stage(spark, conf),
-                                                                    "instrumented stage")
+            (wall, cpu, phases, counts, missing, _), _ = bench.measure(
+                lambda: M.profiled_stage(spark, conf, "augment", stage_targets(), PHASE_NOTES), "instrumented stage")
             print(f"phases of one extra (instrumented) stage run, {wall:.1f}s = {n_aug / wall:.1f} aug img/s "
                   f"[{M.fmt_cpu(cpu, wall)}]; Spark: {counts['jobs']} jobs, {counts['stages']} stages, "
                   f"{counts['tasks']} tasks" + (f"; not wrapped (gone): {', '.join(missing)}" if missing else ""))

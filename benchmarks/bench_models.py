@@ -20,9 +20,10 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import load_config  # noqa: E402
 from pipeline.session import build_session  # noqa: E402
 from pipeline.stages import get_stage, is_done, run_stage  # noqa: E402
+from pipeline.tasks import TASKS, get_task  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
 
-TASKS = ("lane_classifier", "tl_classifier", "tl_detector")
+# The test metrics printed per task, in table order (a task not named here prints its key metrics).
 SHOWN = {"lane_classifier": ("test_accuracy", "test_f1_macro"),
          "tl_classifier": ("test_accuracy", "test_f1_macro"),
          "tl_detector": ("test_recall_at_p90_near", "test_recall_at_p90_medium", "test_recall_at_p90_far",
@@ -37,6 +38,7 @@ def main() -> int:
                         help="epochs of tl_detector (it needs more than the profile's; 0: the profile's)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
+    tasks = [get_task(name) for name in args.tasks.split(",")]  # an unknown name fails now, not after the ingest
     base = load_config(args.profile, overrides=args.overrides)
     spark = build_session(base)
     tracker = Tracker(base)
@@ -47,14 +49,15 @@ def main() -> int:
         if not is_done(base, ingest):
             run_stage(ingest, spark, base, tracker)
         print(f"ingest: {time.perf_counter() - tic:.0f} s", flush=True)
-        for task in args.tasks.split(","):
-            extra = [f"train.epochs={args.detector_epochs}"] if task == "tl_detector" and args.detector_epochs else []
-            conf = load_config(args.profile, overrides=[*extra, *args.overrides, f"train.task={task}"])
+        for task in tasks:
+            extra = [f"train.epochs={args.detector_epochs}"] if task.detector and args.detector_epochs else []
+            conf = load_config(args.profile, overrides=[*extra, *args.overrides, f"train.task={task.name}"])
             tic = time.perf_counter()
             results = run_stage(get_stage("train"), spark, conf, tracker)
             wall = time.perf_counter() - tic
-            shown = " ".join(f"{k}={results[k]:.4f}" for k in SHOWN[task] if k in results)
-            rows.append(f"| {task} | {conf.train.epochs} | {wall:.0f} s | {shown} | {results['run_id'][:8]} |")
+            keys = SHOWN.get(task.name) or tuple(f"test_{m}" for m in task.metrics if m != "loss")
+            shown = " ".join(f"{k}={results[k]:.4f}" for k in keys if k in results)
+            rows.append(f"| {task.name} | {conf.train.epochs} | {wall:.0f} s | {shown} | {results['run_id'][:8]} |")
             print(rows[-1], flush=True)
     print("| task | epochs | train + test wall time | test metrics | MLflow run |")
     print("| --- | --- | --- | --- | --- |")

@@ -25,13 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.tasks import TASKS  # noqa: E402
 from pipeline.train import loader  # noqa: E402
-from pipeline.train.run import _loss_fn, build, distribute, make_spec  # noqa: E402
+from pipeline.train.run import _loss_fn, build, distribute  # noqa: E402
+from pipeline.train.spec import make_spec  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="lane_classifier", choices=list(loader.TASK_DATASET))
+    p.add_argument("--task", default="lane_classifier", choices=list(TASKS))
     p.add_argument("--frames", type=int, default=600, help="synthetic frames to ingest (once)")
     p.add_argument("--steps", type=int, default=40, help="SGD steps per measurement")
     p.add_argument("--batch-size", type=int, default=32)
@@ -48,10 +50,11 @@ def ensure_data(args) -> object:
                  f"train.task={args.task}", f"train.batch_size={args.batch_size}", f"train.width={args.width}",
                  "train.epochs=2", f"train.use_gpu={args.device == 'cuda'}"]
     conf = load_config("local", overrides=overrides)
+    from pipeline.data import store
     from pipeline.session import build_session
 
     spark = build_session(conf)  # TorchDistributor needs an active session
-    if not (Path(args.work_dir) / "data" / "synthetic" / "_ingest.json").exists():
+    if not store.exists(f"{store.dataset_root(conf.paths.data_url, conf.ingest.name)}/{store.META}"):
         from pipeline.stages import get_stage, run_stage
         from pipeline.tracking import Tracker
 
@@ -120,11 +123,13 @@ def processes(conf, args) -> dict:
     uri = f"sqlite:///{args.work_dir}/bench_mlflow.db"
     mlflow.set_tracking_uri(uri)
     base = make_spec(conf)
-    total = base.batch_size * args.steps * 2                      # samples per epoch, whatever the world size
+    batch = base.train.batch_size
+    total = batch * args.steps * 2                                # samples per epoch, whatever the world size
     for n in (1, 2):
         with mlflow.start_run() as run:
-            spec = replace(base, steps_per_epoch=total // (base.batch_size * n), run_id=run.info.run_id,
-                           tracking_uri=uri, checkpoint_url=f"file://{args.work_dir}/ckpt-{n}", eval_batches=1)
+            spec = replace(base, steps_per_epoch=total // (batch * n), run_id=run.info.run_id, tracking_uri=uri,
+                           checkpoint_url=f"file://{args.work_dir}/ckpt-{n}",
+                           train=base.train.model_copy(update={"eval_batches": 1}))
             tic = time.perf_counter()
             distribute(spec, n, True, args.device == "cuda")
             wall = time.perf_counter() - tic

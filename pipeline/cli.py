@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pipeline.config import CONF_DIR, Config, ConfigError, load_config
+from pipeline.config import CONF_DIR, Config, ConfigError, load_config, profiles
+from pipeline.errors import UserError
 from pipeline.stages import STAGES, Stage, get_stage, is_done, run_stage
 
 EPILOG = ("KEY=VALUE overrides any config key with a dotted name, e.g. train.epochs=5 ingest.num_frames=200. "
@@ -22,10 +23,10 @@ def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="INFO logs from Spark and the pipeline (default: warnings only)")
-    common.add_argument("--profile", default=argparse.SUPPRESS,
-                        help="config profile: local (default, embedded), cluster or gpu")
+    common.add_argument("--profile", default=argparse.SUPPRESS, choices=profiles(),
+                        help=f"config profile (conf/<profile>.yaml): {', '.join(profiles())}; default local")
     common.add_argument("--conf", dest="conf_file", metavar="FILE", default=argparse.SUPPRESS,
-                        help="a YAML file layered over base + profile (a file in conf/ is taken as the profile)")
+                        help="a YAML file layered over base + profile")
     common.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return common
 
@@ -35,7 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline", description="Spark training pipeline for road-lane and traffic-light nets.", epilog=EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="INFO logs (default: warnings only)")
-    parser.add_argument("--profile", default="local", help="config profile: local (default), cluster or gpu")
+    parser.add_argument("--profile", default="local", choices=profiles(),
+                        help=f"config profile (conf/<profile>.yaml): {', '.join(profiles())}; default local")
     parser.add_argument("--conf", dest="conf_file", metavar="FILE", help="a YAML file layered over the profile")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser("run", parents=[common], epilog=EPILOG,
@@ -53,8 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _resolve(args: argparse.Namespace) -> Config:
     profile = getattr(args, "profile", "local")
     conf_file = getattr(args, "conf_file", None)
-    if conf_file and Path(conf_file).resolve().parent == CONF_DIR and Path(conf_file).suffix == ".yaml":
-        profile, conf_file = Path(conf_file).stem, None
+    if conf_file and Path(conf_file).resolve().parent == CONF_DIR and Path(conf_file).stem in profiles():
+        raise ConfigError(f"--conf {conf_file} is a profile: use --profile {Path(conf_file).stem} (--conf layers "
+                          f"a file of your own over base + profile)")
     return load_config(profile, conf_file, getattr(args, "overrides", []))
 
 
@@ -89,28 +92,28 @@ def _execute(conf: Config, stages: Sequence[Stage], name: str, verbose: bool, fo
     print(browse_hint(conf))
 
 
-def user_errors() -> tuple:
-    """Errors that mean "fix your input or config": one line, no traceback (the run is still marked FAILED)."""
-    from pipeline.augment.policy import PolicyError
-    from pipeline.data.ingest import IngestError
-    from pipeline.data.readers import AnnotationError
+def _guarded(prog: str, args: argparse.Namespace, work) -> int:
+    """Run ``work(conf, verbose)``; a :class:`UserError` (fix your input or config) prints one line and exits 2
+    (the run is still marked FAILED; ``-v`` adds the traceback). Anything else is a bug: its traceback shows."""
+    verbose = bool(getattr(args, "verbose", False))
+    try:
+        work(_resolve(args), verbose)
+    except UserError as exc:
+        if verbose:
+            import traceback
 
-    return ConfigError, PolicyError, IngestError, AnnotationError, FileNotFoundError, NotADirectoryError, LookupError
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    verbose = bool(getattr(args, "verbose", False))
-    try:
-        conf = _resolve(args)
-        if args.command == "run":
-            _execute(conf, STAGES, "pipeline", verbose, force=args.force)
-        else:
-            _execute(conf, [get_stage(args.command)], args.command, verbose)
-    except user_errors() as exc:
-        print(f"pipeline: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    if args.command == "run":
+        return _guarded("pipeline", args, lambda conf, v: _execute(conf, STAGES, "pipeline", v, force=args.force))
+    stage = get_stage(args.command)
+    return _guarded("pipeline", args, lambda conf, v: _execute(conf, [stage], stage.name, v))
 
 
 def job_main(stage_name: str, argv: Optional[Sequence[str]] = None) -> int:
@@ -119,12 +122,7 @@ def job_main(stage_name: str, argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=f"spark-submit jobs/{stage_name}.py", parents=[_common()],
                                      description=stage.help, epilog=EPILOG)
     args = parser.parse_args(argv)
-    try:
-        _execute(_resolve(args), [stage], stage_name, bool(getattr(args, "verbose", False)))
-    except user_errors() as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _guarded(parser.prog, args, lambda conf, v: _execute(conf, [stage], stage_name, v))
 
 
 if __name__ == "__main__":

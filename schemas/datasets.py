@@ -17,7 +17,7 @@ _ID = [
 ]
 _IMAGE = UnischemaField("image", np.uint8, (None, None, 3), CompressedImageCodec("png"), False)
 
-# Whole road frames with an image-level class (lane class for synthetic data, folder name for ImageFolder).
+# Whole road frames with an image-level class (the lane class of synthetic data; none for TuSimple / CULane, -1).
 RoadFrameSchema = Unischema("RoadFrameSchema", _ID + [
     _IMAGE,
     UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
@@ -45,7 +45,17 @@ TLCropSchema = Unischema("TLCropSchema", _ID + [
     UnischemaField("distance", np.str_, (), ScalarCodec(StringType()), False),  # "" for background crops
 ])
 
-SCHEMAS = {"road_frames": RoadFrameSchema, "tl_frames": TLFrameSchema, "tl_crops": TLCropSchema}
+# Images with a class from their folder name (ImageFolder): crops, patches or whole frames.
+ClassImageSchema = Unischema("ClassImageSchema", _ID + [
+    _IMAGE,
+    UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
+    UnischemaField("label_name", np.str_, (), ScalarCodec(StringType()), False),
+    UnischemaField("phash", np.int64, (), ScalarCodec(LongType()), False),
+])
+
+# One schema per dataset kind (pipeline.tasks.KINDS).
+SCHEMAS = {"road_frames": RoadFrameSchema, "class_images": ClassImageSchema, "tl_frames": TLFrameSchema,
+           "tl_crops": TLCropSchema}
 
 # Augmented datasets: the same rows plus where each came from. ``parent_id`` is the source row's id (itself for
 # the originals, copy 0), ``ops`` the applied ops with their drawn parameters as JSON. The fields are the same
@@ -59,12 +69,31 @@ AUGMENTED_SCHEMAS = {kind: Unischema(f"Augmented{schema._name}", list(schema.fie
                      for kind, schema in SCHEMAS.items()}
 
 
-def decode_row(schema: Unischema, row) -> dict:
-    """A Spark Row (or dict) of Petastorm-encoded values back to numpy values, for the fields it has."""
-    get = row.asDict() if hasattr(row, "asDict") else row
+def _decode_png(value) -> np.ndarray:
+    """What ``CompressedImageCodec.decode`` returns (RGB, or grey), but C-contiguous: the codec's
+    ``[..., (2, 1, 0)]`` gives a channel-planar array that every later step (stack, to tensor) copies again."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
+def field_decoders(schema: Unischema, names) -> dict:
+    """``{name: stored value -> numpy value}`` for the encoded fields among ``names`` (scalars are stored as
+    they are and need none). The one decoder of stored rows: the training loader, augment and figures."""
     out = {}
-    for name, value in get.items():
-        field = schema.fields.get(name)
-        out[name] = field.codec.decode(field, value) if field is not None and field.codec is not None \
-            and value is not None else value
+    for name in names:
+        field = schema.fields[name]
+        if field.codec is None or isinstance(field.codec, ScalarCodec):
+            continue
+        out[name] = _decode_png if isinstance(field.codec, CompressedImageCodec) \
+            else (lambda value, f=field: f.codec.decode(f, value))
     return out
+
+
+def decode_row(schema: Unischema, row) -> dict:
+    """A Spark Row (or dict) of stored values back to numpy values, for the fields it has."""
+    get = row.asDict() if hasattr(row, "asDict") else row
+    decoders = field_decoders(schema, [name for name in get if name in schema.fields])
+    return {name: decoders[name](value) if name in decoders and value is not None else value
+            for name, value in get.items()}

@@ -1,6 +1,5 @@
 """The command line: --help everywhere, one clear line and a non-zero exit on a bad override."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,23 +53,6 @@ def test_bad_override_is_one_line_and_exit_2():
 def test_bad_value_in_process(capsys):
     assert main(["run", "train.task=segmenter"]) == 2
     assert "valid choices: lane_classifier, tl_classifier, tl_detector" in capsys.readouterr().err
-
-
-def test_make_stops_without_java(tmp_path):
-    """`make demo` / `make test` stop at once, saying how to install Java, when it is missing or too old."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    for tool in ("sh", "sed", "head"):          # a PATH with the shell tools make needs, and no real java
-        (fake / tool).symlink_to(shutil.which(tool))
-    java = fake / "java"
-    java.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
-    java.chmod(0o755)
-    env = {**os.environ, "PATH": str(fake)}
-    out = _run(shutil.which("make"), "-s", "check-java", env=env)
-    assert out.returncode != 0 and "java 11 found" in out.stderr and "openjdk-17" in out.stderr
-    java.unlink()
-    out = _run(shutil.which("make"), "-s", "check-java", env=env)
-    assert out.returncode != 0 and "java not found" in out.stderr
 
 
 def test_docker_files_install_from_the_one_requirement_file():

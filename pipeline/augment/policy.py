@@ -11,7 +11,6 @@ Named policies live in ``conf/augment.yaml`` (see there for the format); bad one
 """
 from __future__ import annotations
 
-import hashlib
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,20 +19,18 @@ from typing import Mapping, Optional, Union
 import numpy as np
 import yaml
 
+from pipeline import yamltext
 from pipeline.augment.ops import OPS, Sample
 from pipeline.config import CONF_DIR
+from pipeline.data.records import stable_hash
+from pipeline.errors import UserError
 
 DEFAULT_PATH = CONF_DIR / "augment.yaml"
 _STEP_KEYS = ("op", "p", "params")
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError, ValueError):
     """A policy that cannot be used; the message names the policy, the step (index and op) and the problem."""
-
-
-def stable_hash(text: str) -> int:
-    """A 64-bit hash of ``text`` that is the same in every process and on every machine (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
 @dataclass(frozen=True)
@@ -105,8 +102,10 @@ class Policy:
 def load_policies(path: Union[str, Path, None] = None, seed: int = 0) -> dict:
     """Every policy of the YAML file ``path`` (default ``conf/augment.yaml``), by name, with ``seed``."""
     path = Path(path) if path is not None else DEFAULT_PATH
+    if not path.is_file():
+        raise PolicyError(f"policies file not found: {path} (augment.policies_file; the default is {DEFAULT_PATH})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yamltext.load(path.read_text())
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

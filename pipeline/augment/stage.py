@@ -14,10 +14,11 @@ load      : a new dataset ``<data_url>/<augment.name>`` shaped like an ingested 
 from __future__ import annotations
 
 import json
-import uuid
 
-from pipeline.augment.policy import Policy, get_policy, stable_hash
+from pipeline.augment.policy import Policy, get_policy
 from pipeline.config import Config, ConfigError
+from pipeline.data import store
+from pipeline.data.records import stable_hash
 
 
 def background_of(row_id: str, copy_index: int, ids: list) -> str | None:
@@ -52,13 +53,27 @@ class _Report:
         return {"files": self.files, "ops": list(self.ops.items()), "samples": self.samples}
 
 
+def _copy(kind: str, row: dict, policy: Policy, copy_index: int, png_level: int, background=None,
+          background_id=None) -> tuple[dict, list]:
+    """Copy ``copy_index`` of a decoded source row, encoded for the augmented schema with its lineage; and the
+    ops applied (a context paste names the background row it used)."""
+    from pipeline.augment.rows import augment_row
+    from pipeline.data.parts import encode_row
+    from schemas.datasets import AUGMENTED_SCHEMAS
+
+    out, applied = augment_row(kind, row, policy, row["id"], copy_index, background)
+    if background_id and any(a["op"] == "context_paste" and "skipped" not in a for a in applied):
+        applied = [dict(a, background=background_id) if a["op"] == "context_paste" else a for a in applied]
+    out["id"] = f"{row['id']}~{copy_index}"
+    return encode_row(AUGMENTED_SCHEMAS[kind], _lineage(out, row["id"], copy_index, applied), png_level), applied
+
+
 def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_size_mb: float, png_level: int = 0):
     """Spark task: (kind, split, source file) units -> one output file each; yields one report."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.augment.rows import augment_row
-    from pipeline.data.parts import PartWriter, _fs, arrow_schema, encode_row
+    from pipeline.data.parts import PartWriter, arrow_schema
     from pipeline.session import quiet_warnings
     from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS, decode_row
 
@@ -70,7 +85,7 @@ def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_si
         out_schema = arrow_schema(schema)
         folder = f"{kind}/{split}"
         writer = PartWriter(out_url, _part_name(path), rowgroup_size_mb)
-        fs, local = _fs(path)
+        fs, local = store.filesystem(path)
         with fs.open(local, "rb") as fh:
             source = pq.ParquetFile(fh)
             for group in range(source.num_row_groups):  # a row group at a time: bounded memory
@@ -87,9 +102,7 @@ def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_si
                     report.sample(kind, original)
                     row = decode_row(base, stored)
                     for copy_index in range(1, copies + 1):
-                        out, applied = augment_row(kind, row, policy, row["id"], copy_index)
-                        out["id"] = f"{row['id']}~{copy_index}"
-                        encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied), png_level)
+                        encoded, applied = _copy(kind, row, policy, copy_index, png_level)
                         writer.add(folder, out_schema, encoded)
                         report.applied(kind, applied)
                         report.sample(kind, encoded)
@@ -112,15 +125,14 @@ def _part_name(path: str) -> str:
 def _context_partition(index: int, rows, kind: str, policy: Policy, out_url: str, rowgroup_size_mb: float,
                        png_level: int = 0):
     """Spark task for context policies: plan rows (source fields + copy + background image) -> one file."""
-    from pipeline.augment.rows import augment_row
-    from pipeline.data.parts import PartWriter, arrow_schema, encode_row
+    from pipeline.data.parts import PartWriter, arrow_schema
     from pipeline.session import quiet_warnings
-    from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS, decode_row
+    from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS, decode_row, field_decoders
 
     quiet_warnings()
     _one_thread()
-    base, schema = SCHEMAS[kind], AUGMENTED_SCHEMAS[kind]
-    out_schema, image_field = arrow_schema(schema), base.fields["image"]
+    base = SCHEMAS[kind]
+    out_schema, decode_image = arrow_schema(AUGMENTED_SCHEMAS[kind]), field_decoders(base, ["image"])["image"]
     writer = PartWriter(out_url, f"part-context-{index:05d}", rowgroup_size_mb)
     report = _Report(samples=4)
     for plan in rows:
@@ -130,12 +142,8 @@ def _context_partition(index: int, rows, kind: str, policy: Policy, out_url: str
             encoded = _lineage(stored, stored["id"], 0, [])
         else:
             row = decode_row(base, stored)
-            background = image_field.codec.decode(image_field, bg) if bg is not None else None
-            out, applied = augment_row(kind, row, policy, row["id"], copy_index, background)
-            if plan["bg_id"] and any(a["op"] == "context_paste" and "skipped" not in a for a in applied):
-                applied = [dict(a, background=plan["bg_id"]) if a["op"] == "context_paste" else a for a in applied]
-            out["id"] = f"{row['id']}~{copy_index}"
-            encoded = encode_row(schema, _lineage(out, row["id"], copy_index, applied), png_level)
+            background = decode_image(bg) if bg is not None else None
+            encoded, applied = _copy(kind, row, policy, copy_index, png_level, background, plan["bg_id"])
             report.applied(kind, applied)
         writer.add(f"{kind}/train", out_schema, encoded)
         report.sample(kind, encoded)
@@ -169,21 +177,20 @@ def run(spark, conf: Config, tracker) -> dict:
     import mlflow
 
     from pipeline.data import parts
-    from pipeline.data.ingest import _write_meta, dataset_root, read_meta, recover, swap_in
     from schemas.datasets import AUGMENTED_SCHEMAS
 
     a = conf.augment
     policy = get_policy(a.policy, a.seed, a.policies_file)
-    src, dst = dataset_root(conf, a.source), dataset_root(conf, a.name)
+    src, dst = store.dataset_root(conf.paths.data_url, a.source), store.dataset_root(conf.paths.data_url, a.name)
     if src == dst:
         raise ConfigError(f"augment.name={a.name} would overwrite its source dataset: choose another name")
-    meta = read_meta(src)
+    meta = store.read_meta(src)
     with_background = any(step.op == "context_paste" for step in policy.ops)
     mlflow.log_dict(policy.describe(), "augment_policy.json")
     mlflow.log_params({"augment.source_url": src, "augment.output_url": dst})
-    recover(dst)
-    tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
-    fs, src_path = parts._fs(src)
+    store.recover(dst)
+    tmp = store.temporary(dst)
+    fs, src_path = store.filesystem(src)
     units, weights = [], []
     for kind, info in meta["datasets"].items():
         for split in info["splits"]:
@@ -232,9 +239,9 @@ def run(spark, conf: Config, tracker) -> dict:
                       key=lambda row: (row["parent_id"], row["copy"]))
         first = sorted({row["parent_id"] for row in rows})[:4]
         samples[kind] = [row for row in rows if row["parent_id"] in first and row["copy"] <= 3]
-    _write_meta(tmp, {**meta, "datasets": counts, "augment": {"source": src, "policy": policy.describe(),
+    store.write_meta(tmp, {**meta, "datasets": counts, "augment": {"source": src, "policy": policy.describe(),
                                                                "copies": a.copies, "op_counts": op_counts}})
-    swap_in(tmp, dst)
+    store.swap_in(tmp, dst)
     _log(tracker, conf, policy, dst, counts, op_counts, samples)
     return {"dataset_url": dst, **{f"{k}.train_rows": v["splits"].get("train", 0) for k, v in counts.items()}}
 

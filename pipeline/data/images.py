@@ -541,12 +541,13 @@ def resize_with_boxes(rgb: np.ndarray, boxes: list[Box],
     return resize(rgb, out_hw), scaled
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """Encode an (H, W, 3) uint8 RGB array as PNG (OpenCV, fast compression level 1)."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+def encode_png(image: np.ndarray, level: int = 1) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB or (H, W) uint8 grey array as PNG at zlib ``level`` (OpenCV; stored as
+    BGR, as Petastorm's ``CompressedImageCodec('png')`` stores it). The one PNG encoder of the pipeline."""
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"expected (H, W, 3) uint8 RGB or (H, W) uint8 grey, got {image.shape} {image.dtype}")
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()

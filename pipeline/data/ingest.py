@@ -13,102 +13,100 @@ so rows in = rows written + rows quarantined is checked on every run.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.config import Config, IngestSection
+from pipeline.data import store
 from pipeline.data.images import resize
-from pipeline.data.parts import _fs
-from pipeline.data.records import DISTANCES, TL_STATES, Box
+from pipeline.data.records import CROP_CLASSES, DISTANCES, TL_STATES, Box, stable_hash
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ROAD_SOURCES = ("synthetic", "imagefolder", "tusimple", "culane")
-LIGHT_SOURCES = ("synthetic", "bosch", "lisa", "dtld", "coco")
-CROP_CLASSES = TL_STATES + ("background",)
 LEDGER = "ledger"
-
 LEDGER_COLUMNS = ("input_id", "source_id", "path", "group", "split", "label", "status", "reason", "fixes", "phash")
+QUARANTINE = "quarantine"
+QUARANTINE_COLUMNS = ("input_id", "source_id", "path", "group", "reason")
 
 
-class IngestError(RuntimeError):
-    """Ingest cannot account for its inputs, or a source cannot be read at all."""
+class IngestError(UserError):
+    """A source that cannot be read at all (missing path, no images): the message names the fix."""
+
+
+class AccountingError(RuntimeError):
+    """Ingest cannot account for its inputs (rows in != written + quarantined): a bug, never bad input."""
 
 
 # ------------------------------------------------------------------------------------------ options
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """What a Spark task needs to turn one input into rows (small; shipped in the task closure)."""
-    source: str
-    seed: int
-    road_hw: tuple
-    frame_hw: tuple
-    crop_hw: tuple
-    render_hw: tuple
-    frames_per_sequence: int
-    context_bias: float
-    distance_buckets: tuple
-    split: tuple                 # (train, val, test) fractions
-    min_size: int
-    max_pixels: int
-    negatives_per_frame: int
-    classes: tuple               # image-level class names of road frames, in index order
-    label_map: tuple = ()        # (dataset label, state or "drop") pairs
-    png_compression: int = 0     # zlib level of the stored images
+    """What a Spark task needs to turn one input into rows: the config section itself (it pickles) and
+    what the driver derived from the source (the image-level class names, in index order)."""
+    section: IngestSection
+    classes: tuple
 
     @property
-    def writes_road(self) -> bool:
-        return self.source in ROAD_SOURCES
+    def kinds(self) -> tuple:
+        return self.section.kinds
 
     @property
-    def writes_lights(self) -> bool:
-        return self.source in LIGHT_SOURCES
+    def fractions(self) -> tuple:
+        split = self.section.split
+        return split.train, split.val, split.test
 
     def synth_config(self):
         from pipeline.data.synth import SynthConfig
 
-        return SynthConfig(width=self.render_hw[1], height=self.render_hw[0],
-                           frames_per_sequence=self.frames_per_sequence, context_bias=self.context_bias,
-                           distance_buckets=tuple(self.distance_buckets))
-
-
-def options_from(conf: Config, classes: tuple) -> IngestOptions:
-    c = conf.ingest
-    return IngestOptions(
-        source=c.source, seed=c.seed, road_hw=tuple(c.road_hw), frame_hw=tuple(c.frame_hw),
-        crop_hw=tuple(c.crop_hw), render_hw=tuple(c.render_hw), frames_per_sequence=c.frames_per_sequence,
-        context_bias=c.context_bias, distance_buckets=tuple(c.distance_buckets),
-        split=(c.split.train, c.split.val, c.split.test), min_size=c.min_size, max_pixels=c.max_pixels,
-        negatives_per_frame=c.negatives_per_frame, classes=classes, label_map=tuple(sorted(c.label_map.items())),
-        png_compression=c.png_compression)
+        c = self.section
+        return SynthConfig(width=c.render_hw[1], height=c.render_hw[0], frames_per_sequence=c.frames_per_sequence,
+                           context_bias=c.context_bias, distance_buckets=tuple(c.distance_buckets))
 
 
 # ------------------------------------------------------------------------------------------ extract
 
-def plan_inputs(conf: Config) -> tuple[list[dict], tuple]:
-    """The inputs of one ingest, as small dicts, and the image-level class names (in index order)."""
+def plan_inputs(conf: Config) -> tuple[list[dict], tuple, dict]:
+    """The inputs of one ingest, as small dicts, the image-level class names (in index order), and what the
+    plan changed (``{"val_carved": n}`` when a val split was carved out of a train folder)."""
     c = conf.ingest
     if c.source == "synthetic":
         from pipeline.data.synth import LANE_CLASSES
 
-        return [{"index": i} for i in range(c.num_frames)], tuple(LANE_CLASSES)
+        return [{"index": i} for i in range(c.num_frames)], tuple(LANE_CLASSES), {}
     if not c.source_path:
         raise IngestError(f"ingest.source={c.source} needs ingest.source_path=<the dataset's folder or "
                           f"annotation file>")
     from pipeline.data.readers import read_source
 
-    records = read_source(c.source, c.source_path)
+    try:
+        records = read_source(c.source, c.source_path, image_root=c.image_root)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        raise IngestError(f"ingest.source={c.source} cannot read ingest.source_path={c.source_path}: {exc}") from None
     if not records:
         raise IngestError(f"no images found for ingest.source={c.source} at {c.source_path}")
+    carved = carve_val(records, c.val_share)
     classes = tuple(sorted({r.label for r in records if r.label is not None and r.reason is None}))
-    return [{"record": r.as_dict()} for r in records], classes or ("unlabelled",)
+    return [{"record": r.as_dict()} for r in records], classes or ("unlabelled",), \
+        ({"val_carved": carved} if carved is not None else {})
+
+
+def carve_val(records: list, share: float) -> Optional[int]:
+    """A source that fixes train and test by folder but has no val (ImageFolder ``train/`` + ``test/``): move
+    ``share`` of the train folder's groups to val, by group hash (a group never straddles). The test folder is
+    never touched. Returns the number of records moved, or None when the source needs no carve."""
+    fixed = {r.split for r in records}
+    if not ({"train", "test"} <= fixed) or "val" in fixed or share <= 0:
+        return None
+    moved = 0
+    for r in records:
+        if r.split == "train" and stable_hash(f"val-carve:{r.group}") / 2 ** 64 < share:
+            r.split = "val"
+            moved += 1
+    return moved
 
 
 # ---------------------------------------------------------------------------------------- transform
@@ -117,7 +115,7 @@ def split_of(group: str, fractions: tuple, preset: Optional[str] = None) -> str:
     """Deterministic split by group: a hash of the group id, never of the frame."""
     if preset in ("train", "val", "test"):
         return preset
-    u = int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2 ** 64
+    u = stable_hash(group) / 2 ** 64
     train, val, _ = fractions
     return "train" if u < train else "val" if u < train + val else "test"
 
@@ -128,18 +126,16 @@ def distance_of(box_height: float, image_height: int, buckets: tuple) -> str:
 
 
 def phash64(rgb: np.ndarray) -> int:
-    """64-bit perceptual hash (DCT of a 32x32 grey image) as a signed int64."""
-    import cv2
+    """64-bit perceptual hash (ImageHash's pHash: DCT of a 32x32 grey image) as a signed int64 (a Parquet long)."""
+    import imagehash
+    from PIL import Image
 
-    grey = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
-    dct = cv2.dct(grey.astype(np.float32))[:8, :8].flatten()
-    bits = dct > np.median(dct[1:])
-    value = int("".join("1" if b else "0" for b in bits), 2)
+    value = int(str(imagehash.phash(Image.fromarray(rgb))), 16)
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _rng_for(seed: int, key: str) -> np.random.Generator:
-    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")])
+    return np.random.default_rng([seed, stable_hash(key)])
 
 
 def _negative_boxes(rng, boxes: list, width: int, height: int, count: int) -> list:
@@ -174,13 +170,13 @@ class _Emitter:
     def row(self, kind: str, **fields):
         from pipeline.data.parts import encode_row
 
-        return kind, encode_row(self._schemas[kind], fields, self.opts.png_compression)
+        return kind, encode_row(self._schemas[kind], fields, self.opts.section.png_compression)
 
     def light_rows(self, ident: dict, full: np.ndarray, boxes: list) -> Iterator[tuple]:
         """The detector frame (resized) and the classifier crops (from the full-resolution image)."""
         from pipeline.data.images import crop, resize_with_boxes
 
-        o = self.opts
+        o = self.opts.section
         height = full.shape[0]
         frame, scaled = resize_with_boxes(full, boxes, o.frame_hw)
         distances = [distance_of(b.y_max - b.y_min, height, o.distance_buckets) for b in boxes]
@@ -219,13 +215,14 @@ def _ledger(item_id: str, rec: dict, split: str, status: str, reason: str = "", 
 def _synthetic(index: int, opts: IngestOptions, emit: _Emitter) -> Iterator[tuple]:
     from pipeline.data.synth import render_frame
 
-    frame = render_frame(opts.seed, index, opts.synth_config())
-    split = split_of(frame.sequence_id, opts.split)
-    ident = {"id": frame.frame_id, "group": frame.sequence_id, "split": split, "source": f"synthetic:{opts.seed}"}
-    road = resize(frame.image, opts.road_hw)
+    c = opts.section
+    frame = render_frame(c.seed, index, opts.synth_config())
+    split = split_of(frame.sequence_id, opts.fractions)
+    ident = {"id": frame.frame_id, "group": frame.sequence_id, "split": split, "source": f"synthetic:{c.seed}"}
+    road = resize(frame.image, c.road_hw)
     phash = phash64(road)
     yield emit.row("road_frames", **ident, image=road, label=opts.classes.index(frame.lane_class),
-                   label_name=frame.lane_class, lane_mask=resize(frame.lane_mask, opts.road_hw, nearest=True),
+                   label_name=frame.lane_class, lane_mask=resize(frame.lane_mask, c.road_hw, nearest=True),
                    context=frame.context["time_of_day"], phash=phash)
     yield from emit.light_rows(ident, frame.image, list(frame.boxes))
     rec = {"source_id": frame.frame_id, "group": frame.sequence_id, "label": frame.lane_class}
@@ -236,16 +233,17 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
     """Read, decode and validate one canonical record; quarantine it (with its reason) if unusable."""
     from pipeline.data.images import ImageError, decode_image, fix_boxes, read_bytes, transform_boxes
 
+    c, kinds = opts.section, opts.kinds
     item_id = rec["source_id"]
-    split = split_of(rec["group"], opts.split, rec.get("split"))
+    split = split_of(rec["group"], opts.fractions, rec.get("split"))
     if rec.get("reason"):
         yield _ledger(item_id, rec, split, "quarantined", rec["reason"], rec.get("fixes", ()))
         return
     fixes = list(rec.get("fixes", ()))
     try:
         data = read_bytes(rec["path"])
-        target = max([opts.road_hw] * opts.writes_road + [opts.frame_hw] * opts.writes_lights)
-        decoded = decode_image(data, min_size=opts.min_size, max_pixels=opts.max_pixels,
+        target = max(stored_hw(c, kind) for kind in kinds)
+        decoded = decode_image(data, min_size=c.min_size, max_pixels=c.max_pixels,
                                hint=rec.get("decode", "auto"),
                                target_hw=None if rec.get("boxes") else tuple(target))
     except ImageError as exc:
@@ -254,7 +252,7 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
     except OSError as exc:
         yield _ledger(item_id, rec, split, "quarantined", f"unreadable:{type(exc).__name__}", fixes)
         return
-    label_map = dict(opts.label_map)
+    label_map = c.label_map
     boxes = [Box(**{**b, "label": label_map.get(b["label"], b["label"])}) for b in rec.get("boxes", ())]
     boxes = [b for b in boxes if b.label != "drop"]
     if boxes:
@@ -267,26 +265,35 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
             return
         boxes = transform_boxes(boxes, decoded.orientation, stored_w, stored_h)
     unknown = sorted({b.label for b in boxes if b.label not in TL_STATES})
-    if opts.writes_lights and unknown:
+    if "tl_frames" in kinds and unknown:
         yield _ledger(item_id, rec, split, "quarantined", f"unknown_label:{unknown[0]}", fixes)
         return
     ident = {"id": storable(item_id), "group": storable(rec["group"]), "split": split, "source": storable(rec["path"])}
     rgb = decoded.rgb
     phash = 0
-    if opts.writes_road:
-        road = resize(rgb, opts.road_hw)
+    label = rec.get("label")
+    labelled = {"label": opts.classes.index(label) if label in opts.classes else -1,
+                "label_name": storable(label or "")}
+    if "road_frames" in kinds:
+        road = resize(rgb, c.road_hw)
         phash = phash64(road)
-        label = rec.get("label")
-        yield emit.row("road_frames", **ident, image=road,
-                       label=opts.classes.index(label) if label in opts.classes else -1,
-                       label_name=storable(label or ""),
-                       lane_mask=_lane_mask(rec.get("lanes", ()), rgb.shape, opts.road_hw),
-                       context="", phash=phash)
-    if opts.writes_lights:
+        yield emit.row("road_frames", **ident, image=road, **labelled,
+                       lane_mask=_lane_mask(rec.get("lanes", ()), rgb.shape, c.road_hw), context="", phash=phash)
+    if "class_images" in kinds:
+        image = resize(rgb, c.class_hw)
+        phash = phash64(image)
+        yield emit.row("class_images", **ident, image=image, **labelled, phash=phash)
+    if "tl_frames" in kinds:
         rows = list(emit.light_rows(ident, rgb, boxes))
         phash = rows[0][1]["phash"]
         yield from rows
     yield _ledger(item_id, rec, split, "written", fixes=fixes, phash=phash)
+
+
+def stored_hw(section: IngestSection, kind: str) -> tuple:
+    """The size (height, width) rows of ``kind`` are stored at."""
+    return tuple({"road_frames": section.road_hw, "class_images": section.class_hw, "tl_frames": section.frame_hw,
+                  "tl_crops": section.crop_hw}[kind])
 
 
 def _lane_mask(lanes: Iterable, full_shape: tuple, hw: tuple) -> np.ndarray:
@@ -320,51 +327,13 @@ def process_partition(items: Iterable[dict], opts: IngestOptions) -> Iterator[tu
             rows = list(_from_record(rec, opts, emit))  # all of an input's rows, or none of them
         except Exception as exc:  # a bug or an input nobody foresaw: quarantine it, loudly, and go on
             log.exception("unexpected error on %s", rec.get("source_id"))
-            split = split_of(rec.get("group", ""), opts.split, rec.get("split"))
+            split = split_of(rec.get("group", ""), opts.fractions, rec.get("split"))
             yield _ledger(rec["source_id"], rec, split, "quarantined", f"error:{type(exc).__name__}: {exc}"[:300])
         else:
             yield from rows
 
 
 # --------------------------------------------------------------------------------------------- load
-
-def dataset_root(conf: Config, name: Optional[str] = None) -> str:
-    """Where one ingest's datasets live: ``<paths.data_url>/<ingest.name>``; each kind of rows has one
-    Petastorm dataset per split under it: ``<root>/<kind>/<split>`` (e.g. ``.../synthetic/road_frames/train``)."""
-    return f"{conf.paths.data_url.rstrip('/')}/{name or conf.ingest.name}"
-
-
-def recover(root_url: str) -> None:
-    """Undo what a killed run left: stale temporary outputs go; a dataset caught mid-swap comes back."""
-    fs, root = _fs(root_url)
-    parent, name = root.rstrip("/").rsplit("/", 1)
-    if not fs.exists(parent):
-        return
-    leftovers = sorted(p for p in fs.ls(parent, detail=False) if p.rsplit("/", 1)[-1].startswith(f"{name}."))
-    olds = [p for p in leftovers if ".old-" in p.rsplit("/", 1)[-1]]
-    if olds and not fs.exists(root):
-        fs.mv(olds[-1], root, recursive=True)
-        log.warning("restored %s from an interrupted swap", root)
-    for path in leftovers:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-
-
-def swap_in(tmp_url: str, root_url: str) -> None:
-    """Replace the dataset folder by the finished temporary one (a rename on local and HDFS storage)."""
-    fs, tmp = _fs(tmp_url)
-    _, root = _fs(root_url)
-    old = f"{root}.old-{uuid.uuid4().hex[:8]}"
-    if fs.exists(root):
-        fs.mv(root, old, recursive=True)
-    fs.mv(tmp, root, recursive=True)
-    if fs.exists(old):
-        fs.rm(old, recursive=True)
-
-
-QUARANTINE = "quarantine"
-QUARANTINE_COLUMNS = ("input_id", "source_id", "path", "group", "reason")
-
 
 def _table_schema(columns: tuple):
     import pyarrow as pa
@@ -437,16 +406,24 @@ def near_duplicate_pairs(ledger, max_bits: int):
 
 def run(spark, conf: Config, tracker) -> dict:
     """The ingest stage (registered in pipeline.stages): plan -> one Spark job -> datasets swapped in whole."""
+    import mlflow
+
     from pipeline.data import parts
     from schemas.datasets import SCHEMAS
 
-    inputs, classes = plan_inputs(conf)
-    opts = options_from(conf, classes)
-    root = dataset_root(conf)
-    recover(root)
-    tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
-    kinds = [k for k, on in (("road_frames", opts.writes_road), ("tl_frames", opts.writes_lights),
-                             ("tl_crops", opts.writes_lights)) if on]
+    inputs, classes, changes = plan_inputs(conf)
+    opts = IngestOptions(conf.ingest, classes)
+    if "val_carved" in changes:
+        note = (f"ingest: the source fixes train and test but has no val: {changes['val_carved']} train inputs "
+                f"(ingest.val_from_train={conf.ingest.val_share:.3g} of the train folder's groups) became val; "
+                f"test untouched")
+        print(note, flush=True)
+        mlflow.log_metric("val_carved_from_train", changes["val_carved"])
+        mlflow.set_tag("ingest.val_carve", note)
+    root = store.dataset_root(conf.paths.data_url, conf.ingest.name)
+    store.recover(root)
+    tmp = store.temporary(root)
+    kinds = list(opts.kinds)
     # One task per core unless the inputs are many (>= 200 per task): measured fastest on 2 cores
     # (benchmarks/RESULTS.md); every split still gets a file per task, enough row groups to shard.
     default = max(spark.sparkContext.defaultParallelism, -(-len(inputs) // 200))
@@ -463,16 +440,20 @@ def run(spark, conf: Config, tracker) -> dict:
         else:
             kind = folder.split("/")[0]
             written_rows[folder] = parts.finalize(f"{tmp}/{folder}", SCHEMAS[kind], infos)
-    summary = _account(reports, written_rows, kinds, len(inputs))
+    summary = account(reports, written_rows, kinds, len(inputs))
+    for kind in kinds:
+        summary["datasets"][kind]["labels"] = list(CROP_CLASSES if kind == "tl_crops" else
+                                                   ("light",) if kind == "tl_frames" else classes)
     samples = {kind: [row for r in reports for row in r["samples"].get(kind, [])][:12] for kind in kinds}
     ledger = spark.read.parquet(f"{tmp}/{LEDGER}")
     pairs = near_duplicate_pairs(ledger, conf.ingest.near_duplicate_bits).cache()
     summary["near_duplicates_across_splits"] = pairs.count()
     summary["classes"] = list(classes)
     summary["kinds"] = kinds
-    _write_meta(tmp, summary)
-    swap_in(tmp, root)
-    _log(tracker, conf, root, summary, samples, pairs, ledger_url=f"{root}/ledger")
+    summary.update(changes)
+    store.write_meta(tmp, summary)
+    store.swap_in(tmp, root)
+    _log(tracker, conf, root, summary, samples, pairs)
     pairs.unpersist()
     return {"rows_in": summary["rows_in"], "rows_written": summary["rows_written"],
             "rows_quarantined": summary["rows_quarantined"],
@@ -480,9 +461,11 @@ def run(spark, conf: Config, tracker) -> dict:
             "dataset_url": root}
 
 
-def _account(reports: list, written_rows: dict, kinds: list, planned: int) -> dict:
-    """Counts per status / split / class / reason from the tasks' reports, checked against the rows on disk
-    (file footers); raises unless rows in = written + quarantined and every written input has its rows."""
+def account(reports: list, written_rows: dict, kinds: list, rows_in: int) -> dict:
+    """Counts per status / split / class / reason from the tasks' reports, checked against the inputs the
+    reader planned (``rows_in``, counted before the job) and the rows on disk (file footers). Raises
+    :class:`AccountingError` unless rows in = written + quarantined, on disk as in the reports, and every input
+    marked written has its rows."""
     by: dict = {}
     fixes: dict = {}
     classes: dict = {}
@@ -496,13 +479,12 @@ def _account(reports: list, written_rows: dict, kinds: list, planned: int) -> di
             classes[kind][name] = classes[kind].get(name, 0) + n
     written = sum(n for (status, *_), n in by.items() if status == "written")
     quarantined = sum(n for (status, *_), n in by.items() if status == "quarantined")
-    rows_in = sum(by.values())
-    on_disk = written_rows.get(LEDGER, 0)
-    if not (rows_in == planned == on_disk) or written + quarantined != rows_in \
-            or written_rows.get(QUARANTINE, 0) != quarantined:
-        raise IngestError(f"ingest lost rows: {planned} inputs planned, {rows_in} accounted for "
-                          f"({written} written + {quarantined} quarantined); on disk {on_disk} ledger rows and "
-                          f"{written_rows.get(QUARANTINE, 0)} quarantine rows")
+    ledger_rows, quarantine_rows = written_rows.get(LEDGER, 0), written_rows.get(QUARANTINE, 0)
+    if written + quarantined != rows_in or ledger_rows != rows_in or quarantine_rows != quarantined:
+        raise AccountingError(
+            f"ingest lost rows: {rows_in} inputs in, {written} written + {quarantined} quarantined = "
+            f"{written + quarantined} accounted for ({rows_in - written - quarantined} missing); on disk "
+            f"{ledger_rows} ledger rows and {quarantine_rows} quarantine rows")
     datasets = {}
     for kind in kinds:
         per_split = {folder.split("/")[1]: n for folder, n in written_rows.items()
@@ -510,8 +492,8 @@ def _account(reports: list, written_rows: dict, kinds: list, planned: int) -> di
         datasets[kind] = {"rows": sum(per_split.values()), "splits": per_split, "classes": classes.get(kind, {})}
     primary = kinds[0]
     if datasets[primary]["rows"] != written:
-        raise IngestError(f"ingest wrote {datasets[primary]['rows']} {primary} rows for {written} inputs "
-                          f"marked written")
+        raise AccountingError(f"ingest wrote {datasets[primary]['rows']} {primary} rows for {written} inputs "
+                              f"marked written")
     reasons = {}
     for (status, _, _, reason), n in by.items():
         if status == "quarantined":
@@ -521,23 +503,7 @@ def _account(reports: list, written_rows: dict, kinds: list, planned: int) -> di
             "quarantine_reasons": reasons, "fixes": fixes, "datasets": datasets}
 
 
-def _write_meta(tmp: str, summary: dict) -> None:
-    fs, path = _fs(f"{tmp}/_ingest.json")
-    with fs.open(path, "w") as fh:
-        json.dump(summary, fh, indent=1, sort_keys=True)
-
-
-def read_meta(root_url: str) -> dict:
-    """The summary an ingest wrote next to its datasets (classes, counts per split and class)."""
-    fs, path = _fs(f"{root_url}/_ingest.json")
-    if not fs.exists(path):
-        raise IngestError(f"no ingested dataset at {root_url}: run `pipeline ingest` first "
-                          f"(or set train.data to the name of an ingested dataset)")
-    with fs.open(path, "r") as fh:
-        return json.load(fh)
-
-
-def _log(tracker, conf: Config, root: str, summary: dict, samples: dict, pairs, ledger_url: str) -> None:
+def _log(tracker, conf: Config, root: str, summary: dict, samples: dict, pairs) -> None:
     import mlflow
 
     from pipeline.data import figures

@@ -23,44 +23,29 @@ from typing import Iterable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-_SPARK_TO_ARROW = {"StringType": pa.string(), "BinaryType": pa.binary(), "IntegerType": pa.int32(),
-                   "LongType": pa.int64(), "ShortType": pa.int16(), "ByteType": pa.int8(),
-                   "FloatType": pa.float32(), "DoubleType": pa.float64(), "BooleanType": pa.bool_()}
-
-
-def _fs(url: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
+from pipeline.data.store import filesystem
 
 
 def arrow_schema(unischema) -> pa.Schema:
     """The Arrow schema Spark would write for a Unischema (same column types, so either reads the other)."""
-    fields = []
-    for f in unischema.as_spark_schema().fields:
-        name = type(f.dataType).__name__
-        if name not in _SPARK_TO_ARROW:
-            raise TypeError(f"field {f.name}: no Arrow type for {name}")
-        fields.append(pa.field(f.name, _SPARK_TO_ARROW[name], nullable=f.nullable))
-    return pa.schema(fields)
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(unischema.as_spark_schema())
 
 
 def encode_png(field, value, level: int) -> bytearray:
     """What Petastorm's ``CompressedImageCodec('png')`` stores (RGB in, BGR PNG bytes; any PNG decodes with the
     same codec), at a chosen zlib level: the codec itself always uses OpenCV's default."""
-    import cv2
     import numpy as np
+
+    from pipeline.data.images import encode_png as png
 
     if not isinstance(value, np.ndarray) or value.dtype != field.numpy_dtype or value.ndim != len(field.shape) \
             or any(f is not None and f != v for f, v in zip(field.shape, value.shape)):
         raise ValueError(f"Unexpected value of {field.name} feature: expected {field.numpy_dtype} of shape "
                          f"{field.shape}, got {getattr(value, 'dtype', type(value))} of shape "
                          f"{getattr(value, 'shape', None)}")
-    bgr = cv2.cvtColor(value, cv2.COLOR_RGB2BGR) if value.ndim == 3 else value
-    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
-    if not ok:
-        raise ValueError(f"could not encode {field.name} as PNG")
-    return bytearray(data)
+    return bytearray(png(value, level))
 
 
 def encode_row(unischema, values: dict, png_level: Optional[int] = None) -> dict:
@@ -143,7 +128,7 @@ class PartWriter:
     about ``rowgroup_size_mb``. ``close()`` returns ``{folder: {"file", "rows", "row_groups"}}``."""
 
     def __init__(self, root_url: str, name: str, rowgroup_size_mb: float):
-        self.fs, self.root = _fs(root_url)
+        self.fs, self.root = filesystem(root_url)
         self.name = f"{name}.parquet"
         self.rowgroup_bytes = int(rowgroup_size_mb * 2 ** 20)
         self.folders: dict = {}
@@ -188,7 +173,7 @@ def commit(url: str, files: list, *, check: bool = True) -> int:
     Returns the number of rows."""
     from concurrent.futures import ThreadPoolExecutor
 
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     reported = {i["hidden"] for i in files if "hidden" in i}
     for hidden in fs.glob(f"{path}/.*.inprogress"):
         if hidden.rsplit("/", 1)[-1] not in reported:
@@ -226,7 +211,7 @@ def finalize(url: str, unischema, files: list, *, check: bool = True) -> int:
     if not files:
         raise RuntimeError(f"{url}: no task wrote any file for this dataset")
     rows = commit(url, files, check=check)
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     schema = arrow_schema(unischema).with_metadata({
         UNISCHEMA_KEY: pickle.dumps(unischema),
         ROW_GROUPS_PER_FILE_KEY: json.dumps({i["file"]: i["row_groups"] for i in files}).encode()})

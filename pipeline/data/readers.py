@@ -14,7 +14,9 @@ Reasons a reader sets (the text before the first ``:`` is the category):
 ``path_escapes_root:<path>``    the annotation names a path outside the dataset root after
                                 ``os.path.normpath`` (``..`` or an absolute path); never opened.
                                 Symlinks are not resolved, so a dataset symlinked into place works.
-``missing_file:<path>``         the named image does not exist (``path`` is ``None``).
+``missing_file:<path>``         the named image does not exist (``path`` is ``None``); readers of
+                                an annotation file add `` (looked in <folder>[, ...]; set
+                                ingest.image_root ...)`` naming the image root(s) searched.
 ``ambiguous_file:<name>``       LISA: several images share the frame's stem, none preferred.
 ``unknown_label:<label>``       a box label (or COCO category id) outside the format's list.
 ``box_zero_area``               a box has zero (or, after swapping, negative) width or height.
@@ -35,6 +37,12 @@ Fixes (counted repairs, appended to ``SourceRecord.fixes`` once per occurrence):
                      a box given as x, y, w, h with negative w or h).
 ``duplicate_box``    an exact repeat of a box already on the record was dropped.
 
+Readers of an annotation file that may lie apart from its images (Bosch, DTLD, TuSimple, COCO:
+:data:`IMAGE_ROOT_FORMATS`) take ``image_root``, the folder the annotation's image paths are
+relative to (config ``ingest.image_root``); it is then the dataset root. By default it is the
+annotation file's folder; COCO also tries the published layout's ``<root>/<split>`` beside
+``<root>/annotations/instances_<split>.json``.
+
 ``source_id`` is the image path relative to the dataset root (posix separators), the raw
 annotation text for paths that escape it, or ``<annotation file>:<line>`` /
 ``<annotation file>:<where>`` for malformed lines and entries; a ``#<n>`` suffix is added only
@@ -49,17 +57,20 @@ import json
 import math
 import os
 import posixpath
+import re
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import yaml
 
+from pipeline import yamltext
 from pipeline.data.records import TL_STATES, Box, SourceRecord
+from pipeline.errors import UserError
 
 __all__ = [
     "AnnotationError", "IMAGE_EXTENSIONS", "SPLIT_FOLDERS", "GROUP_SEPARATOR",
     "read_imagefolder", "read_bosch", "read_lisa", "read_dtld", "read_tusimple", "read_culane",
-    "read_coco", "READERS", "read_source",
+    "read_coco", "READERS", "IMAGE_ROOT_FORMATS", "read_source",
 ]
 
 #: Image file extensions recognised by folder walks (compared case-insensitively).
@@ -94,9 +105,14 @@ LISA_HEADER = ("Filename", "Annotation tag", "Upper left corner X", "Upper left 
 CULANE_IMAGE_EXTENSIONS = (".jpg", ".jpeg")   # not IMAGE_EXTENSIONS: CULane's label masks are .png
 CULANE_LINES_SUFFIX = ".lines.txt"
 TUSIMPLE_NO_POINT = -2
+COCO_SPLIT_JSON = re.compile(r"instances_(.+)\.json")   # COCO's annotations/instances_<split>.json
 
 
-class AnnotationError(ValueError):
+class SourceError(UserError, ValueError):
+    """A source that cannot be read as configured (unknown format, a key that does not apply to it)."""
+
+
+class AnnotationError(UserError, ValueError):
     """A whole annotation file cannot be parsed.
 
     The message reads ``<file>: line <n>: <what>`` (``n`` 1-based); the parts are also available
@@ -127,11 +143,16 @@ class _Resolved:
 
 
 class _Source:
-    """State of one read: the dataset root, cached directory listings, and the records emitted so
-    far (the first listing of a frame wins; source ids are kept unique)."""
+    """State of one read: the dataset root (and further image roots to try), cached directory
+    listings, and the records emitted so far (the first listing of a frame wins; source ids are
+    kept unique)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, also: Sequence[str] = ()):
         self.root = os.path.abspath(root)
+        self.roots = [self.root]
+        for other in map(os.path.abspath, also):
+            if other not in self.roots:
+                self.roots.append(other)
         self._listings: dict[str, frozenset] = {}
         self._records: list[SourceRecord] = []
         self._by_key: dict[str, SourceRecord] = {}
@@ -157,15 +178,24 @@ class _Source:
         return names
 
     def resolve(self, raw: str) -> _Resolved:
-        """Resolve an annotation's path (absolute, or relative to the root) without opening it."""
-        candidate = os.path.normpath(raw if os.path.isabs(raw) else os.path.join(self.root, raw))
-        if not _inside(candidate, self.root):
-            return _Resolved(candidate, raw, None, f"path_escapes_root:{raw}")
-        rel = os.path.relpath(candidate, self.root).replace(os.sep, "/")
-        folder, name = os.path.split(candidate)
-        if name not in self.files_in(folder):
-            return _Resolved(candidate, rel, None, f"missing_file:{raw}")
-        return _Resolved(candidate, rel, candidate, None)
+        """Resolve an annotation's path (absolute, or relative to the root) without opening it.
+        With further roots, the first root that has the file wins; if none has it, the result
+        for the root itself, a missing file's reason naming every root searched."""
+        first = None
+        for root in self.roots:
+            candidate = os.path.normpath(raw if os.path.isabs(raw) else os.path.join(root, raw))
+            if not _inside(candidate, root):
+                res = _Resolved(candidate, raw, None, f"path_escapes_root:{raw}")
+            else:
+                rel = os.path.relpath(candidate, root).replace(os.sep, "/")
+                folder, name = os.path.split(candidate)
+                if name in self.files_in(folder):
+                    return _Resolved(candidate, rel, candidate, None)
+                res = _Resolved(candidate, rel, None,
+                                f"missing_file:{raw} (looked in {', '.join(self.roots)}; set "
+                                f"ingest.image_root to the folder image paths are relative to)")
+            first = first or res
+        return first
 
     def add(self, record: SourceRecord, key: Optional[str] = None) -> bool:
         """Emit ``record``; if ``key`` was emitted before, drop it instead, count
@@ -273,6 +303,12 @@ def _add_box(record: SourceRecord, corners, label, occluded=False,
         _flag(record, "box_zero_area")
 
 
+def _image_root(annotation_path: str, image_root: Optional[str]) -> str:
+    """The folder an annotation file's image paths are relative to: ``image_root`` if given,
+    else the annotation file's folder."""
+    return image_root or os.path.dirname(os.path.abspath(annotation_path))
+
+
 def _require_dir(root: str) -> str:
     if not os.path.exists(root):
         raise FileNotFoundError(f"dataset root does not exist: {root}")
@@ -370,7 +406,8 @@ def _top_list(data, key: str, path: str, required: bool = True) -> list:
     return data[key]
 
 
-_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: YAML 1.2 booleans: a Bosch label ``off`` stays the string "off" (YAML 1.1 reads it as False).
+_YamlLoader = yamltext.Loader
 
 
 def _yaml_items(path: str) -> Iterator[tuple[int, object, Optional[str]]]:
@@ -464,18 +501,20 @@ def _imagefolder_class(src: _Source, class_dir: str, label: str, split: Optional
 # Bosch Small Traffic Lights
 
 
-def read_bosch(yaml_path: str) -> list[SourceRecord]:
+def read_bosch(yaml_path: str, image_root: Optional[str] = None) -> list[SourceRecord]:
     """Read a Bosch Small Traffic Lights YAML (``train.yaml``/``test.yaml``).
 
     Entries are ``{path, boxes: [{label, occluded, x_min, x_max, y_min, y_max}]}`` with ``path``
-    relative to the YAML's folder (the dataset root). Labels map to red/yellow/green/off (arrows
-    are dropped). ``group`` is the path's parent folder (one drive). A broken entry becomes a
-    record with reason ``malformed_line:<line of the entry>: ...``.
+    relative to ``image_root`` (default: the YAML's folder, where Bosch puts it beside ``rgb/``).
+    The YAML is read with YAML 1.2 booleans (:mod:`pipeline.yamltext`), so an unquoted label
+    ``off`` is the label "off". Labels map to red/yellow/green/off (arrows are dropped).
+    ``group`` is the path's parent folder (one drive). A broken entry becomes a record with
+    reason ``malformed_line:<line of the entry>: ...``.
 
     Note: Bosch's published ``test.yaml`` names absolute paths on Bosch's servers; those are
     outside the root and come back as ``path_escapes_root``.
     """
-    src = _Source(os.path.dirname(os.path.abspath(yaml_path)))
+    src = _Source(_image_root(yaml_path, image_root))
     annotation = src.rel(yaml_path)
     for line, entry, error in _yaml_items(yaml_path):
         error = error or _bosch_entry_error(entry)
@@ -590,19 +629,20 @@ def _lisa_resolve(src: _Source, name: str, clip: str, index: dict) -> _Resolved:
 # DriveU Traffic Light Dataset
 
 
-def read_dtld(json_path: str) -> list[SourceRecord]:
+def read_dtld(json_path: str, image_root: Optional[str] = None) -> list[SourceRecord]:
     """Read a DriveU (DTLD) label JSON ``{"images": [{"image_path", "labels": [...]}]}``.
 
-    ``image_path`` is absolute or relative to the JSON's folder (the dataset root); absolute paths
-    outside it are ``path_escapes_root`` (DTLD's published JSONs carry the authors' absolute
-    paths: rewrite them relative first). Each label's ``x, y, w, h`` becomes a box;
-    ``attributes.state`` red/yellow/red_yellow(->yellow)/green/off; ``attributes.occlusion`` of
-    "occluded" (or true) marks the box occluded. Every record has ``decode="bayer_gb12"``.
-    ``group`` is the first label's ``track_id``, or the image's parent folder without labels.
+    ``image_path`` is absolute or relative to ``image_root`` (default: the JSON's folder), the
+    dataset root; absolute paths outside it are ``path_escapes_root`` (DTLD's published JSONs
+    carry the authors' absolute paths: rewrite them relative first). Each label's ``x, y, w, h``
+    becomes a box; ``attributes.state`` red/yellow/red_yellow(->yellow)/green/off;
+    ``attributes.occlusion`` of "occluded" (or true) marks the box occluded. Every record has
+    ``decode="bayer_gb12"``. ``group`` is the first label's ``track_id``, or the image's parent
+    folder without labels.
     """
     data = _load_json(json_path)
     images = _top_list(data, "images", json_path)
-    src = _Source(os.path.dirname(os.path.abspath(json_path)))
+    src = _Source(_image_root(json_path, image_root))
     annotation = src.rel(json_path)
     for i, entry in enumerate(images):
         where = f"images[{i}]"
@@ -647,26 +687,27 @@ def _dtld_entry_error(entry) -> Optional[str]:
 # TuSimple lanes
 
 
-def read_tusimple(root: str) -> list[SourceRecord]:
+def read_tusimple(root: str, image_root: Optional[str] = None) -> list[SourceRecord]:
     """Read TuSimple lane labels: every ``label_data*.json`` (JSON lines) in ``root`` (not below
     it), or ``root`` itself if it is one such file (e.g. ``test_label.json``).
 
     Each line ``{"lanes": [[x, ...]], "h_samples": [y, ...], "raw_file"}`` gives one record whose
     ``lanes`` are polylines ``[(x, y), ...]`` without the -2 (no point) samples; lanes with no
-    point at all are left out. ``raw_file`` is relative to root; ``group`` is its parent folder
-    (the clip). A line that is not valid JSON, lacks a key, or has a lane whose length differs
-    from ``h_samples`` becomes a record ``<file>:<line>`` with reason ``malformed_line``; the
-    rest of the file is still read. No label file -> FileNotFoundError.
+    point at all are left out. ``raw_file`` is relative to ``image_root`` (default: the label
+    files' folder; TuSimple ships ``test_label.json`` apart from ``test_set/``); ``group`` is its
+    parent folder (the clip). A line that is not valid JSON, lacks a key, or has a lane whose
+    length differs from ``h_samples`` becomes a record ``<file>:<line>`` with reason
+    ``malformed_line``; the rest of the file is still read. No label file -> FileNotFoundError.
     """
     if os.path.isfile(root):
         files = [os.path.abspath(root)]
-        src = _Source(os.path.dirname(files[0]))
     else:
-        src = _Source(_require_dir(root))
-        files = [os.path.join(src.root, name) for name in _scan(src.root)[1]
+        folder = _require_dir(root)
+        files = [os.path.join(folder, name) for name in _scan(folder)[1]
                  if name.startswith("label_data") and name.endswith(".json")]
         if not files:
             raise FileNotFoundError(f"no label_data*.json in {root}")
+    src = _Source(_image_root(files[0], image_root))
     for path in files:
         annotation = src.rel(path)
         for n, text, error in _lines(path):
@@ -778,12 +819,15 @@ def read_coco(json_path: str, image_root: Optional[str] = None) -> list[SourceRe
     """Read a COCO detection JSON: ``images`` (id, file_name, ...), ``annotations`` (image_id,
     bbox [x, y, w, h], category_id) and ``categories`` (id, name).
 
-    ``file_name`` is relative to ``image_root`` (default: the JSON's folder). Boxes are labelled
-    with the category name (a category id without a name -> ``unknown_label:<id>``). ``group`` is
-    the parent folder of ``file_name``, or the image id for a flat layout. A broken image entry,
-    a repeated image id, or an annotation whose image_id names no image becomes a record
-    ``<json>:images[i]`` / ``<json>:annotations[i]`` with reason ``malformed_entry``. Annotations
-    of an image listing dropped as a duplicate frame are dropped with it.
+    ``file_name`` is relative to ``image_root``. Without one, the JSON's folder is tried first,
+    then, for a JSON named ``instances_<split>.json``, the folder ``<split>`` beside the JSON's
+    folder (COCO's published layout: ``<root>/annotations/instances_val2017.json`` and
+    ``<root>/val2017/<file_name>``); an image in neither is ``missing_file`` naming both. Boxes
+    are labelled with the category name (a category id without a name -> ``unknown_label:<id>``).
+    ``group`` is the parent folder of ``file_name``, or the image id for a flat layout. A broken
+    image entry, a repeated image id, or an annotation whose image_id names no image becomes a
+    record ``<json>:images[i]`` / ``<json>:annotations[i]`` with reason ``malformed_entry``.
+    Annotations of an image listing dropped as a duplicate frame are dropped with it.
     """
     data = _load_json(json_path)
     images = _top_list(data, "images", json_path)
@@ -791,8 +835,13 @@ def read_coco(json_path: str, image_root: Optional[str] = None) -> list[SourceRe
     categories = _top_list(data, "categories", json_path, required=False)
     names = {c["id"]: str(c["name"]) for c in categories
              if isinstance(c, dict) and _is_id(c.get("id")) and "name" in c}
-    src = _Source(image_root if image_root is not None
-                  else os.path.dirname(os.path.abspath(json_path)))
+    if image_root:
+        src = _Source(image_root)
+    else:
+        folder = os.path.dirname(os.path.abspath(json_path))
+        split = COCO_SPLIT_JSON.fullmatch(os.path.basename(json_path))
+        sibling = os.path.join(os.path.dirname(folder), split.group(1)) if split else None
+        src = _Source(folder, [sibling] if sibling else [])
     annotation = src.rel(json_path)
     by_id: dict = {}     # image id -> its record, or None when that listing was a duplicate
     for i, image in enumerate(images):
@@ -858,9 +907,24 @@ READERS: dict[str, Callable[[str], list[SourceRecord]]] = {
 }
 
 
-def read_source(fmt: str, path: str) -> list[SourceRecord]:
-    """Read ``path`` with the reader for ``fmt`` (a key of READERS, any case)."""
-    reader = READERS.get(fmt.strip().lower()) if isinstance(fmt, str) else None
+#: Formats whose reader takes ``image_root`` (their annotation file may lie apart from the images).
+IMAGE_ROOT_FORMATS = ("bosch", "dtld", "tusimple", "coco")
+
+
+def read_source(fmt: str, path: str, image_root: Optional[str] = None) -> list[SourceRecord]:
+    """Read ``path`` with the reader for ``fmt`` (a key of READERS, any case).
+
+    ``image_root`` (config ``ingest.image_root``) is the folder the annotation's image paths are
+    relative to, for the formats in IMAGE_ROOT_FORMATS; None (or "") keeps the reader's default.
+    Giving one for another format raises ValueError: those find their images under ``path``.
+    """
+    name = fmt.strip().lower() if isinstance(fmt, str) else None
+    reader = READERS.get(name)
     if reader is None:
-        raise ValueError(f"unknown source format {fmt!r}; valid formats: {', '.join(READERS)}")
-    return reader(path)
+        raise SourceError(f"unknown source format {fmt!r}; valid formats: {', '.join(READERS)}")
+    if not image_root:
+        return reader(path)
+    if name not in IMAGE_ROOT_FORMATS:
+        raise SourceError(f"ingest.image_root applies to the formats {', '.join(IMAGE_ROOT_FORMATS)}"
+                         f" only; {name} finds its images under ingest.source_path")
+    return reader(path, image_root=image_root)

@@ -9,6 +9,7 @@ rotation); ingest applies orientation, swaps/clips and scales them together with
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, asdict
 from typing import Optional
 
@@ -16,6 +17,15 @@ from typing import Optional
 TL_STATES = ("red", "yellow", "green", "off")
 # Distance buckets, decided by box height in the stored image (see conf: ingest.distance_buckets).
 DISTANCES = ("near", "medium", "far")
+
+
+# Classes of the traffic-light crops, in label-index order: the states and "not a light".
+CROP_CLASSES = TL_STATES + ("background",)
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process and on every machine (unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-TASKS = ("lane_classifier", "tl_classifier", "tl_detector")
+from pipeline.tasks import TASKS, get_task
 
 _IN_CHANNELS = 3        # RGB images
 _MIN_WIDTH = 8          # narrowest layer a width multiplier may produce
@@ -241,12 +241,10 @@ def build_model(task: str, num_classes: Optional[int] = None,
     default. The detector predicts one heat map whatever the input size: it takes
     ``num_classes`` None (or 1) and ignores ``in_hw``. Raises ``ValueError`` on a bad argument.
     """
-    if task == "tl_detector":
+    net = {cls.__name__: cls for cls in (LaneNet, TLClassifier, TLDetector)}[get_task(task).net]
+    if net is TLDetector:
         if num_classes not in (None, 1):
             raise ValueError(f"tl_detector predicts one heat map; got num_classes={num_classes!r}")
         return TLDetector(width=width)
-    classifiers = {"lane_classifier": LaneNet, "tl_classifier": TLClassifier}
-    if task not in classifiers:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     size = {} if in_hw is None else {"in_hw": tuple(in_hw)}
-    return classifiers[task](num_classes, width=width, **size)
+    return net(num_classes, width=width, **size)

@@ -18,16 +18,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from pipeline.data.records import DISTANCES  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+from pipeline.tasks import Task, is_key_metric  # noqa: E402
 from pipeline.train.loader import DETECTOR_STRIDE, LoaderSpec, eval_batches, from_tensor  # noqa: E402
-
-
-KEY_METRICS = ("loss", "accuracy", "f1_macro", "precision", "recall", "ap", "recall_at_p90") + tuple(
-    f"{m}_{d}" for m in ("precision", "recall", "ap", "recall_at_p90") for d in DISTANCES)
-
-
-def is_key_metric(name: str) -> bool:
-    """The summary metrics printed on the console (per-class ones go to MLflow only)."""
-    return name.split("_", 1)[-1] in KEY_METRICS or name in ("train_loss", "samples_per_s", "lr")
 
 
 @dataclass
@@ -39,21 +32,21 @@ class Evaluation:
 # ------------------------------------------------------------------------------------ classifiers
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list, prefix: str) -> dict:
-    n = len(classes)
-    cm = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+    """Accuracy, per-class precision / recall / F1 and macro F1 over the classes that occur (as truth or as
+    prediction), with scikit-learn; the confusion matrix under ``_confusion``."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(len(classes)))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
     out = {f"{prefix}accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
-    f1s = []
-    for k, name in enumerate(classes):
-        tp, support, predicted = cm[k, k], cm[k].sum(), cm[:, k].sum()
-        if support == 0 and predicted == 0:
-            continue
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out.update({f"{prefix}precision_{name}": float(precision), f"{prefix}recall_{name}": float(recall),
-                    f"{prefix}f1_{name}": float(f1)})
-        f1s.append(f1)
-    out[f"{prefix}f1_macro"] = float(np.mean(f1s)) if f1s else 0.0
+    present = [k for k in labels if cm[k].sum() or cm[:, k].sum()]
+    if present:
+        precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=present, zero_division=0)
+        for k, p, r, f in zip(present, precision, recall, f1):
+            name = classes[k]
+            out.update({f"{prefix}precision_{name}": float(p), f"{prefix}recall_{name}": float(r),
+                        f"{prefix}f1_{name}": float(f)})
+    out[f"{prefix}f1_macro"] = float(np.mean(f1)) if present else 0.0
     out["_confusion"] = cm
     return out
 
@@ -264,14 +257,18 @@ def evaluate_detector(model, spec: LoaderSpec, prefix: str, limit=None, device="
     return Evaluation(metrics, figures)
 
 
-def evaluate(model, task: str, spec: LoaderSpec, classes: list, prefix: str, limit=None, device="cpu",
+def evaluate(model, task: Task, spec: LoaderSpec, classes: list, prefix: str, limit=None, device="cpu",
              threshold: float = 0.5, match_distance: float = 8.0) -> Evaluation:
-    if task == "tl_detector":
+    if task.detector:
         return evaluate_detector(model, spec, prefix, limit, device, threshold, match_distance)
     return evaluate_classifier(model, spec, classes, prefix, limit, device)
 
 
 # ------------------------------------------------------------------------------------------ stage
+
+class ModelNotFound(UserError, LookupError):
+    """No logged model where the config points."""
+
 
 def latest_model_uri(tracker, task: str, data: str) -> str:
     """The model of the newest finished train run of ``task`` on dataset ``data`` in this experiment."""
@@ -281,24 +278,40 @@ def latest_model_uri(tracker, task: str, data: str) -> str:
                        f"and params.`train.data` = '{data}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise LookupError(f"no finished train run of train.task={task} on train.data={data} in experiment "
-                          f"'{tracker.conf.mlflow.experiment}': run `pipeline train` first, or set "
-                          f"evaluate.model_uri=runs:/<run id>/model")
+        raise ModelNotFound(f"no finished train run of train.task={task} on train.data={data} in experiment "
+                            f"'{tracker.conf.mlflow.experiment}': run `pipeline train` first, or set "
+                            f"evaluate.model_uri=runs:/<run id>/model")
     return f"runs:/{runs[0].info.run_id}/model"
+
+
+def load_model(uri: str, conf):
+    """A logged model by URI (``runs:/``, ``models:/``); a URI that names nothing is a :class:`ModelNotFound`
+    naming the URI and how to list the logged models."""
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.pytorch.load_model(uri, map_location="cpu")
+    except (MlflowException, OSError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelNotFound(
+            f"cannot load the model {uri} ({reason}); list the logged models with "
+            f"`mlflow runs list --experiment-id <id>` or in `mlflow ui --backend-store-uri "
+            f"{conf.mlflow.tracking_uri}` (each train run logs one under runs:/<run id>/model), or leave "
+            f"evaluate.model_uri unset for the newest") from None
 
 
 def run(spark, conf, tracker) -> dict:
     """The evaluate stage: any logged model, on a split of an ingested dataset."""
     import mlflow
-    import mlflow.pytorch
 
-    from pipeline.train.run import make_spec
+    from pipeline.train.spec import make_spec
 
     e = conf.evaluate
     uri = e.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
+    model = load_model(uri, conf)
     spec = make_spec(conf)
     mlflow.log_params({"evaluate.model_uri_resolved": uri, "evaluate.dataset_url": spec.split_url(e.split)})
-    model = mlflow.pytorch.load_model(uri, map_location="cpu")
     result = evaluate(model, spec.task, spec.loader(e.split), list(spec.classes), f"{e.split}_",
                       limit=e.max_batches or None, threshold=e.threshold, match_distance=e.match_distance)
     mlflow.log_metrics(result.metrics)

@@ -1,8 +1,9 @@
 """Petastorm -> torch batches, sharded per rank, reproducible per (seed, epoch).
 
 Each rank reads its own shard of row groups (``cur_shard=rank``). Shards are unequal, so every rank takes
-exactly ``steps`` batches per epoch from a reader that cycles its shard (``num_epochs=None``): all ranks run
-the same number of steps and DDP never waits on a rank that ran dry. Fewer row groups than ranks: every
+exactly ``steps`` batches per epoch from its shard, read again from the start whenever it runs out (one
+Petastorm pass per round, ``num_epochs=1``): all ranks run the same number of steps and DDP never waits on a
+rank that ran dry. Fewer row groups than ranks: every
 rank reads all row groups and keeps every world-th row instead.
 """
 from __future__ import annotations
@@ -16,9 +17,11 @@ import torch
 
 from pipeline.session import quiet_warnings
 
-TASK_DATASET = {"lane_classifier": "road_frames", "tl_classifier": "tl_crops", "tl_detector": "tl_frames"}
-TASK_FIELDS = {"road_frames": ("id", "image", "label"), "tl_crops": ("id", "image", "label"),
-               "tl_frames": ("id", "image", "boxes", "states", "distances")}
+# The fields training reads of each dataset kind; an augmentation policy also gets what its ops need.
+KIND_FIELDS = {"road_frames": ("id", "image", "label"), "class_images": ("id", "image", "label"),
+               "tl_crops": ("id", "image", "label"), "tl_frames": ("id", "image", "boxes", "states", "distances")}
+AUGMENT_FIELDS = {"road_frames": ("lane_mask", "label_name"), "class_images": ("label_name",),
+                  "tl_crops": ("label_name",), "tl_frames": ()}
 MEAN, STD = 0.5, 0.25
 DETECTOR_STRIDE = 4
 
@@ -62,6 +65,12 @@ class LoaderSpec:
     shuffle_buffer: int = 1024
     policy: Optional[object] = None  # a pipeline.augment.Policy applied online to training batches
 
+    @property
+    def fields(self) -> tuple:
+        """What this loader reads: the kind's training fields, plus the masks and names ops use (context paste
+        keeps the lane markings) when a policy is applied."""
+        return KIND_FIELDS[self.kind] + (AUGMENT_FIELDS[self.kind] if self.policy is not None else ())
+
 
 def _reader(spec: LoaderSpec, *, rank: int, world: int):
     from petastorm import make_batch_reader
@@ -71,7 +80,7 @@ def _reader(spec: LoaderSpec, *, rank: int, world: int):
     # Whole row groups as columns (no per-row Python in Petastorm), row groups in a fixed order, one pass per
     # reader: Petastorm's own row-group shuffling is not reproducible with cycling readers, so shuffling is
     # ours (a seeded buffer, below). Codec fields arrive encoded and are decoded in _shard.
-    common = dict(schema_fields=list(TASK_FIELDS[spec.kind]), reader_pool_type="thread",
+    common = dict(schema_fields=list(spec.fields), reader_pool_type="thread",
                   workers_count=spec.workers, shuffle_row_groups=False, num_epochs=1)
     if world > 1:
         try:
@@ -81,25 +90,11 @@ def _reader(spec: LoaderSpec, *, rank: int, world: int):
     return make_batch_reader(spec.url, **common), world, rank
 
 
-def _decode_image(value) -> np.ndarray:
-    """What ``CompressedImageCodec.decode`` returns (RGB, or grey), but C-contiguous: its ``[..., (2, 1, 0)]``
-    gives a channel-planar array that every later step (stack, to_tensor) has to copy again."""
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
-
-
 def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
     """This rank's rows, decoded with the dataset schema's codecs (PNG images, numpy arrays)."""
-    from petastorm.codecs import CompressedImageCodec, ScalarCodec
+    from schemas.datasets import SCHEMAS, field_decoders
 
-    from schemas.datasets import SCHEMAS
-
-    fields = SCHEMAS[spec.kind].fields
-    encoded = [n for n in TASK_FIELDS[spec.kind] if not isinstance(fields[n].codec, ScalarCodec)]
-    decoders = {n: _decode_image if isinstance(fields[n].codec, CompressedImageCodec)
-                else (lambda value, f=fields[n]: f.codec.decode(f, value)) for n in encoded}
+    decoders = field_decoders(SCHEMAS[spec.kind], spec.fields)
     reader, stride, offset = _reader(spec, rank=rank, world=world)
     index = 0
     try:
@@ -110,8 +105,8 @@ def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
                 if (index - 1) % stride != offset:
                     continue
                 row = {name: values[i] for name, values in columns.items()}
-                for name in encoded:
-                    row[name] = decoders[name](row[name])
+                for name, decode in decoders.items():
+                    row[name] = decode(row[name])
                 yield row
     finally:
         reader.stop()
@@ -185,32 +180,41 @@ def prefetch(iterator: Iterator, depth: int = 3) -> Iterator:
         thread.join(timeout=10)
 
 
-def augment_batch(spec: LoaderSpec, batch: list, epoch: int) -> list:
+def augment_batch(spec: LoaderSpec, batch: list, epoch: int, op_counts: Optional[dict] = None) -> list:
     """Online augmentation with the augment stage's own function: copy ``epoch + 1`` of each row (copy 0 is
-    the original), another row of the batch as the background of context ops."""
+    the original), another row of the batch as the background of context ops. ``op_counts`` gathers
+    ``{op: [applied, skipped]}`` (an op that ran but found nothing to do reports itself skipped)."""
     from pipeline.augment.rows import augment_row
 
-    return [augment_row(spec.kind, row, spec.policy, row["id"], epoch + 1,
-                        background=batch[(i + 1) % len(batch)]["image"] if len(batch) > 1 else None)[0]
-            for i, row in enumerate(batch)]
+    out = []
+    for i, row in enumerate(batch):
+        augmented, applied = augment_row(spec.kind, row, spec.policy, row["id"], epoch + 1,
+                                         background=batch[(i + 1) % len(batch)]["image"] if len(batch) > 1 else None)
+        out.append(augmented)
+        if op_counts is not None:
+            for step in applied:
+                counts = op_counts.setdefault(step["op"], [0, 0])
+                counts[1 if "skipped" in step else 0] += 1
+    return out
 
 
-def _batches(spec: LoaderSpec, steps: int, rank: int, world: int, epoch: int) -> Iterator[tuple]:
+def _batches(spec: LoaderSpec, steps: int, rank: int, world: int, epoch: int, op_counts) -> Iterator[tuple]:
     source = rows(spec, rank=rank, world=world, seed=spec.seed * 1000 + epoch, shuffle=True, infinite=True)
     try:
         for _ in range(steps):
             batch = [next(source) for _ in range(spec.batch_size)]
             if spec.policy is not None:
-                batch = augment_batch(spec, batch, epoch)
+                batch = augment_batch(spec, batch, epoch, op_counts)
             yield collate(spec.kind, batch)
     finally:
         source.close()
 
 
-def batches(spec: LoaderSpec, steps: int, *, rank: int = 0, world: int = 1, epoch: int = 0) -> Iterator[tuple]:
+def batches(spec: LoaderSpec, steps: int, *, rank: int = 0, world: int = 1, epoch: int = 0,
+            op_counts: Optional[dict] = None) -> Iterator[tuple]:
     """Exactly ``steps`` training batches for this rank in this epoch (its shard cycles if it is short),
-    prepared in a background thread."""
-    return prefetch(_batches(spec, steps, rank, world, epoch))
+    prepared in a background thread; online augmentation counts its ops into ``op_counts``."""
+    return prefetch(_batches(spec, steps, rank, world, epoch, op_counts))
 
 
 def eval_batches(spec: LoaderSpec, limit: Optional[int] = None) -> Iterator[tuple]:

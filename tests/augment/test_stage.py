@@ -8,11 +8,11 @@ from petastorm import make_reader
 
 from pipeline.augment.policy import PolicyError, get_policy
 from pipeline.augment.rows import augment_row
-from pipeline.data.ingest import dataset_root, read_meta
+from pipeline.data.store import dataset_root, read_meta
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 from pipeline.train import loader
-from pipeline.train.run import make_spec
+from pipeline.train.spec import make_spec
 
 
 def read(url, fields=None):
@@ -33,7 +33,7 @@ def augmented(spark, tiny_data):
 
 def test_train_rows_get_copies_with_lineage_val_and_test_untouched(augmented):
     conf, results = augmented
-    src, dst = dataset_root(conf, "synthetic"), dataset_root(conf, "synthetic-basic")
+    src, dst = dataset_root(conf.paths.data_url, "synthetic"), dataset_root(conf.paths.data_url, "synthetic-basic")
     assert results["dataset_url"] == dst
     source, out = read(f"{src}/road_frames/train"), read(f"{dst}/road_frames/train")
     assert len(out) == 3 * len(source)
@@ -55,7 +55,7 @@ def test_train_rows_get_copies_with_lineage_val_and_test_untouched(augmented):
 
 def test_any_augmented_row_is_re_derived_from_its_parent(augmented):
     conf, _ = augmented
-    src, dst = dataset_root(conf, "synthetic"), dataset_root(conf, "synthetic-basic")
+    src, dst = dataset_root(conf.paths.data_url, "synthetic"), dataset_root(conf.paths.data_url, "synthetic-basic")
     policy = get_policy("basic", seed=0)
     for kind in ("tl_frames", "road_frames"):
         source, out = read(f"{src}/{kind}/train"), read(f"{dst}/{kind}/train")
@@ -72,7 +72,7 @@ def test_any_augmented_row_is_re_derived_from_its_parent(augmented):
 
 def test_rerun_is_bit_identical(spark, augmented):
     conf, _ = augmented
-    dst = dataset_root(conf, "synthetic-basic")
+    dst = dataset_root(conf.paths.data_url, "synthetic-basic")
     first = read(f"{dst}/tl_frames/train")
     augment(spark, conf)
     second = read(f"{dst}/tl_frames/train")
@@ -85,7 +85,7 @@ def test_augment_is_tracked_with_op_counts_and_pictures(augmented):
     conf, results = augmented
     client = MlflowClient(conf.mlflow.tracking_uri)
     run = client.get_run(results["run_id"])
-    out = read(f"{dataset_root(conf, 'synthetic-basic')}/road_frames/train")
+    out = read(f"{dataset_root(conf.paths.data_url, 'synthetic-basic')}/road_frames/train")
     flips = sum(a["op"] == "hflip" for r in out.values() for a in json.loads(r["ops"]))
     assert run.data.metrics["ops.road_frames.hflip"] == flips > 0
     figures = {a.path for a in client.list_artifacts(results["run_id"], "figures")}
@@ -95,7 +95,7 @@ def test_augment_is_tracked_with_op_counts_and_pictures(augmented):
 def test_context_policy_pastes_onto_a_recorded_background(spark, tiny_data):
     conf = tiny_data("augment.policy=context", "augment.copies=1", "augment.name=ctx")
     augment(spark, conf)
-    out = read(f"{dataset_root(conf, 'ctx')}/tl_frames/train")
+    out = read(f"{dataset_root(conf.paths.data_url, 'ctx')}/tl_frames/train")
     pasted = [a for r in out.values() for a in json.loads(r["ops"]) if a["op"] == "context_paste"
               and "background" in a]
     assert pasted and all(a["background"] in out for a in pasted)
@@ -116,9 +116,46 @@ def test_online_augmentation_is_the_offline_function(augmented):
     assert train.policy is not None
     batch = [r for r in loader.rows(train)][:6]
     online = loader.augment_batch(train, batch, epoch=0)            # copy 1
-    offline = read(f"{dataset_root(conf, 'synthetic-basic')}/road_frames/train")
+    offline = read(f"{dataset_root(conf.paths.data_url, 'synthetic-basic')}/road_frames/train")
     for row, aug in zip(batch, online):
         assert np.array_equal(aug["image"], offline[f"{row['id']}~1"]["image"])
     x_plain, _ = loader.collate("road_frames", batch)
     x_aug, _ = loader.collate("road_frames", online)
     assert not np.array_equal(x_plain.numpy(), x_aug.numpy())
+
+
+def _online(conf, policy: str, task: str = "lane_classifier"):
+    t = conf.train.model_copy(update={"augment_policy": policy, "task": task})
+    return make_spec(conf.model_copy(update={"train": t})).loader("train")
+
+
+def test_online_context_paste_moves_road_frames_onto_other_backgrounds(tiny_data):
+    """The loader reads the lane masks the context ops need: the online context policy is not a no-op."""
+    train = _online(tiny_data(), "context")
+    assert "lane_mask" in train.fields
+    batch = [r for r in loader.rows(train)][:16]
+    counts: dict = {}
+    online = loader.augment_batch(train, batch, epoch=0, op_counts=counts)
+    applied, skipped = counts["context_paste"]
+    assert applied > 0 and skipped < applied, counts
+    changed = [not np.array_equal(a["image"], r["image"]) for r, a in zip(batch, online)]
+    assert sum(changed) >= applied
+    # ... and it is the offline stage's function: the same row, copy and background give the same pixels
+    from pipeline.augment.rows import augment_row
+
+    again, _ = augment_row("road_frames", batch[0], train.policy, batch[0]["id"], 1, background=batch[1]["image"])
+    assert np.array_equal(again["image"], online[0]["image"])
+
+
+def test_an_op_skipped_for_every_row_of_an_epoch_says_so(tiny_data, capsys):
+    from pipeline.train.run import augment_counts
+
+    crops = _online(tiny_data(), "context", task="tl_classifier")        # crops: no box, no mask to keep
+    batch = [r for r in loader.rows(crops)][:16]
+    counts: dict = {}
+    loader.augment_batch(crops, batch, epoch=0, op_counts=counts)
+    assert counts["context_paste"][0] == 0 and counts["context_paste"][1] > 0
+    metrics = augment_counts(counts, epoch=0)
+    assert metrics["augment.context_paste.skipped"] == counts["context_paste"][1]
+    assert metrics["augment.context_paste.applied"] == 0
+    assert "context_paste was skipped for all" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from petastorm import make_reader
 
-from pipeline.data import ingest, parts
+from pipeline.data import ingest, parts, store
 from pipeline.data.ingest import near_duplicate_pairs, phash64, split_of
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
@@ -33,7 +33,7 @@ def read_rows(url: str) -> list:
 
 
 def ledger(spark, conf):
-    return {r["source_id"]: r.asDict() for r in spark.read.parquet(f"{ingest.dataset_root(conf)}/ledger").collect()}
+    return {r["source_id"]: r.asDict() for r in spark.read.parquet(f"{store.dataset_root(conf.paths.data_url, conf.ingest.name)}/ledger").collect()}
 
 
 def noisy(h=48, w=64, seed=0):
@@ -77,8 +77,8 @@ def synthetic(spark, tmp_path_factory):
 def test_synthetic_ingest_writes_three_petastorm_datasets_split_by_sequence(synthetic, spark):
     conf, results = synthetic
     assert results["rows_in"] == results["rows_written"] == 24 and results["rows_quarantined"] == 0
-    root = ingest.dataset_root(conf)
-    meta = ingest.read_meta(root)
+    root = store.dataset_root(conf.paths.data_url, conf.ingest.name)
+    meta = store.read_meta(root)
     road = [r for split in meta["datasets"]["road_frames"]["splits"] for r in read_rows(f"{root}/road_frames/{split}")]
     assert len(road) == 24 and len({r["id"] for r in road}) == 24
     assert road[0]["image"].shape == (64, 64, 3) and road[0]["lane_mask"].shape == (64, 64)
@@ -115,7 +115,7 @@ def test_synthetic_ingest_is_tracked_in_mlflow(synthetic):
 
 def test_rerun_after_a_crash_keeps_the_old_dataset_and_gives_the_same_rows(synthetic, spark, monkeypatch):
     conf, _ = synthetic
-    root = ingest.dataset_root(conf)
+    root = store.dataset_root(conf.paths.data_url, conf.ingest.name)
     data_dir = Path(conf.paths.work_dir) / "data"
     before = read_rows(f"{root}/road_frames/train")
 
@@ -147,7 +147,7 @@ def test_recover_restores_a_dataset_caught_mid_swap(tmp_path):
     data = tmp_path / "data"
     (data / "ds.old-1234" / "road_frames").mkdir(parents=True)
     (data / "ds.tmp-5678").mkdir()
-    ingest.recover((data / "ds").as_uri())
+    store.recover((data / "ds").as_uri())
     assert (data / "ds" / "road_frames").is_dir()
     assert sorted(p.name for p in data.iterdir()) == ["ds"]
 
@@ -206,7 +206,7 @@ def folder_ingest(spark, tmp_path_factory):
         else:
             path.write_bytes(data)
     conf = make_conf(tmp, "ingest.source=imagefolder", f"ingest.source_path={root / 'lanes'}",
-                     "ingest.road_hw=[32,32]", "ingest.min_size=4")
+                     "ingest.class_hw=[32,32]", "ingest.min_size=4")
     return conf, run_ingest(spark, conf), good, bad
 
 
@@ -218,11 +218,12 @@ def test_folder_odd_input_is_converted_and_bad_input_quarantined_with_reasons(fo
     reasons = {sid.split("/")[-1]: r["reason"].split(":")[0] for sid, r in rows.items() if r["status"] == "quarantined"}
     assert reasons == {"truncated.jpg": "truncated", "empty.png": "empty_file", "text.png": "not_an_image",
                        "tiny.png": "too_small", "bomb.png": "too_large"}
-    quarantine = spark.read.parquet(f"{ingest.dataset_root(conf)}/quarantine").collect()
+    quarantine = spark.read.parquet(f"{store.dataset_root(conf.paths.data_url, conf.ingest.name)}/quarantine").collect()
     assert {Path(q["path"]).name for q in quarantine} == set(reasons)
-    root = ingest.dataset_root(conf)
-    written = read_rows(f"{root}/road_frames/train") + read_rows(f"{root}/road_frames/val") \
-        + read_rows(f"{root}/road_frames/test")
+    root = store.dataset_root(conf.paths.data_url, conf.ingest.name)
+    assert store.read_meta(root)["kinds"] == ["class_images"]     # ImageFolder rows are named for what they are
+    written = read_rows(f"{root}/class_images/train") + read_rows(f"{root}/class_images/val") \
+        + read_rows(f"{root}/class_images/test")
     assert {Path(r["source"]).name for r in written} == {Path(p).name for p in good}
     assert all(r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8 for r in written)
     assert {r["label_name"] for r in written} == {"solid", "dashed"}
@@ -275,7 +276,7 @@ def test_annotation_box_problems_are_fixed_counted_or_quarantined(spark, tmp_pat
     assert status["missing"][:2] == ("quarantined", "missing_file")
     assert [s for k, s in status.items() if s[1] == "path_escapes_root"]
     assert results["rows_written"] + results["rows_quarantined"] == 10
-    frames = {Path(r["source"]).stem: r for r in read_rows(f"{ingest.dataset_root(conf)}/tl_frames/train")}
+    frames = {Path(r["source"]).stem: r for r in read_rows(f"{store.dataset_root(conf.paths.data_url, conf.ingest.name)}/tl_frames/train")}
     np.testing.assert_allclose(frames["swapped"]["boxes"], [[20, 10, 28, 30]])
     np.testing.assert_allclose(frames["clipped"]["boxes"], [[70, 10, 80, 30]])
     rot = frames["rotated"]
@@ -311,7 +312,7 @@ def test_coco_categories_map_to_states_or_are_dropped(spark, tmp_path):
     assert unmapped["rows_quarantined"] == 1                 # "traffic light" is no state: quarantined, named
     conf = make_conf(tmp_path / "b", *common, 'ingest.label_map={"traffic light": "off", "car": "drop"}')
     assert run_ingest(spark, conf)["rows_written"] == 1
-    frame = read_rows(f"{ingest.dataset_root(conf)}/tl_frames/train")[0]
+    frame = read_rows(f"{store.dataset_root(conf.paths.data_url, conf.ingest.name)}/tl_frames/train")[0]
     np.testing.assert_allclose(frame["boxes"], [[10, 10, 16, 24]])
     assert list(frame["states"]) == [3]
 
@@ -326,3 +327,38 @@ def test_label_map_values_are_checked():
 def test_undecodable_file_names_are_stored_escaped():
     assert ingest.storable("plain ü.png") == "plain ü.png"
     assert ingest.storable("bad\udcff.png") == "bad\\xff.png"     # os.listdir's surrogate escape of byte 0xff
+
+
+# ------------------------------------------------------------- ImageFolder with train/ and test/ only
+
+def test_imagefolder_without_val_gets_val_carved_from_train_and_trains_either_classifier(spark, tmp_path, capsys):
+    from pipeline.config import ConfigError
+    from pipeline.train.spec import make_spec
+
+    root = tmp_path / "crops"
+    for split, count in (("train", 24), ("test", 6)):
+        for cls, seed in (("red", 0), ("green", 100)):
+            for i in range(count):
+                path = root / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(_png(noisy(20, 12, seed=seed + i)))
+    conf = make_conf(tmp_path, "ingest.source=imagefolder", f"ingest.source_path={root}", "ingest.name=crops",
+                     "ingest.class_hw=[16,16]", "ingest.min_size=4", "train.data=crops", "train.batch_size=4",
+                     "ingest.val_from_train=0.25")
+    results = run_ingest(spark, conf)
+    assert "no val: " in capsys.readouterr().out
+    meta = store.read_meta(store.dataset_root(conf.paths.data_url, "crops"))
+    splits = meta["datasets"]["class_images"]["splits"]
+    assert splits["test"] == 12 and splits["train"] + splits["val"] == 48 and 4 <= splits["val"] <= 20
+    assert meta["val_carved"] == splits["val"]
+    run = MlflowClient(conf.mlflow.tracking_uri).get_run(results["run_id"])
+    assert run.data.metrics["val_carved_from_train"] == splits["val"]
+    tests = read_rows(f"{store.dataset_root(conf.paths.data_url, 'crops')}/class_images/test")
+    assert all("/test/" in r["source"] for r in tests)                # the test folder is never touched
+    for task in ("tl_classifier", "lane_classifier"):                  # the one kind that fits, found by itself
+        spec = make_spec(make_conf(tmp_path, *[f"{k}={v}" for k, v in (("ingest.source", "imagefolder"),)],
+                                   "train.data=crops", "train.batch_size=4", f"train.task={task}"))
+        assert spec.kind == "class_images" and spec.classes == ("green", "red") and spec.in_hw == (16, 16)
+    with pytest.raises(ConfigError, match=r"train.task=tl_detector trains on tl_frames, and the dataset has only "
+                                          r"class_images: train tl_classifier or lane_classifier on it"):
+        make_spec(make_conf(tmp_path, "train.data=crops", "train.task=tl_detector"))

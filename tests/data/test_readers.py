@@ -205,7 +205,8 @@ def test_bosch(tmp_path):
     assert recs["../../etc/passwd"].path is None
     assert recs["/etc/hosts"].reason == "path_escapes_root:/etc/hosts"
     missing = recs["rgb/train/drive_b/missing.png"]
-    assert missing.reason == "missing_file:./rgb/train/drive_b/missing.png" and missing.path is None
+    assert missing.reason.startswith("missing_file:./rgb/train/drive_b/missing.png (")
+    assert str(root) in missing.reason and missing.path is None
 
     # the entry without a path starts on line 27 of the YAML
     bad = recs["train.yaml:27"]
@@ -222,6 +223,46 @@ def test_bosch_absolute_path_inside_root(tmp_path):
     yaml_path = write_text(root / "t.yaml", f"- path: {img}\n  boxes: []\n")
     [rec] = read_bosch(str(yaml_path))
     assert rec.reason is None and rec.path == str(img) and rec.source_id == "rgb/x.png"
+
+
+# As Bosch ships it: label off unquoted (YAML 1.1 would read it as the boolean False).
+BOSCH_OFF_YAML = """\
+- boxes: [{label: off, occluded: false, x_max: 8.5, x_min: 6.0, y_max: 1e1, y_min: 6}]
+  path: ./rgb/train/2017-02-03-11-44-56_los_altos_mountain_view_traffic_lights_bag/207458.png
+- boxes:
+  - {label: off, occluded: true, x_max: 20, x_min: 10, y_max: 30, y_min: 20}
+  - {label: Green, occluded: no, x_max: 40, x_min: 30, y_max: 30, y_min: 20}
+  path: ./rgb/train/2017-02-03-11-44-56_los_altos_mountain_view_traffic_lights_bag/207459.png
+"""
+
+
+def test_bosch_unquoted_off_is_a_label(tmp_path):
+    root = tmp_path / "bosch"
+    drive = root / "rgb/train" / "2017-02-03-11-44-56_los_altos_mountain_view_traffic_lights_bag"
+    write_image(drive / "207458.png")
+    write_image(drive / "207459.png")
+    yaml_path = write_text(root / "train.yaml", BOSCH_OFF_YAML)
+
+    first, second = read_bosch(str(yaml_path))
+
+    assert first.reason is None and first.path == str(drive / "207458.png")
+    assert first.boxes == [box(6, 6, 8.5, 10, "off")]
+    assert first.boxes[0].occluded is False
+    assert second.reason is None
+    assert second.boxes == [box(10, 20, 20, 30, "off", occluded=True), box(30, 20, 40, 30, "green")]
+
+
+def test_bosch_image_root(tmp_path):
+    img = write_image(tmp_path / "images" / "rgb" / "train" / "d" / "1.png")
+    yaml_path = write_text(tmp_path / "labels" / "train.yaml",
+                           "- boxes: []\n  path: ./rgb/train/d/1.png\n")
+    [rec] = read_bosch(str(yaml_path), image_root=str(tmp_path / "images"))
+    assert rec.reason is None and rec.path == str(img) and rec.source_id == "rgb/train/d/1.png"
+    [rec] = read_source("bosch", str(yaml_path), image_root=str(tmp_path / "images"))
+    assert rec.reason is None and rec.path == str(img)
+    [missing] = read_bosch(str(yaml_path))
+    assert missing.reason.startswith("missing_file:./rgb/train/d/1.png ")
+    assert str(tmp_path / "labels") in missing.reason and "ingest.image_root" in missing.reason
 
 
 @pytest.mark.parametrize("text, line, what", [
@@ -416,6 +457,19 @@ def test_dtld(tmp_path):
     assert len(records) == 8
 
 
+def test_dtld_image_root(tmp_path):
+    img = write_tiff(tmp_path / "images" / "Berlin" / "Berlin1" / "img0.tiff")
+    json_path = write_text(tmp_path / "labels" / "DTLD_train.json", json.dumps({"images": [
+        {"image_path": "Berlin/Berlin1/img0.tiff", "labels": [dtld_label(1, 2, 3, 4, "red", 1)]}]}))
+    [rec] = read_dtld(str(json_path), image_root=str(tmp_path / "images"))
+    assert rec.reason is None and rec.path == str(img) and rec.boxes == [box(1, 2, 4, 6, "red")]
+    [rec] = read_source("DTLD", str(json_path), image_root=str(tmp_path / "images"))
+    assert rec.reason is None and rec.path == str(img)
+    [missing] = read_dtld(str(json_path))
+    assert missing.reason.startswith("missing_file:Berlin/Berlin1/img0.tiff (")
+    assert str(tmp_path / "labels") in missing.reason and "ingest.image_root" in missing.reason
+
+
 @pytest.mark.parametrize("text, line, what", [
     ('{\n "images": [\n  {"image_path": "a.tiff",}\n ]\n}\n', 3, "invalid JSON"),
     ('{\n "frames": []\n}\n', 1, "images"),
@@ -466,7 +520,7 @@ def test_tusimple(tmp_path):
     assert recs["label_data_0313.json:2"].reason.startswith("malformed_line:2: invalid JSON")
     assert recs["label_data_0313.json:3"].reason.startswith("malformed_line:3: lane 0 has 2")
     assert recs["label_data_0313.json:6"].reason == "malformed_line:6: missing key 'raw_file'"
-    assert recs["clips/9999/1/20.jpg"].reason == "missing_file:clips/9999/1/20.jpg"
+    assert recs["clips/9999/1/20.jpg"].reason.startswith("missing_file:clips/9999/1/20.jpg (")
     assert recs["../../secret.jpg"].reason == "path_escapes_root:../../secret.jpg"
     assert "clips/0313-1/6080/20.jpg" not in recs        # only in test_label.json / a bad line
     assert len(records) == 7
@@ -482,7 +536,17 @@ def test_tusimple_colliding_source_ids_get_a_suffix(tmp_path):
                "not json\n" + tusimple_line("label_data_a.json:1", []) + "\n")
     records = read_tusimple(str(root))
     assert [r.source_id for r in records] == ["label_data_a.json:1", "label_data_a.json:1#2"]
-    assert records[1].reason == "missing_file:label_data_a.json:1"
+    assert records[1].reason.startswith("missing_file:label_data_a.json:1 (")
+
+
+def test_tusimple_image_root(tmp_path):
+    img = write_image(tmp_path / "test_set" / "clips" / "0530" / "1" / "20.jpg")
+    label = write_text(tmp_path / "test_label.json",
+                       tusimple_line("clips/0530/1/20.jpg", []) + "\n")
+    [rec] = read_tusimple(str(label), image_root=str(tmp_path / "test_set"))
+    assert rec.reason is None and rec.path == str(img) and rec.source_id == "clips/0530/1/20.jpg"
+    [missing] = read_tusimple(str(label))
+    assert missing.reason.startswith("missing_file:") and "ingest.image_root" in missing.reason
 
 
 def test_tusimple_without_label_files(tmp_path):
@@ -564,7 +628,8 @@ def test_coco(tmp_path):
     b = recs["sub dir/b.PNG"]
     assert b.group == "sub dir" and b.boxes[0] == box(0, 0, 2, 2, "car")
     assert b.reason == "unknown_label:99"
-    assert recs["c.jpg"].reason == "missing_file:c.jpg"
+    assert recs["c.jpg"].reason.startswith("missing_file:c.jpg (")
+    assert str(root) in recs["c.jpg"].reason
     assert recs["../x.jpg"].reason == "path_escapes_root:../x.jpg"
     assert recs["instances.json:images[5]"].reason.startswith(
         "malformed_entry:images[5]: duplicate image id")
@@ -583,7 +648,76 @@ def test_coco_image_root(tmp_path):
     [rec] = read_coco(str(json_path), image_root=str(tmp_path / "images" / "val2017"))
     assert rec.reason is None and rec.path == str(tmp_path / "images" / "val2017" / "000001.jpg")
     [missing] = read_coco(str(json_path))
-    assert missing.reason == "missing_file:000001.jpg"
+    assert missing.reason.startswith("missing_file:000001.jpg (")
+    # searched the JSON's folder, then <json's parent's parent>/<split of instances_<split>.json>
+    assert str(tmp_path / "annotations") in missing.reason
+    assert str(tmp_path / "val") in missing.reason
+    assert "ingest.image_root" in missing.reason
+
+
+def make_coco(root: Path, split: str = "val2017") -> Path:
+    """COCO as published: <root>/annotations/instances_<split>.json beside <root>/<split>/*.jpg,
+    ``file_name`` just the image's name."""
+    write_image(root / split / "000000000139.jpg")
+    write_image(root / split / "000000000285.png")
+    return write_text(root / "annotations" / f"instances_{split}.json", json.dumps({
+        "images": [{"id": 139, "file_name": "000000000139.jpg", "width": 6, "height": 4},
+                   {"id": 285, "file_name": "000000000285.png", "width": 6, "height": 4}],
+        "annotations": [{"id": 1, "image_id": 139, "bbox": [1, 1, 2, 2], "category_id": 10,
+                         "area": 4, "iscrowd": 0}],
+        "categories": [{"supercategory": "outdoor", "id": 10, "name": "traffic light"}]}))
+
+
+def test_coco_real_layout_image_root_given(tmp_path):
+    json_path = make_coco(tmp_path / "coco")
+    images = tmp_path / "coco" / "val2017"
+    for records in (read_coco(str(json_path), image_root=str(images)),
+                    read_source("coco", str(json_path), image_root=str(images))):
+        recs = by_id(records)
+        assert set(recs) == {"000000000139.jpg", "000000000285.png"}
+        assert all(r.reason is None for r in records)
+        assert recs["000000000139.jpg"].path == str(images / "000000000139.jpg")
+        assert recs["000000000139.jpg"].boxes == [box(1, 1, 3, 3, "traffic light")]
+        assert recs["000000000285.png"].boxes == []
+
+
+def test_coco_real_layout_image_root_inferred(tmp_path):
+    json_path = make_coco(tmp_path / "coco", "train2017")
+    for records in (read_coco(str(json_path)), read_source("coco", str(json_path))):
+        recs = by_id(records)
+        assert set(recs) == {"000000000139.jpg", "000000000285.png"}
+        assert all(r.reason is None for r in records)
+        assert recs["000000000139.jpg"].path == \
+            str(tmp_path / "coco" / "train2017" / "000000000139.jpg")
+        assert recs["000000000139.jpg"].boxes == [box(1, 1, 3, 3, "traffic light")]
+
+
+def test_coco_json_folder_is_tried_before_the_split_folder(tmp_path):
+    json_path = make_coco(tmp_path / "coco")
+    beside = write_image(tmp_path / "coco" / "annotations" / "000000000139.jpg")
+    recs = by_id(read_coco(str(json_path)))
+    assert recs["000000000139.jpg"].path == str(beside)
+    assert recs["000000000285.png"].path == str(tmp_path / "coco" / "val2017" / "000000000285.png")
+
+
+def test_coco_wrong_image_root_quarantines_naming_the_folder(tmp_path):
+    json_path = make_coco(tmp_path / "coco")
+    wrong = tmp_path / "coco" / "train2017"
+    wrong.mkdir()
+    for records in (read_coco(str(json_path), image_root=str(wrong)),
+                    read_source("coco", str(json_path), image_root=str(wrong)),
+                    read_coco(str(json_path), image_root=str(tmp_path / "nowhere"))):
+        recs = by_id(records)
+        assert set(recs) == {"000000000139.jpg", "000000000285.png"}
+        for name, rec in recs.items():
+            assert rec.path is None
+            assert rec.reason.startswith(f"missing_file:{name} (")
+            assert "ingest.image_root" in rec.reason
+    assert str(tmp_path / "nowhere") in recs["000000000139.jpg"].reason    # the last read
+    # a given image root is the only folder searched
+    [rec] = [r for r in read_coco(str(json_path), image_root=str(wrong))
+             if r.source_id == "000000000139.jpg"]
+    assert str(wrong) in rec.reason and str(tmp_path / "coco" / "val2017") not in rec.reason
 
 
 def test_coco_missing_images_key(tmp_path):
@@ -607,6 +741,17 @@ def test_read_source_dispatch(tmp_path):
     assert all(name in str(info.value) for name in READERS)
 
 
+def test_read_source_image_root_only_where_it_applies(tmp_path):
+    write_image(tmp_path / "ds" / "red" / "a.png")
+    assert readers.IMAGE_ROOT_FORMATS == ("bosch", "dtld", "tusimple", "coco")
+    [rec] = read_source("imagefolder", str(tmp_path / "ds"), image_root=None)
+    assert rec.label == "red"
+    for fmt in ("imagefolder", "lisa", "culane"):
+        with pytest.raises(ValueError) as info:
+            read_source(fmt, str(tmp_path / "ds"), image_root=str(tmp_path))
+        assert "ingest.image_root" in str(info.value) and fmt in str(info.value)
+
+
 def test_traffic_light_maps_cover_canonical_states_only():
     for states in (readers.BOSCH_STATES, readers.LISA_STATES, readers.DTLD_STATES):
         assert set(states.values()) <= set(TL_STATES)
@@ -626,4 +771,4 @@ def test_resolve_never_leaves_root(tmp_path_factory, parts):
     assert (res.reason == f"path_escapes_root:{raw}") == outside
     assert res.path is None            # nothing exists under the empty root
     if not outside:
-        assert res.reason == f"missing_file:{raw}"
+        assert res.reason.startswith(f"missing_file:{raw} (") and str(root) in res.reason

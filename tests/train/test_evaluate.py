@@ -67,3 +67,14 @@ def test_detector_tally_duplicate_on_another_bucket_is_ignored_there():
     assert metrics["test_precision_near"] == 0.5                  # and in the bucket of the light it duplicates
     assert metrics["test_precision_far"] == 1.0                   # but not in another bucket
     assert metrics["test_recall_far"] == 1.0 and metrics["test_recall_near"] == 1.0
+
+
+def test_a_model_uri_that_names_nothing_is_one_line_naming_it_and_how_to_list_models(spark, tmp_path, capsys):
+    from pipeline.cli import main
+
+    uri = "runs:/0123456789abcdef0123456789abcdef/model"
+    assert main(["evaluate", f"paths.work_dir={tmp_path}", "spark.master=local[2]", f"evaluate.model_uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("pipeline: error:")]   # (MLflow logs INFO too)
+    assert len(errors) == 1 and "Traceback" not in err
+    assert f"cannot load the model {uri}" in errors[0] and "mlflow ui --backend-store-uri" in errors[0]

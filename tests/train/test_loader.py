@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.train import loader
-from pipeline.train.run import make_spec
+from pipeline.train.spec import make_spec
 
 
 def test_heat_target_peaks_at_each_light_centre():
@@ -66,11 +66,11 @@ def test_to_tensor_normalises_and_from_tensor_inverts():
 
 
 def test_image_decode_matches_the_petastorm_codec_and_is_contiguous():
-    from schemas.datasets import RoadFrameSchema
+    from schemas.datasets import RoadFrameSchema, field_decoders
 
     field = RoadFrameSchema.fields["image"]
     image = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
     stored = field.codec.encode(field, image)
-    decoded = loader._decode_image(stored)
+    decoded = field_decoders(RoadFrameSchema, ["image", "label"])["image"](stored)
     assert np.array_equal(decoded, field.codec.decode(field, stored)) and np.array_equal(decoded, image)
     assert decoded.flags["C_CONTIGUOUS"]

@@ -1,0 +1,96 @@
+"""What a task trains on: the picklable :class:`TrainSpec` every rank gets, resolved once on the driver.
+
+The driver reads the config and the dataset's summary (kinds, classes, counts per split) and resolves the
+dataset kind the task trains on (:func:`pipeline.tasks.pick_kind`), its classes in label order, the stored
+image size and the steps per epoch, so ranks never read the config or build a SparkSession.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from pipeline.config import Config, ConfigError, TrainSection
+from pipeline.data import store
+from pipeline.tasks import Task, get_task, pick_kind
+from pipeline.train.loader import LoaderSpec
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    train: TrainSection          # the config section as resolved (it pickles); the source of every knob
+    kind: str                    # the dataset kind trained on (pipeline.tasks.KINDS)
+    data_root: str               # <paths.data_url>/<train.data>
+    classes: tuple               # class names in label-index order (the detector: ("light",))
+    in_hw: tuple                 # the stored image size (height, width)
+    steps_per_epoch: int         # resolved (train.steps_per_epoch, or train rows / global batch)
+    checkpoint_url: str
+    run_id: Optional[str] = None
+    tracking_uri: Optional[str] = None
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.train.task)
+
+    def split_url(self, split: str) -> str:
+        return f"{self.data_root}/{self.kind}/{split}"
+
+    def has_split(self, split: str) -> bool:
+        return store.exists(self.split_url(split))
+
+    def loader(self, split: str) -> LoaderSpec:
+        """The loader of one split; the train split gets the online augmentation policy, if any."""
+        t = self.train
+        policy = None
+        if split == "train" and t.augment_policy:
+            from pipeline.augment.policy import get_policy
+
+            policy = get_policy(t.augment_policy, t.seed)
+        return LoaderSpec(self.split_url(split), self.kind, t.batch_size, t.seed, t.loader_workers, policy=policy)
+
+    def checkpoint_args(self) -> dict:
+        """What a checkpoint records of the run (plain values: what ``torch.load(weights_only=True)`` accepts)."""
+        return {"train": self.train.model_dump(mode="json"), "kind": self.kind, "data_root": self.data_root,
+                "classes": list(self.classes), "in_hw": list(self.in_hw), "steps_per_epoch": self.steps_per_epoch}
+
+
+def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
+    """Resolve the config and the ingested dataset's summary into what every rank needs."""
+    t = conf.train
+    task = get_task(t.task)
+    root = store.dataset_root(conf.paths.data_url, t.data)
+    meta = store.read_meta(root)
+    try:
+        kind = pick_kind(task, meta["datasets"], t.kind)
+    except ValueError as exc:
+        raise ConfigError(f"train.data={t.data}: {exc}") from None
+    info = meta["datasets"][kind]
+    train_rows = info["splits"].get("train", 0)
+    if train_rows < t.batch_size * t.num_processes:
+        raise ConfigError(f"{root}/{kind}/train has {train_rows} rows, fewer than train.batch_size x "
+                          f"train.num_processes = {t.batch_size * t.num_processes}: ingest more or lower the batch size")
+    if "val" not in info["splits"]:
+        raise ConfigError(f"{root}/{kind} has no val split: re-ingest with a val share (ingest.split.val > 0, or "
+                          f"for a source whose folders fix the splits, ingest.val_from_train > 0)")
+    if not task.detector and len(info["labels"]) < 2:
+        raise ConfigError(f"{root}/{kind} has one class ({', '.join(info['labels'])}): a classifier needs two or "
+                          f"more; check the source's class folders or labels")
+    if t.augment_policy:
+        from pipeline.augment.policy import get_policy
+
+        get_policy(t.augment_policy, t.seed)  # an unknown policy fails here, on the driver, by name
+    in_hw = _stored_hw(LoaderSpec(f"{root}/{kind}/train", kind, 1))  # the train split is non-empty (checked above)
+    return TrainSpec(
+        train=t, kind=kind, data_root=root, classes=tuple(info["labels"]), in_hw=in_hw,
+        steps_per_epoch=t.steps_per_epoch or max(1, train_rows // (t.batch_size * t.num_processes)),
+        checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/{t.data}/{t.task}",
+        run_id=run_id, tracking_uri=conf.mlflow.tracking_uri)
+
+
+def _stored_hw(spec: LoaderSpec) -> tuple:
+    """The image size actually stored (the config may have changed since ingest)."""
+    from contextlib import closing
+
+    from pipeline.train.loader import rows
+
+    with closing(rows(spec)) as first:  # stops the reader at once
+        return tuple(next(first)["image"].shape[:2])
