@@ -101,7 +101,7 @@ def where_am_i() -> dict:
 
 
 def train_fn(spec: TrainSpec) -> None:
-    """One rank's training loop. Returns nothing: results go to MLflow and storage (see STACK.md)."""
+    """One rank's training loop. Returns nothing: results go to MLflow and storage (in local mode every rank writes the same result file, so a return value is unreliable)."""
     import torch.distributed as dist
 
     from pipeline.session import quiet_warnings
