@@ -179,6 +179,24 @@ class EvaluateSection(_Section):
     match_distance: Annotated[float, Field(gt=0.0)]
 
 
+class CorrelateSection(_Section):
+    models: list[str]
+    seeds: Annotated[int, Field(ge=2)]
+    width: Annotated[float, Field(gt=0)]
+    epochs: Optional[Positive]
+    split: Literal["train", "val", "test"]
+    layers: Optional[list[str]]
+    unit: Literal["mean", "position"]
+    max_rows: Annotated[int, Field(ge=0)]
+    partitions: Annotated[int, Field(ge=0)]
+    batch_size: Positive
+    match_threshold: Fraction
+    mi_pairs: Annotated[int, Field(ge=0)]
+    mi_bins: Annotated[int, Field(ge=2)]
+    clusters: Positive
+    random_seed: int
+
+
 class Config(_Section):
     spark: SparkSection
     mlflow: MlflowSection
@@ -187,6 +205,7 @@ class Config(_Section):
     augment: AugmentSection
     train: TrainSection
     evaluate: EvaluateSection
+    correlate: CorrelateSection
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"dotted.key": value}``."""

@@ -48,6 +48,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "Evaluate a logged model (evaluate.model_uri, default: the newest of train.task) on a split.",
           "pipeline.train.evaluate:run", reads=("MLflow model", "<train.data>/<the task's kind>"),
           writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate")),
+    Stage("correlate", "Do nets trained from different seeds learn the same units? Exact correlation, matching, "
+                       "CKA and SVCCA between two or more nets of train.task (Li et al. 2016), in one Spark pass.",
+          "pipeline.analysis.correlate:run", reads=("MLflow models (or the train stage)", "<train.data>/<kind>/<split>"),
+          writes=("metrics", "correlate/<layer>/*.npy", "figures"), depends_on=("ingest", "train", "correlate")),
 )
 
 

@@ -1,0 +1,116 @@
+"""Inference over a dataset as one Spark job: the nets go to the executors once (a broadcast), each partition
+decodes its rows, runs every net and folds the activations into something small (sufficient statistics,
+histograms, top-k lists); the partials are merged with ``treeReduce``. Nothing the size of the dataset comes back
+to the driver, and torch runs one thread per task (Spark already runs one task per core).
+
+Rows are spread over partitions by a hash of their id, in buckets: every bucket is handled whole by one task,
+in id-hash order, so a row's *partner* (the next row of its bucket, used for permuted-image baselines) does not
+depend on the number of partitions, and neither does any sum (up to float64 rounding).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+BUCKETS = 16
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the executors need: a split of a dataset, the layers to read, how a unit's activation is sampled."""
+    url: str                      # one split of one dataset, e.g. file:///.../synthetic/road_frames/val
+    kind: str
+    layers: tuple                 # layer names, as the nets define them
+    unit: str = "mean"            # "mean": a unit's spatial mean per image; "position": every position a sample
+    batch_size: int = 32
+    max_rows: int = 0             # 0: every row of the split
+    partitions: int = 0           # 0: Spark's default parallelism
+
+
+def activations(nets: dict, images: np.ndarray, layers: tuple) -> dict:
+    """``{(net, layer): activation}`` as float64 arrays, (N, C, H, W) for conv layers and (N, C) for the rest."""
+    import torch
+
+    from pipeline.train.loader import to_tensor
+
+    x = to_tensor(images)
+    out = {}
+    with torch.no_grad():
+        for name, net in nets.items():
+            for layer, act in net.features_at(x, layers).items():
+                out[(name, layer)] = act.double().numpy()
+    return out
+
+
+def samples(act: np.ndarray, unit: str) -> np.ndarray:
+    """(samples, units): a conv unit's spatial mean per image, or (``unit="position"``) every position of every
+    image a sample, images in order; other layers: one sample per image."""
+    if act.ndim == 2:
+        return act
+    if unit == "mean":
+        return act.mean((2, 3))
+    return act.transpose(0, 2, 3, 1).reshape(-1, act.shape[1])
+
+
+def _rows(spark, probe: Probe):
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(probe.url).select("id", "image").withColumn("h", F.xxhash64("id"))
+    if probe.max_rows:
+        df = df.orderBy("h", "id").limit(probe.max_rows)
+    df = df.withColumn("bucket", F.pmod(F.col("h"), F.lit(BUCKETS)))
+    parts = probe.partitions or spark.sparkContext.defaultParallelism
+    return df.repartition(parts, "bucket").rdd
+
+
+def fold(spark, probe: Probe, nets: dict, zero: Callable, add: Callable, merge: Callable):
+    """Run ``nets`` over the probe rows: per partition ``state = zero()``, then ``add(state, acts, partner)`` per
+    batch (``acts`` as :func:`activations` returns; ``partner(names)`` gives the same for the named nets on each
+    row's partner row, computed only when asked); the partition states are merged with ``merge(a, b) -> a``.
+    Returns the merged state."""
+    shared = spark.sparkContext.broadcast(nets)
+    try:
+        return _rows(spark, probe).mapPartitions(
+            lambda rows: _task(rows, probe, shared, zero, add)).treeReduce(merge, depth=2)
+    finally:
+        shared.unpersist()
+
+
+def _task(rows, probe: Probe, shared, zero, add) -> Iterator:
+    import torch
+
+    from pipeline.session import quiet_warnings
+    from schemas.datasets import SCHEMAS, field_decoders
+
+    quiet_warnings()
+    torch.set_num_threads(1)
+    decode = field_decoders(SCHEMAS[probe.kind], ["image"])["image"]
+    nets = shared.value
+    for net in nets.values():
+        net.eval()
+    buckets: dict = {}
+    for row in rows:
+        buckets.setdefault(row["bucket"], []).append(row)
+    state = zero()
+    for bucket in sorted(buckets):
+        ordered = sorted(buckets[bucket], key=lambda r: (r["h"], r["id"]))
+        for start in range(0, len(ordered), probe.batch_size):
+            chunk = ordered[start:start + probe.batch_size]
+            partners = [ordered[(start + i + 1) % len(ordered)] for i in range(len(chunk))]
+            images = np.stack([decode(r["image"]) for r in chunk])
+            partner_images = np.stack([decode(r["image"]) for r in partners])
+            add(state, activations(nets, images, probe.layers),
+                lambda names, p=partner_images: activations({n: nets[n] for n in names}, p, probe.layers))
+    yield state
+
+
+def layer_shapes(net, in_hw: tuple, layers: Optional[tuple] = None) -> dict:
+    """``{layer: activation shape without the batch}`` for an input of ``in_hw``."""
+    import torch
+
+    names = layers or net.layer_names
+    with torch.no_grad():
+        acts = net.eval().features_at(torch.zeros(1, 3, *in_hw), names)
+    return {name: tuple(a.shape[1:]) for name, a in acts.items()}
