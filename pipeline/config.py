@@ -197,6 +197,33 @@ class CorrelateSection(_Section):
     random_seed: int
 
 
+class VisualizeSection(_Section):
+    model_uri: Optional[str]
+    layers: Optional[list[str]]
+    units: Positive
+    split: Literal["train", "val", "test"]
+    top_k: Positive
+    max_rows: Annotated[int, Field(ge=0)]
+    partitions: Annotated[int, Field(ge=0)]
+    param: Literal["pixels", "fourier"]
+    decorrelate: bool
+    color_images: Positive
+    steps: Positive
+    lr: Annotated[float, Field(gt=0)]
+    jitter: Fraction
+    scale: Annotated[float, Field(ge=0, lt=1)]
+    rotate: Annotated[float, Field(ge=0)]
+    l2: Annotated[float, Field(ge=0)]
+    tv: Annotated[float, Field(ge=0)]
+    blur_every: Annotated[int, Field(ge=0)]
+    blur_sigma: Annotated[float, Field(ge=0)]
+    facets: Annotated[int, Field(ge=0)]
+    facet_units: Annotated[int, Field(ge=0)]
+    dream_layer: Optional[str]
+    dream_steps: Annotated[int, Field(ge=0)]
+    seed: int
+
+
 class Config(_Section):
     spark: SparkSection
     mlflow: MlflowSection
@@ -206,6 +233,7 @@ class Config(_Section):
     train: TrainSection
     evaluate: EvaluateSection
     correlate: CorrelateSection
+    visualize: VisualizeSection
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"dotted.key": value}``."""

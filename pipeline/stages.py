@@ -52,6 +52,11 @@ STAGES: tuple[Stage, ...] = (
                        "CKA and SVCCA between two or more nets of train.task (Li et al. 2016), in one Spark pass.",
           "pipeline.analysis.correlate:run", reads=("MLflow models (or the train stage)", "<train.data>/<kind>/<split>"),
           writes=("metrics", "correlate/<layer>/*.npy", "figures"), depends_on=("ingest", "train", "correlate")),
+    Stage("visualize", "What each unit expects to see: activation maximization of a logged model's units "
+                       "(batched, Fourier, colour-decorrelated on its own data), multifaceted and deep-dream, "
+                       "beside the real images that excite each unit most (top-k in one Spark pass).",
+          "pipeline.analysis.visualize:run", reads=("MLflow model", "<train.data>/<kind>/<split>"),
+          writes=("metrics", "figures"), depends_on=("ingest", "train", "visualize")),
 )
 
 

@@ -303,7 +303,7 @@ def resolve_layers(model, in_hw: tuple, names) -> tuple:
 def first_pass(spark, probe: Probe, nets: dict, shapes: dict) -> Sums:
     names = list(nets)
     return fold(spark, probe, nets, zero=lambda: empty_sums(names, shapes, probe.unit),
-                add=lambda s, acts, partner: add_batch(s, acts, partner, probe.unit),
+                add=lambda s, acts, partner, ids: add_batch(s, acts, partner, probe.unit),
                 merge=lambda a, b: a.merge(b))
 
 
@@ -324,7 +324,7 @@ def second_pass(spark, probe: Probe, nets: dict, sums: Sums, findings: list, c) 
         return
     two = {a: nets[a], b: nets[b]}
     hists = fold(spark, probe, two, zero=lambda: copy.deepcopy(shells),
-                 add=lambda h, acts, _: add_histograms(h, acts, probe.unit, positional),
+                 add=lambda h, acts, _, ids: add_histograms(h, acts, probe.unit, positional),
                  merge=lambda x, y: {k: x[k].merge(y[k]) for k in x})
     for f in findings:
         if f.layer in hists:

@@ -66,10 +66,10 @@ def _rows(spark, probe: Probe):
 
 
 def fold(spark, probe: Probe, nets: dict, zero: Callable, add: Callable, merge: Callable):
-    """Run ``nets`` over the probe rows: per partition ``state = zero()``, then ``add(state, acts, partner)`` per
-    batch (``acts`` as :func:`activations` returns; ``partner(names)`` gives the same for the named nets on each
-    row's partner row, computed only when asked); the partition states are merged with ``merge(a, b) -> a``.
-    Returns the merged state."""
+    """Run ``nets`` over the probe rows: per partition ``state = zero()``, then ``add(state, acts, partner, ids)``
+    per batch (``acts`` as :func:`activations` returns; ``partner(names)`` gives the same for the named nets on
+    each row's partner row, computed only when asked; ``ids`` the batch's row ids); the partition states are
+    merged with ``merge(a, b) -> a``. Returns the merged state."""
     shared = spark.sparkContext.broadcast(nets)
     try:
         return _rows(spark, probe).mapPartitions(
@@ -102,8 +102,23 @@ def _task(rows, probe: Probe, shared, zero, add) -> Iterator:
             images = np.stack([decode(r["image"]) for r in chunk])
             partner_images = np.stack([decode(r["image"]) for r in partners])
             add(state, activations(nets, images, probe.layers),
-                lambda names, p=partner_images: activations({n: nets[n] for n in names}, p, probe.layers))
+                lambda names, p=partner_images: activations({n: nets[n] for n in names}, p, probe.layers),
+                [r["id"] for r in chunk])
     yield state
+
+
+def fetch_rows(spark, url: str, kind: str, ids) -> dict:
+    """``{id: decoded image}`` of a few rows of a dataset split, by id (a filter pushed down to the files)."""
+    from pyspark.sql import functions as F
+
+    from schemas.datasets import SCHEMAS, field_decoders
+
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    rows = spark.read.parquet(url).select("id", "image").where(F.col("id").isin(ids)).collect()
+    decode = field_decoders(SCHEMAS[kind], ["image"])["image"]
+    return {r["id"]: decode(r["image"]) for r in rows}
 
 
 def layer_shapes(net, in_hw: tuple, layers: Optional[tuple] = None) -> dict:

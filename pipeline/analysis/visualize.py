@@ -1,0 +1,211 @@
+"""The visualize stage: what each unit of a trained net expects to see, beside the real images that excite it.
+
+extract   : a logged model of any task (``visualize.model_uri``, default the newest of ``train.task``), the colour
+            statistics of its own training images, the probe split;
+transform : one Spark job (:mod:`pipeline.analysis.probe`) keeps the top-k real images of every unit
+            (:class:`pipeline.analysis.evidence.TopK`); on the driver, activation maximization
+            (:mod:`pipeline.analysis.render`) of the first ``visualize.units`` units of each layer as one batch, a
+            multifaceted start from each k-means cluster of a unit's top images, a deep dream of a real image;
+load      : per layer one grid (synthetic | facets | top real patches), the first-layer filters, the dream; each
+            synthetic image's activation as a ratio to the best real image's; ``name value`` lines.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.analysis import render
+from pipeline.analysis.evidence import TopK, patch, receptive_field
+from pipeline.analysis.probe import Probe, fetch_rows, fold, layer_shapes
+from pipeline.config import Config, ConfigError
+
+
+def default_layers(net, in_hw: tuple) -> tuple:
+    """The last layer with a spatial map, and the head."""
+    shapes = layer_shapes(net, in_hw)
+    conv = [name for name, shape in shapes.items() if len(shape) == 3 and name != render.head_of(net)]
+    return tuple(conv[-1:]) + (render.head_of(net),)
+
+
+def unit_objective(net, layer: str, u: int, shape: tuple, detector: bool) -> render.Objective:
+    """Unit ``u`` of ``layer``: a channel's spatial mean, a class logit, or the heat map's centre cell."""
+    head = render.head_of(net)
+    if layer == head and detector:
+        return render.heatmap(head, shape[1] // 2, shape[2] // 2)
+    if layer == head:
+        return render.class_logit(head, u)
+    return render.channel(layer, u) if len(shape) == 3 else render.unit(layer, u)
+
+
+def measure(net, objectives: list, images: np.ndarray) -> np.ndarray:
+    """Each image's value of its own objective (image i, objective i)."""
+    import torch
+
+    from pipeline.train.loader import to_tensor
+
+    with torch.no_grad():
+        return render.evaluate(net, render.batched(objectives), to_tensor(images)).double().numpy()
+
+
+def real_value(net, objective, image: np.ndarray) -> float:
+    return float(measure(net, [objective], image[None])[0])
+
+
+def run(spark, conf: Config, tracker) -> dict:
+    """The visualize stage (registered in pipeline.stages)."""
+    import mlflow
+    import torch
+
+    from pipeline.train.evaluate import latest_model_uri, load_model
+    from pipeline.train.loader import rows
+    from pipeline.train.spec import make_spec
+
+    v = conf.visualize
+    torch.manual_seed(v.seed)
+    uri = v.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
+    net = load_model(uri, conf).eval()
+    spec = make_spec(conf)
+    if type(net).__name__ != spec.task.net:
+        raise ConfigError(f"visualize: {uri} is a {type(net).__name__}, not the {spec.task.net} of "
+                          f"train.task={spec.task.name}: set train.task to the model's task")
+    layers = tuple(v.layers) if v.layers else default_layers(net, spec.in_hw)
+    unknown = [l for l in layers if l not in net.layer_names]
+    if unknown:
+        raise ConfigError(f"visualize.layers: {type(net).__name__} has no layer {', '.join(unknown)}; its layers: "
+                          f"{', '.join(net.layer_names)}")
+    shapes = layer_shapes(net, spec.in_hw, layers)
+    units = {l: min(v.units, s[0]) for l, s in shapes.items()}
+    mlflow.log_params({"visualize.model_uri_resolved": uri, "visualize.layers_resolved": ",".join(layers)})
+
+    probe = Probe(spec.split_url(v.split), spec.kind, layers, "mean", 32, v.max_rows, v.partitions)
+    top = fold(spark, probe, {"model": net}, zero=lambda: TopK({l: s[0] for l, s in shapes.items()}, v.top_k),
+               add=lambda t, acts, _, ids: _add_all(t, acts, ids, layers), merge=lambda a, b: a.merge(b))
+    wanted = {i for l in layers for u in range(units[l]) for i in top.ids[l][u] if i is not None}
+    images = fetch_rows(spark, probe.url, spec.kind, wanted)
+    colors = None
+    if v.decorrelate:
+        sample = [r["image"] for _, r in zip(range(v.color_images), rows(spec.loader("train")))]
+        colors = render.ColorStats.fit(np.stack(sample))
+    results, metrics = {}, {}
+    for layer in layers:
+        objectives = [unit_objective(net, layer, u, shapes[layer], spec.task.detector) for u in range(units[layer])]
+        best_real = np.array([max((real_value(net, o, images[i]) for i in top.ids[layer][u] if i in images),
+                                  default=np.nan) for u, o in enumerate(objectives)])
+        synthetic, history = synthesize(net, objectives, best_real, v, spec.in_hw, colors)
+        reached = measure(net, objectives, synthetic)
+        ratio = np.where(np.abs(best_real) > 1e-9, reached / np.where(best_real == 0, 1, best_real), np.nan)
+        for u, r in enumerate(ratio):
+            if np.isfinite(r):
+                metrics[f"ratio.{layer}.{u}"] = float(r)
+        finite = ratio[np.isfinite(ratio)]
+        metrics[f"ratio_median.{layer}"] = float(np.median(finite)) if finite.size else 0.0
+        metrics[f"objective_gain.{layer}"] = float(np.mean(history[-1] - history[0])) if len(history) else 0.0
+        facets = multifaceted(net, layer, objectives, best_real, top, images, v, colors)
+        field = receptive_field(net, layer)
+        patches = [[patch(images[i], field, *top.where[layer][u][j]) for j, i in enumerate(top.ids[layer][u])
+                    if i in images] for u in range(units[layer])]
+        results[layer] = (synthetic, facets, patches, ratio)
+    dream_layer = v.dream_layer or layers[0]
+    start = next(iter(images.values())) if images else None
+    dreamed = render.dream(net, start, dream_layer, v.dream_steps, generator=v.seed)[0] \
+        if start is not None and v.dream_steps else None
+    mlflow.log_metrics(metrics)
+    _figures(tracker, net, results, start, dreamed, dream_layer)
+    return {**{k: v_ for k, v_ in metrics.items() if k.startswith(("ratio_median", "objective_gain"))},
+            "model_uri": uri}
+
+
+def regularized(v):
+    """The transforms and penalties of ``visualize``: jitter / scale / rotation as fractions of the input, decay
+    and total variation."""
+    transforms = render.compose([render.jitter(v.jitter), render.scale((1 - v.scale, 1 + v.scale)),
+                                 render.rotate(v.rotate)])
+    return transforms, ((v.l2, render.l2), (v.tv, render.total_variation))
+
+
+def synthesize(net, objectives: list, scales: np.ndarray, v, hw: tuple, colors=None, starts=None):
+    """Activation maximization of ``objectives`` as one batch (element i, objective i). Each objective is divided
+    by ``scales[i]`` (the best real image's value of it, where known), so the penalties weigh the same against a
+    logit of 15 and a channel mean of 0.5. ``starts``: uint8 images to start from (multifaceted), else noise."""
+    safe = [abs(s) if np.isfinite(s) and abs(s) > 1e-6 else 1.0 for s in scales]
+    objective = render.batched([o / s for o, s in zip(objectives, safe)])
+    if starts is not None:
+        param = render.Pixels.from_image(starts, decorrelated=colors)
+    elif v.param == "fourier":
+        param = render.Fourier(len(objectives), hw, decorrelated=colors, seed=v.seed)
+    else:
+        param = render.Pixels(len(objectives), hw, decorrelated=colors, seed=v.seed)
+    transforms, penalties = regularized(v)
+    images, history = render.optimize(net, objective, param, v.steps if starts is None else max(1, v.steps // 2),
+                                      v.lr, transforms, penalties, v.blur_every, v.blur_sigma, generator=v.seed)
+    return images, history * np.array(safe)[None, :]
+
+
+def _add_all(top: TopK, acts: dict, ids: list, layers: tuple) -> TopK:
+    for layer in layers:
+        top.add(layer, acts[("model", layer)], ids)
+    return top
+
+
+def multifaceted(net, layer: str, objectives: list, scales: np.ndarray, top: TopK, images: dict, v,
+                 colors) -> list:
+    """For the first ``facet_units`` units: k-means of the unit's top real images (on the layer's features), one
+    optimisation started from each cluster's mean image. Returns per unit a list of facet images."""
+    import torch
+    from sklearn.cluster import KMeans
+
+    from pipeline.train.loader import to_tensor
+
+    out = []
+    for u, objective in enumerate(objectives[:v.facet_units]):
+        starts = np.stack([images[i] for i in top.ids[layer][u] if i in images]) if v.facets else np.zeros(0)
+        if len(starts) < 2:
+            out.append([])
+            continue
+        with torch.no_grad():
+            feats = net.features_at(to_tensor(starts), [layer])[layer].double()
+        feats = (feats.mean((2, 3)) if feats.ndim == 4 else feats).numpy()
+        k = min(v.facets, len(starts))
+        labels = KMeans(k, n_init=4, random_state=v.seed).fit_predict(feats)
+        means = np.stack([starts[labels == c].mean(0).round().astype(np.uint8) for c in range(k)])
+        faceted, _ = synthesize(net, [objective] * k, np.full(k, scales[u]), v, means.shape[1:3], colors, means)
+        out.append(list(faceted))
+    return out
+
+
+def _figures(tracker, net, results: dict, start, dreamed, dream_layer: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for layer, (synthetic, facets, patches, ratio) in results.items():
+        width = 1 + max([len(f) for f in facets] + [0]) + max([len(p) for p in patches] + [0])
+        fig, axes = plt.subplots(len(synthetic), width, figsize=(1.3 * width, 1.35 * len(synthetic)), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for u, image in enumerate(synthetic):
+            axes[u, 0].imshow(image)
+            axes[u, 0].set_title(f"{layer}:{u} x{ratio[u]:.2f}" if np.isfinite(ratio[u]) else f"{layer}:{u}",
+                                 fontsize=6)
+            row = (facets[u] if u < len(facets) else []) + patches[u]
+            for j, picture in enumerate(row):
+                axes[u, 1 + j].imshow(picture)
+                if j == 0 and u < len(facets) and facets[u]:
+                    axes[u, 1 + j].set_title("facets", fontsize=6)
+                if j == len(facets[u] if u < len(facets) else []):
+                    axes[u, 1 + j].set_title("top real patches", fontsize=6)
+        fig.suptitle(f"{layer}: synthetic (activation / best real image's) | facets | top real patches", fontsize=8)
+        fig.tight_layout()
+        tracker.log_figure(fig, f"visualize_{layer}")
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(render.filter_grid(net))
+    ax.axis("off")
+    ax.set_title("first-layer filters", fontsize=8)
+    tracker.log_figure(fig, "visualize_filters")
+    if dreamed is not None:
+        fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+        for ax, image, title in zip(axes, (start, dreamed), ("real image", f"deep dream of {dream_layer}")):
+            ax.imshow(image)
+            ax.axis("off")
+            ax.set_title(title, fontsize=8)
+        tracker.log_figure(fig, "visualize_dream")
