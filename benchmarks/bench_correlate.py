@@ -9,7 +9,8 @@
 
 both on the same probe rows (the first ``--small`` rows of a synthetic ingest's train split in id-hash order), two
 LaneNets of width 0.5 (randomly initialised: neither time nor memory depends on the weights), the five conv layers,
-a unit's spatial mean per image, in separate processes. Then the stage again on ``--frames`` rows (10x). Peak
+a unit's spatial mean per image, in separate processes, doing the same work: both nets, the random baseline net,
+and net 1 on other images (the permuted baseline), all correlation blocks. Then the stage again on ``--frames`` rows (10x). Peak
 memory is the largest sum, over time, of the resident memory of the Python processes doing the work (the naive
 process; the stage's driver and its Python workers), sampled every 20 ms. The JVM's heap is fixed by
 ``spark.driver.memory`` and is not counted. Each variant runs ``--repeats`` times, interleaved; medians.
@@ -74,6 +75,9 @@ def naive(work: str, rows: int) -> dict:
     torch.set_num_threads(2)
     spec = make_spec(_conf(work))
     a, b = _nets(spec.in_hw)
+    from pipeline.analysis.correlate import random_net
+
+    r = random_net(a, 2)
     tic = time.perf_counter()
     import pyarrow.parquet as pq
     from pyspark.sql.functions import xxhash64  # noqa: F401  (the stage orders rows by Spark's xxhash64)
@@ -82,23 +86,27 @@ def naive(work: str, rows: int) -> dict:
     from schemas.datasets import SCHEMAS, field_decoders
 
     fs, path = filesystem(spec.split_url("train"))
-    table = pq.ParquetDataset(path, filesystem=fs).read(columns=["id", "image"])
     order = json.loads(Path(work, "order.json").read_text())[:rows]
+    table = pq.ParquetDataset(path, filesystem=fs, filters=[("id", "in", order)]).read(columns=["id", "image"])
     index = {i: k for k, i in enumerate(table.column("id").to_pylist())}
     decode = field_decoders(SCHEMAS[spec.kind], ["image"])["image"]
     images = table.column("image")
-    acts = {(n, l): [] for n in "ab" for l in LAYERS}
+    acts = {(n, l): [] for n in "abrp" for l in LAYERS}
+    partner = order[1:] + order[:1]          # the same work as the stage's permuted baseline: net b on other images
     for start in range(0, len(order), 32):
         batch = np.stack([decode(images[index[i]].as_py()) for i in order[start:start + 32]])
+        other = np.stack([decode(images[index[i]].as_py()) for i in partner[start:start + 32]])
         with torch.no_grad():
-            for name, net in (("a", a), ("b", b)):
-                for layer, act in net.features_at(to_tensor(batch), LAYERS).items():
+            for name, net, x in (("a", a, batch), ("b", b, batch), ("r", r, batch), ("p", b, other)):
+                for layer, act in net.features_at(to_tensor(x), LAYERS).items():
                     acts[(name, layer)].append(act.double().mean((2, 3)).numpy())
     out = {}
     for layer in LAYERS:
-        x, y = np.concatenate(acts[("a", layer)]), np.concatenate(acts[("b", layer)])
-        out[layer] = np.corrcoef(np.c_[x, y], rowvar=False)
-    return {"seconds": time.perf_counter() - tic, "checksum": float(np.nansum(np.abs(out["conv3"])))}
+        x, y, z, w = (np.concatenate(acts[(n, layer)]) for n in "abrp")
+        out[layer] = np.corrcoef(np.c_[x, y, z], rowvar=False)
+        out[layer + "~"] = np.corrcoef(np.c_[x, w], rowvar=False)
+    n = out["conv3"].shape[0] // 3
+    return {"seconds": time.perf_counter() - tic, "checksum": float(np.abs(np.nan_to_num(out["conv3"][:n, n:2 * n])).sum())}
 
 
 def stage(work: str, rows: int) -> dict:

@@ -4,11 +4,13 @@ histograms, top-k lists); the partials are merged with ``treeReduce``. Nothing t
 to the driver, and torch runs one thread per task (Spark already runs one task per core).
 
 Rows are spread over partitions by a hash of their id, in buckets: every bucket is handled whole by one task,
-in id-hash order, so a row's *partner* (the next row of its bucket, used for permuted-image baselines) does not
-depend on the number of partitions, and neither does any sum (up to float64 rounding).
+streamed in id-hash order (sorted by Spark, a batch at a time, so a task's memory does not grow with the data), and
+a row's *partner* (the next row of its bucket, used for permuted-image baselines) does not depend on the number of
+partitions, and neither does any sum (up to float64 rounding).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -62,7 +64,7 @@ def _rows(spark, probe: Probe):
         df = df.orderBy("h", "id").limit(probe.max_rows)
     df = df.withColumn("bucket", F.pmod(F.col("h"), F.lit(BUCKETS)))
     parts = probe.partitions or spark.sparkContext.defaultParallelism
-    return df.repartition(parts, "bucket").rdd
+    return df.repartition(parts, "bucket").sortWithinPartitions("bucket", "h", "id").rdd
 
 
 def fold(spark, probe: Probe, nets: dict, zero: Callable, add: Callable, merge: Callable):
@@ -90,15 +92,9 @@ def _task(rows, probe: Probe, shared, zero, add) -> Iterator:
     nets = shared.value
     for net in nets.values():
         net.eval()
-    buckets: dict = {}
-    for row in rows:
-        buckets.setdefault(row["bucket"], []).append(row)
     state = zero()
-    for bucket in sorted(buckets):
-        ordered = sorted(buckets[bucket], key=lambda r: (r["h"], r["id"]))
-        for start in range(0, len(ordered), probe.batch_size):
-            chunk = ordered[start:start + probe.batch_size]
-            partners = [ordered[(start + i + 1) % len(ordered)] for i in range(len(chunk))]
+    for _, bucket in itertools.groupby(rows, key=lambda r: r["bucket"]):   # rows arrive sorted by bucket, hash
+        for chunk, partners in _with_partners(bucket, probe.batch_size):
             images = np.stack([decode(r["image"]) for r in chunk])
             partner_images = np.stack([decode(r["image"]) for r in partners])
             add(state, activations(nets, images, probe.layers),
@@ -119,6 +115,24 @@ def fetch_rows(spark, url: str, kind: str, ids) -> dict:
     rows = spark.read.parquet(url).select("id", "image").where(F.col("id").isin(ids)).collect()
     decode = field_decoders(SCHEMAS[kind], ["image"])["image"]
     return {r["id"]: decode(r["image"]) for r in rows}
+
+
+def _with_partners(bucket, size: int):
+    """Batches of a bucket's rows with each row's partner (the next row; the last row's is the first), holding
+    at most ``size + 2`` rows: memory does not grow with the bucket."""
+    rows = iter(bucket)
+    first = next(rows, None)
+    if first is None:
+        return
+    chunk, current = [], first
+    for following in rows:
+        chunk.append((current, following))
+        current = following
+        if len(chunk) == size:
+            yield [c for c, _ in chunk], [p for _, p in chunk]
+            chunk = []
+    chunk.append((current, first))
+    yield [c for c, _ in chunk], [p for _, p in chunk]
 
 
 def layer_shapes(net, in_hw: tuple, layers: Optional[tuple] = None) -> dict:
