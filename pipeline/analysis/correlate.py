@@ -29,6 +29,7 @@ from pipeline.config import Config, ConfigError
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
+SEED_ROLE = ("pipeline.role", "correlate-seed")   # the tag of the nets this stage trains
 MIN_UNITS = 32          # fewer units than this in a compared layer make a matching mean little
 
 
@@ -183,6 +184,8 @@ def metrics_of(findings: list, pair_suffix: str = "") -> dict:
 def model_uris(spark, conf: Config, tracker) -> list:
     """``correlate.models``, or ``correlate.seeds`` nets trained by the train stage (reused when a finished train
     run of the same task, data, seed, width and epochs exists in this experiment)."""
+    import mlflow
+
     from pipeline.stages import get_stage
 
     c = conf.correlate
@@ -210,6 +213,7 @@ def model_uris(spark, conf: Config, tracker) -> list:
                                                                   f"w{train.width}-e{train.epochs}-s{seed}"})
         seeded = conf.model_copy(update={"train": train, "paths": paths})
         with tracker.stage_run("train", seeded):          # its own MLflow run, a child of this stage's
+            mlflow.set_tag(SEED_ROLE[0], SEED_ROLE[1])    # not "the newest model" of later stages
             results = get_stage("train").function()(spark, seeded, tracker)
         uris.append(results["model_uri"])
     return uris

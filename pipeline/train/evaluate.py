@@ -271,12 +271,14 @@ class ModelNotFound(UserError, LookupError):
 
 
 def latest_model_uri(tracker, task: str, data: str) -> str:
-    """The model of the newest finished train run of ``task`` on dataset ``data`` in this experiment."""
+    """The model of the newest finished train run of ``task`` on dataset ``data`` in this experiment (not one the
+    correlate stage trained as an extra seed)."""
     runs = tracker.client.search_runs(
         [tracker.experiment_id],
         filter_string=(f"tags.`pipeline.stage` = 'train' and params.`train.task` = '{task}' "
                        f"and params.`train.data` = '{data}' and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
+        order_by=["attributes.start_time DESC"], max_results=50)
+    runs = [r for r in runs if r.data.tags.get("pipeline.role") != "correlate-seed"]  # trained for correlate only
     if not runs:
         raise ModelNotFound(f"no finished train run of train.task={task} on train.data={data} in experiment "
                             f"'{tracker.conf.mlflow.experiment}': run `pipeline train` first, or set "

@@ -47,6 +47,13 @@ def test_correlate_trains_two_seeds_and_logs_matrices_equal_to_numpy(correlated)
     trained = [client.get_run(u.split("/")[1]) for u in uris]
     assert [t.data.params["train.seed"] for t in trained] == ["0", "1"]
     assert all(t.info.status == "FINISHED" and t.data.tags["mlflow.parentRunId"] == results["run_id"] for t in trained)
+    from pipeline.train.evaluate import ModelNotFound, latest_model_uri
+
+    try:                                         # later stages' "newest model" is never a seed net trained here
+        newest = latest_model_uri(Tracker(conf), "lane_classifier", conf.train.data)
+    except ModelNotFound:
+        newest = None
+    assert newest not in uris
     layers = run.data.params["correlate.layers_resolved"].split(",")
     assert layers == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     for key in ("corr_matched_mean.hungarian.conv1", "corr_matched_mean.greedy.conv5", "corr_matched_mean.semi.conv3",
