@@ -21,6 +21,8 @@ Every image tensor here is normalised, ``(pixel - MEAN) / STD`` with pixels in [
 """
 from __future__ import annotations
 
+import abc
+
 import math
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
@@ -270,7 +272,7 @@ def _hw(hw) -> tuple[int, int]:
     return (int(hw), int(hw)) if isinstance(hw, (int, np.integer)) else (int(hw[0]), int(hw[1]))
 
 
-class _Parameterization:
+class _Parameterization(abc.ABC):
     """A batch of images as a function of free parameters: pixel logits (or decorrelated colours) -> sigmoid."""
 
     def __init__(self, batch: int, hw, decorrelated: Optional[ColorStats], device):
@@ -278,15 +280,17 @@ class _Parameterization:
         self.colors = decorrelated
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
+    @abc.abstractmethod
     def params(self) -> list[Tensor]:
-        raise NotImplementedError
+        """The free parameters the optimiser updates."""
 
+    @abc.abstractmethod
     def _field(self) -> Tensor:
         """The (B, 3, H, W) pre-colour field: logits, or decorrelated colours."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _set_field(self, z: Tensor) -> None:
-        raise NotImplementedError
+        """Set the parameters so that :meth:`_field` returns ``z``."""
 
     def image(self) -> Tensor:
         """The normalised input (B, 3, H, W), differentiable in :meth:`params`."""

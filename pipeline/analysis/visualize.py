@@ -46,8 +46,11 @@ def measure(net, objectives: list, images: np.ndarray) -> np.ndarray:
         return render.evaluate(net, render.batched(objectives), to_tensor(images)).double().numpy()
 
 
-def real_value(net, objective, image: np.ndarray) -> float:
-    return float(measure(net, [objective], image[None])[0])
+def best_value(net, objective, images: list) -> float:
+    """The highest value of ``objective`` over real ``images`` (one forward pass), NaN without images."""
+    if not images:
+        return float("nan")
+    return float(measure(net, [objective] * len(images), np.stack(images)).max())
 
 
 def run(spark, conf: Config, tracker) -> dict:
@@ -88,8 +91,8 @@ def run(spark, conf: Config, tracker) -> dict:
     results, metrics = {}, {}
     for layer in layers:
         objectives = [unit_objective(net, layer, u, shapes[layer], spec.task.detector) for u in range(units[layer])]
-        best_real = np.array([max((real_value(net, o, images[i]) for i in top.ids[layer][u] if i in images),
-                                  default=np.nan) for u, o in enumerate(objectives)])
+        best_real = np.array([best_value(net, o, [images[i] for i in top.ids[layer][u] if i in images])
+                              for u, o in enumerate(objectives)])
         synthetic, history = synthesize(net, objectives, best_real, v, spec.in_hw, colors)
         reached = measure(net, objectives, synthetic)
         ratio = np.where(np.abs(best_real) > 1e-9, reached / np.where(best_real == 0, 1, best_real), np.nan)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pipeline.tasks import TASKS, get_task
+from pipeline.tasks import TASKS, get_task  # noqa: F401  (TASKS re-exported by pipeline.models)
 
 _IN_CHANNELS = 3        # RGB images
 _MIN_WIDTH = 8          # narrowest layer a width multiplier may produce
