@@ -107,6 +107,8 @@ class IngestSection(_Section):
     rowgroup_size_mb: Positive
     png_compression: Annotated[int, Field(ge=0, le=9)]
     near_duplicate_bits: Annotated[int, Field(ge=0, le=63)]
+    split_by: Literal["group", "frame"]
+    group_near_duplicates: bool
     label_map: dict[str, str]
 
     @field_validator("label_map")
@@ -224,6 +226,34 @@ class VisualizeSection(_Section):
     seed: int
 
 
+class TransferSection(_Section):
+    task: Literal["lane_classifier", "tl_classifier"]
+    splits: list[Literal["class", "day_night"]]
+    layers: Optional[list[str]]
+    seeds: Positive
+    epochs: Positive
+    image_hw: Optional[HW]
+    train_rows: Annotated[int, Field(ge=0)]
+    sizes: list[Positive]
+    size_split: Literal["class", "day_night"]
+    aux_weight: Annotated[float, Field(ge=0)]
+    lr: Annotated[float, Field(gt=0)]
+    batch_size: Positive
+    partitions: Annotated[int, Field(ge=0)]
+
+
+class AuditSection(_Section):
+    model_uri: Optional[str]
+    split: Literal["train", "val", "test"]
+    max_rows: Annotated[int, Field(ge=0)]
+    fill: Literal["mean", "blur", "noise"]
+    dilate: Annotated[int, Field(ge=0)]
+    attribution: Literal["gradient", "integrated"]
+    ig_steps: Positive
+    examples: Annotated[int, Field(ge=0)]
+    seed: int
+
+
 class Config(_Section):
     spark: SparkSection
     mlflow: MlflowSection
@@ -234,6 +264,8 @@ class Config(_Section):
     evaluate: EvaluateSection
     correlate: CorrelateSection
     visualize: VisualizeSection
+    transfer: TransferSection
+    audit: AuditSection
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"dotted.key": value}``."""
