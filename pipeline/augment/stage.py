@@ -219,7 +219,8 @@ def run(spark, conf: Config, tracker) -> dict:
     files = parts.merge(f for r in reports for f in r["files"])
     counts, op_counts, samples = {}, {}, {}
     for kind, info in meta["datasets"].items():
-        counts[kind] = {"rows": 0, "splits": {}, "classes": info["classes"]}
+        counts[kind] = {"rows": 0, "splits": {}, "classes": info["classes"],
+                        **({"labels": info["labels"]} if "labels" in info else {})}  # what training reads
         for split in info["splits"]:
             n = parts.finalize(f"{tmp}/{kind}/{split}", AUGMENTED_SCHEMAS[kind], files.get(f"{kind}/{split}", []))
             counts[kind]["splits"][split] = n

@@ -51,6 +51,9 @@ def test_train_rows_get_copies_with_lineage_val_and_test_untouched(augmented):
         assert all(np.array_equal(before[k]["image"], after[k]["image"]) for k in before)
     meta = read_meta(dst)
     assert meta["augment"]["copies"] == 2 and meta["augment"]["policy"]["name"] == "basic"
+    # the augmented dataset trains like the ingested one: its class names in label order are kept
+    assert meta["datasets"]["road_frames"]["labels"] == read_meta(src)["datasets"]["road_frames"]["labels"]
+    make_spec(conf.model_copy(update={"train": conf.train.model_copy(update={"data": "synthetic-basic"})}))
 
 
 def test_any_augmented_row_is_re_derived_from_its_parent(augmented):
