@@ -95,7 +95,7 @@ def timed_steps(model, optimizer, loss_fn, batches, device) -> tuple[float, floa
 def loader_cost(conf, args) -> dict:
     spec = make_spec(conf)
     device = torch.device(args.device)
-    model, optimizer, _ = build(spec)
+    model, optimizer, _, _ = build(spec)
     model.to(device)
     loss_fn = _loss_fn(spec.task)
     train = spec.loader("train")

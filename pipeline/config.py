@@ -231,6 +231,7 @@ class TransferSection(_Section):
     splits: list[Literal["class", "day_night"]]
     layers: Optional[list[str]]
     seeds: Positive
+    steps: Positive
     epochs: Positive
     image_hw: Optional[HW]
     train_rows: Annotated[int, Field(ge=0)]

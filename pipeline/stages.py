@@ -57,6 +57,13 @@ STAGES: tuple[Stage, ...] = (
                        "beside the real images that excite each unit most (top-k in one Spark pass).",
           "pipeline.analysis.visualize:run", reads=("MLflow model", "<train.data>/<kind>/<split>"),
           writes=("metrics", "figures"), depends_on=("ingest", "train", "visualize")),
+    Stage("transfer", "Which layers transfer, and does pre-training rescue small data? Halves A and B of the "
+                      "data; baseA, baseB, BnB, AnB, BnB+, AnB+ at every chop layer (Yosinski et al. 2014), and "
+                      "scratch vs pre-trained vs a second loss at several training-set sizes: parallel Spark "
+                      "tasks, one training each, each its own MLflow run.",
+          "pipeline.analysis.transfer:run", reads=("<train.data>/<the task's kind>",),
+          writes=("<train.data>-transfer-<split>-<A|B>", "checkpoints", "metrics", "figures"),
+          depends_on=("ingest", "train", "transfer")),
 )
 
 

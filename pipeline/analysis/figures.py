@@ -87,3 +87,85 @@ def cluster_figure(findings: list) -> plt.Figure:
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------ transfer
+
+_VARIANT_STYLE = {"BnB": ("tab:blue", "o", "BnB (selffer, frozen)"), "BnB+": ("tab:cyan", "s", "BnB+ (fine-tuned)"),
+                  "AnB": ("tab:red", "o", "AnB (transfer, frozen)"), "AnB+": ("tab:orange", "s", "AnB+ (fine-tuned)")}
+
+
+def transfer_curve(results: dict, cells: list, split: str, layers: list, labels: dict) -> plt.Figure:
+    """Yosinski et al.'s Figure 2: test accuracy on B against the layer n the net is chopped at, each seed a
+    point (the spread), the means joined; baseB at n = 0."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    xs = {n: i + 1 for i, n in enumerate(layers)}
+
+    def acc(cell):
+        return results[cell.key]["test_accuracy"] if cell.key in results else None
+
+    base = [acc(c) for c in cells if c.split == split and c.variant == "baseB" and acc(c) is not None]
+    if base:
+        ax.scatter([0] * len(base), base, color="black", marker="D", zorder=3, label="baseB (trained on B)")
+        ax.axhline(float(np.mean(base)), color="black", lw=0.8, ls="--")
+    for k, (variant, (colour, marker, name)) in enumerate(_VARIANT_STYLE.items()):
+        offset = (k - 1.5) * 0.06
+        means = []
+        for n in layers:
+            values = [acc(c) for c in cells if c.split == split and c.variant == variant and c.layer == n
+                      and acc(c) is not None]
+            if values:
+                ax.scatter([xs[n] + offset] * len(values), values, color=colour, marker=marker, s=18, alpha=0.7)
+                means.append((xs[n] + offset, float(np.mean(values))))
+        if means:
+            ax.plot(*zip(*means), color=colour, marker=marker, label=name)
+    ax.set_xticks([0] + list(xs.values()), ["base"] + list(layers))
+    ax.set_xlabel("layer n: layers 1..n copied (frozen, or fine-tuned for +), the rest trained on B")
+    ax.set_ylabel("test accuracy on B")
+    a, b = labels.get((split, "A"), []), labels.get((split, "B"), [])
+    what = f"A = {', '.join(a)}  |  B = {', '.join(b)}" if split == "class" else "A = day scenes | B = night scenes"
+    ax.set_title(f"transfer, {split} split: {what}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def size_curve(results: dict, cells: list, sizes: list, split: str) -> plt.Figure:
+    """Accuracy against B's training-set size: from scratch, pre-trained on A, and with a second loss; each
+    seed a point, means joined (log x)."""
+    fig, ax = plt.subplots(figsize=(7, 4.3))
+    style = {"scratch": ("tab:gray", "from scratch"), "pretrained": ("tab:orange", "pre-trained on A, fine-tuned"),
+             "aux": ("tab:green", "from scratch + second loss (masks / distances)")}
+    for variant, (colour, name) in style.items():
+        means = []
+        for size in sorted(set(sizes)):
+            values = [results[c.key]["test_accuracy"] for c in cells
+                      if c.variant == variant and c.size == size and c.key in results]
+            if values:
+                ax.scatter([size] * len(values), values, color=colour, s=16, alpha=0.7)
+                means.append((size, float(np.mean(values))))
+        if means:
+            ax.plot(*zip(*means), color=colour, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"training images of B ({split} split)")
+    ax.set_ylabel("test accuracy on B")
+    ax.set_title("too little data: scratch vs pre-trained vs a second loss", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def filters_side_by_side(nets: list, titles: list) -> plt.Figure:
+    """The first conv layer's filters of each net, side by side."""
+    from pipeline.analysis.render import filter_grid
+
+    fig, axes = plt.subplots(1, len(nets), figsize=(4 * len(nets), 4.3))
+    for ax, net, title in zip(np.atleast_1d(axes), nets, titles):
+        ax.imshow(filter_grid(net), interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle("conv1 filters", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -233,6 +233,44 @@ class TLDetector(NamedLayers):
         return math.ceil(h / self.stride), math.ceil(w / self.stride)
 
 
+class WithAux(nn.Module):
+    """A net plus a second head on one of its layers, trained beside the class head: more information from the
+    same images (the talk's "multiple loss functions" against too little data). ``forward`` returns
+    ``(logits, aux)``; the net itself is unchanged, so the trained net is used, probed and logged alone.
+
+    * ``lane_mask``: a 1x1 conv on the last conv layer's map, one logit per cell: "is there lane paint here?"
+    * ``distance``: a linear layer on the last hidden layer: the light's distance bucket, or background.
+    """
+
+    def __init__(self, net: NamedLayers, target: str, outputs: int = 1):
+        super().__init__()
+        self.net, self.target = net, target
+        if target == "lane_mask":
+            self.layer = [n for n in net.layer_names if isinstance(getattr(net, n), nn.Conv2d)][-1]
+            self.head = nn.Conv2d(getattr(net, self.layer).out_channels, 1, kernel_size=1)
+        elif target == "distance":
+            self.layer = net.layer_names[-2]
+            hidden = getattr(net, self.layer)
+            if not isinstance(hidden, nn.Linear):
+                raise ValueError(f"{type(net).__name__} has no hidden linear layer for a distance head")
+            self.head = nn.Linear(hidden.out_features, outputs)
+        else:
+            raise ValueError(f"unknown auxiliary target {target!r}: lane_mask | distance")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        found = self.net.features_at(x, [self.layer, self.net.layer_names[-1]])
+        return found[self.net.layer_names[-1]], self.head(found[self.layer])
+
+
+def aux_loss(target: str, output: Tensor, truth: Tensor) -> Tensor:
+    """The second head's loss: per-cell BCE against the share of lane pixels in each cell (masks pooled to the
+    head's map), or cross-entropy over distance buckets."""
+    if target == "lane_mask":
+        cells = F.adaptive_avg_pool2d(truth, output.shape[-2:])
+        return F.binary_cross_entropy_with_logits(output, cells)
+    return F.cross_entropy(output, truth)
+
+
 def build_model(task: str, num_classes: Optional[int] = None,
                 in_hw: Optional[tuple[int, int]] = None, width: float = 1.0) -> NamedLayers:
     """The net for ``task`` (one of ``TASKS``).

@@ -22,6 +22,8 @@ KIND_FIELDS = {"road_frames": ("id", "image", "label"), "class_images": ("id", "
                "tl_crops": ("id", "image", "label"), "tl_frames": ("id", "image", "boxes", "states", "distances")}
 AUGMENT_FIELDS = {"road_frames": ("lane_mask", "label_name"), "class_images": ("label_name",),
                   "tl_crops": ("label_name",), "tl_frames": ()}
+# A second loss from the same images (the talk's "multiple loss functions"): the target each kind carries.
+AUX_TARGETS = {"road_frames": "lane_mask", "tl_crops": "distance"}
 MEAN, STD = 0.5, 0.25
 DETECTOR_STRIDE = 4
 
@@ -64,12 +66,14 @@ class LoaderSpec:
     workers: int = 1
     shuffle_buffer: int = 1024
     policy: Optional[object] = None  # a pipeline.augment.Policy applied online to training batches
+    aux: Optional[str] = None        # an auxiliary target field (AUX_TARGETS): batches carry it third
 
     @property
     def fields(self) -> tuple:
         """What this loader reads: the kind's training fields, plus the masks and names ops use (context paste
-        keeps the lane markings) when a policy is applied."""
-        return KIND_FIELDS[self.kind] + (AUGMENT_FIELDS[self.kind] if self.policy is not None else ())
+        keeps the lane markings) when a policy is applied, plus the auxiliary target."""
+        fields = KIND_FIELDS[self.kind] + (AUGMENT_FIELDS[self.kind] if self.policy is not None else ())
+        return fields + ((self.aux,) if self.aux and self.aux not in fields else ())
 
 
 def _reader(spec: LoaderSpec, *, rank: int, world: int):
@@ -132,13 +136,26 @@ def rows(spec: LoaderSpec, *, rank: int = 0, world: int = 1, seed: int = 0, shuf
             return
 
 
-def collate(kind: str, batch: list) -> tuple:
-    """Rows -> (inputs, targets): class indices for classifiers, heat maps for the detector."""
+def collate(kind: str, batch: list, aux: Optional[str] = None) -> tuple:
+    """Rows -> (inputs, targets): class indices for classifiers, heat maps for the detector; with ``aux``, a
+    third item: the lane masks (N, 1, H, W) in {0, 1}, or the light distance indices (DISTANCES, then one
+    more for background crops)."""
     images = np.stack([r["image"] for r in batch])
     if kind == "tl_frames":
         hw = images.shape[1:3]
         return to_tensor(images), torch.from_numpy(np.stack([heat_target(r["boxes"], hw) for r in batch]))
-    return to_tensor(images), torch.tensor([int(r["label"]) for r in batch], dtype=torch.long)
+    out = (to_tensor(images), torch.tensor([int(r["label"]) for r in batch], dtype=torch.long))
+    if aux == "lane_mask":
+        masks = np.stack([np.asarray(r["lane_mask"]) > 0 for r in batch])
+        out += (torch.from_numpy(masks[:, None].astype(np.float32)),)
+    elif aux == "distance":
+        from pipeline.data.records import DISTANCES
+
+        out += (torch.tensor([DISTANCES.index(r["distance"]) if r["distance"] in DISTANCES else len(DISTANCES)
+                              for r in batch], dtype=torch.long),)
+    elif aux is not None:
+        raise ValueError(f"unknown auxiliary target {aux!r}; known: {sorted(set(AUX_TARGETS.values()))}")
+    return out
 
 
 def prefetch(iterator: Iterator, depth: int = 3) -> Iterator:
@@ -205,7 +222,7 @@ def _batches(spec: LoaderSpec, steps: int, rank: int, world: int, epoch: int, op
             batch = [next(source) for _ in range(spec.batch_size)]
             if spec.policy is not None:
                 batch = augment_batch(spec, batch, epoch, op_counts)
-            yield collate(spec.kind, batch)
+            yield collate(spec.kind, batch, spec.aux)
     finally:
         source.close()
 

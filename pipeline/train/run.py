@@ -73,18 +73,49 @@ def _setup_distributed(spec: TrainSpec):
 
 
 def build(spec: TrainSpec):
-    from pipeline.models import build_model
+    """The net (with its second head when ``spec.aux``), its optimizer and LR schedule, from ``spec``: layers
+    ``spec.init_layers`` copied from the checkpoint at ``spec.init_url`` (transfer), frozen with ``spec.freeze``
+    (the optimizer then holds only the rest). Returns ``(model, optimizer, scheduler, joint)``: ``joint`` is the
+    module trained (the model, or the model with its auxiliary head)."""
+    from pipeline.data.records import DISTANCES
+    from pipeline.models import WithAux, build_model
 
     t = spec.train
     seed_everything(t.seed)
     num_classes = None if spec.task.detector else len(spec.classes)
     model = build_model(t.task, num_classes, spec.in_hw, t.width)
+    if spec.init_url:
+        copy_layers(model, spec.init_url, spec.init_layers, freeze=spec.freeze)
+    joint = WithAux(model, spec.aux, outputs=len(DISTANCES) + 1) if spec.aux else model
+    params = [p for p in joint.parameters() if p.requires_grad]
     if t.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * spec.steps_per_epoch)
-    return model, optimizer, scheduler
+    return model, optimizer, scheduler, joint
+
+
+def copy_layers(model, url: str, layers, *, freeze: bool) -> None:
+    """Copy the weights of ``layers`` from the checkpoint under ``url`` into ``model`` (same architecture and
+    width; the head may differ), and freeze them with ``freeze``."""
+    state = load_checkpoint(url)
+    if state is None:
+        raise RuntimeError(f"no checkpoint under {url} to copy layers {', '.join(layers)} from")
+    unknown = [n for n in layers if n not in model.transferable()]
+    if unknown:
+        raise ValueError(f"cannot copy {unknown}: {type(model).__name__} transfers {', '.join(model.transferable())}")
+    source = state["model"]
+    for name in layers:
+        layer = getattr(model, name)
+        for key in ("weight", "bias"):
+            value = source[f"{name}.{key}"]
+            if value.shape != getattr(layer, key).shape:
+                raise ValueError(f"{url}: {name}.{key} has shape {tuple(value.shape)}, this net's "
+                                 f"{tuple(getattr(layer, key).shape)} (train both with the same width and size)")
+            with torch.no_grad():
+                getattr(layer, key).copy_(value)
+            getattr(layer, key).requires_grad_(not freeze)
 
 
 def where_am_i() -> dict:
@@ -108,14 +139,14 @@ def train_fn(spec: TrainSpec) -> None:
 
     quiet_warnings()
     t = spec.train
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
+    torch.set_num_threads(spec.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
     rank, world, device = _setup_distributed(spec)
     places = [None] * world
     if world > 1:
         dist.all_gather_object(places, where_am_i())
     else:
         places = [where_am_i()]
-    model, optimizer, scheduler = build(spec)
+    model, optimizer, scheduler, joint = build(spec)
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start = 0
@@ -126,10 +157,20 @@ def train_fn(spec: TrainSpec) -> None:
         scheduler.load_state_dict(state["lr_scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if spec.aux:
+            joint.head.load_state_dict(state["aux"])
         start = int(state["epoch"]) + 1
-    model.to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    joint.to(device)
+    net = torch.nn.parallel.DistributedDataParallel(joint) if world > 1 else joint
     loss_fn = _loss_fn(spec.task)
+    if spec.aux:
+        from pipeline.models import aux_loss
+
+        class_loss = loss_fn
+
+        def loss_fn(out, y, extra):  # noqa: F811  (the class loss plus the weighted second loss)
+            logits, aux_out = out
+            return class_loss(logits, y) + spec.aux_weight * aux_loss(spec.aux, aux_out, extra)
     tracker = _RankTracker(spec) if rank == 0 else None
     if tracker:
         tracker.ranks(places, epochs_to_run=max(0, t.epochs - start))
@@ -140,11 +181,11 @@ def train_fn(spec: TrainSpec) -> None:
         net.train()
         tic, total, seen = time.perf_counter(), 0.0, 0
         ops: dict = {}
-        for x, y in batches(spec.loader("train"), spec.steps_per_epoch, rank=rank, world=world, epoch=epoch,
-                            op_counts=ops):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for batch in batches(spec.loader("train"), spec.steps_per_epoch, rank=rank, world=world, epoch=epoch,
+                             op_counts=ops):
+            x, y, *extra = (b.to(device, non_blocking=True) for b in batch)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(net(x), y)
+                loss = loss_fn(net(x), y, *extra)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -163,10 +204,10 @@ def train_fn(spec: TrainSpec) -> None:
             save_checkpoint(spec.checkpoint_url, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                "args": spec.checkpoint_args()})
+                "args": spec.checkpoint_args(), **({"aux": joint.head.state_dict()} if spec.aux else {})})
         if world > 1:
             dist.barrier()
-    if rank == 0:
+    if rank == 0 and spec.log_model:
         tracker.finish(model.cpu())
     if world > 1:
         dist.destroy_process_group()
@@ -309,7 +350,9 @@ def run(spark, conf: Config, tracker) -> dict:
 
 def load_trained(spec: TrainSpec):
     """The final weights, from the checkpoint rank 0 wrote (the same weights the logged model holds)."""
-    model, _, _ = build(spec)
+    import dataclasses
+
+    model, _, _, _ = build(dataclasses.replace(spec, init_url=None, aux=None))  # the weights come next
     state = load_checkpoint(spec.checkpoint_url)
     if state is None:
         raise RuntimeError(f"training wrote no checkpoint under {spec.checkpoint_url}")

@@ -26,13 +26,21 @@ class TrainSpec:
     checkpoint_url: str
     run_id: Optional[str] = None
     tracking_uri: Optional[str] = None
+    init_url: Optional[str] = None   # a checkpoint folder to copy ``init_layers`` from (transfer); the rest is fresh
+    init_layers: tuple = ()
+    freeze: bool = False             # keep the copied layers fixed (else fine-tune them with the rest)
+    aux: Optional[str] = None        # a second loss from the same images: "lane_mask" | "distance" (AUX_TARGETS)
+    aux_weight: float = 0.0
+    threads: int = 0                 # torch threads per rank; 0: the host's cores / ranks
+    log_model: bool = True           # log the trained model to the run (a transfer grid's cells keep checkpoints)
+    train_split: str = "train"       # the folder trained on (a transfer half's nested subsets: train_n<size>)
 
     @property
     def task(self) -> Task:
         return get_task(self.train.task)
 
     def split_url(self, split: str) -> str:
-        return f"{self.data_root}/{self.kind}/{split}"
+        return f"{self.data_root}/{self.kind}/{self.train_split if split == 'train' else split}"
 
     def has_split(self, split: str) -> bool:
         return store.exists(self.split_url(split))
@@ -45,12 +53,15 @@ class TrainSpec:
             from pipeline.augment.policy import get_policy
 
             policy = get_policy(t.augment_policy, t.seed)
-        return LoaderSpec(self.split_url(split), self.kind, t.batch_size, t.seed, t.loader_workers, policy=policy)
+        return LoaderSpec(self.split_url(split), self.kind, t.batch_size, t.seed, t.loader_workers, policy=policy,
+                          aux=self.aux if split == "train" else None)
 
     def checkpoint_args(self) -> dict:
         """What a checkpoint records of the run (plain values: what ``torch.load(weights_only=True)`` accepts)."""
         return {"train": self.train.model_dump(mode="json"), "kind": self.kind, "data_root": self.data_root,
-                "classes": list(self.classes), "in_hw": list(self.in_hw), "steps_per_epoch": self.steps_per_epoch}
+                "classes": list(self.classes), "in_hw": list(self.in_hw), "steps_per_epoch": self.steps_per_epoch,
+                "init_url": self.init_url or "", "init_layers": list(self.init_layers), "freeze": self.freeze,
+                "aux": self.aux or "", "aux_weight": self.aux_weight}
 
 
 def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:

@@ -1,0 +1,197 @@
+"""The transfer stage: halves, the grid's mechanics (copied, frozen, fine-tuned, second loss) and its runs."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.analysis import transfer
+from pipeline.analysis.transfer import Cell, half_labels, plan_cells, plan_halves
+from pipeline.config import ConfigError
+from pipeline.data.store import dataset_root, read_meta
+from pipeline.stages import get_stage, run_stage
+from pipeline.tracking import Tracker
+from pipeline.train import loader
+from pipeline.train.run import build, load_checkpoint
+from tests.conftest import make_conf
+
+LABELS = ["none", "solid_white", "dashed_white", "double_solid_yellow", "solid_dashed_yellow", "dashed_yellow"]
+
+
+def test_halves_by_class_and_by_time_of_day():
+    assert half_labels("class", LABELS) == {"A": LABELS[0::2], "B": LABELS[1::2]}
+    assert half_labels("day_night", LABELS) == {"A": LABELS, "B": LABELS}
+    rows = [(f"f{i}", LABELS[i % 6], ("day", "dusk", "night")[i % 3]) for i in range(60)]
+    plan = plan_halves(rows, "road_frames", LABELS, ["class", "day_night"], [5, 12, 999], "class", 0, (32, 32))
+    a = {r for r, fs in plan.folders.items() if ("class", "A", "train") in fs}
+    assert a == {r[0] for r in rows if r[1] in LABELS[0::2]}
+    night = {r for r, fs in plan.folders.items() if ("day_night", "B", "train") in fs}
+    assert night == {r[0] for r in rows if r[2] == "night"}
+    dusk = {r[0] for r in rows if r[2] == "dusk"}
+    assert not any(f[0] == "day_night" for r in dusk for f in plan.folders.get(r, ()))
+    # B's subsets are nested, in one fixed order, capped by B's rows
+    subsets = {size: {r for r, fs in plan.folders.items() if ("class", "B", f"train_n{size}") in fs}
+               for size in (5, 12, 999)}
+    assert len(subsets[5]) == 5 and len(subsets[12]) == 12 and len(subsets[999]) == 30
+    assert subsets[5] < subsets[12] < subsets[999]
+    assert plan.sizes[("class", "B")] == {"train": 30, "train_n5": 5, "train_n12": 12, "train_n999": 30}
+    capped = plan_halves(rows, "road_frames", LABELS, ["class"], [5], "class", 10, None)
+    assert capped.sizes[("class", "A")]["train"] == 10
+
+
+def test_the_grid_copies_from_the_right_base_in_two_waves():
+    from pipeline.config import load_config
+
+    c = load_config(overrides=["transfer.layers=[conv1,conv5]", "transfer.seeds=2", "transfer.sizes=[10,20]",
+                               "transfer.splits=[class,day_night]"]).transfer
+    first, second = plan_cells(c)
+    assert {cell.variant for cell in first} == {"baseA", "baseB", "scratch", "aux"}
+    assert len(second) == 2 * 2 * 2 * 4 + 2 * 2  # splits x seeds x layers x 4 variants + pretrained per size, seed
+    keys = {cell.key for cell in first}
+    assert all(cell.source.key in keys for cell in second)  # every copy's base trains in the first wave
+    assert Cell("class", "AnB+", 1, layer="conv5").source == Cell("class", "baseA", 1)
+    assert Cell("day_night", "BnB", 0, layer="conv1").source == Cell("day_night", "baseB", 0)
+    assert len({cell.key for cell in first + second}) == len(first + second)
+
+
+def test_copied_layers_are_the_sources_frozen_ones_stay_so(tmp_path):
+    """build(): layers up to n come from the checkpoint; frozen ones are not in the optimizer and do not move."""
+    from pipeline.config import load_config
+    from pipeline.models import build_model
+    from pipeline.train.run import save_checkpoint
+    from pipeline.train.spec import TrainSpec
+
+    source = build_model("lane_classifier", 3, (64, 64), 0.25)
+    url = f"file://{tmp_path}/src"
+    save_checkpoint(url, {"model": source.state_dict()})
+    t = load_config(overrides=["train.width=0.25", "train.seed=7"]).train
+    spec = TrainSpec(train=t, kind="road_frames", data_root="", classes=("a", "b", "c", "d"), in_hw=(64, 64),
+                     steps_per_epoch=1, checkpoint_url="", init_url=url, init_layers=("conv1", "conv2"), freeze=True)
+    model, optimizer, _, joint = build(spec)
+    assert joint is model
+    for name in ("conv1", "conv2"):
+        assert torch.equal(getattr(model, name).weight, getattr(source, name).weight)
+    assert not torch.equal(model.conv3.weight, source.conv3.weight)  # above n: fresh
+    assert model.fc8.out_features == 4                               # the head fits B's classes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    after = model.state_dict()
+    assert torch.equal(after["conv1.weight"], before["conv1.weight"])
+    assert torch.equal(after["conv2.bias"], before["conv2.bias"])
+    assert not torch.equal(after["conv3.weight"], before["conv3.weight"])
+    tuned, *_ = build(dataclasses.replace(spec, freeze=False))
+    assert all(p.requires_grad for p in tuned.parameters())
+    with pytest.raises(ValueError, match="cannot copy"):
+        build(dataclasses.replace(spec, init_layers=("fc8",)))
+
+
+def test_a_second_loss_trains_a_head_on_the_lane_masks():
+    from pipeline.models import WithAux, aux_loss, build_model
+
+    net = build_model("lane_classifier", 3, (64, 64), 0.25)
+    joint = WithAux(net, "lane_mask")
+    logits, masks = joint(torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, 3) and masks.shape[:2] == (2, 1)
+    rows = [{"image": np.zeros((64, 64, 3), np.uint8), "label": 1, "lane_mask": np.eye(64, dtype=np.uint8)}] * 2
+    x, y, target = loader.collate("road_frames", rows, "lane_mask")
+    assert target.shape == (2, 1, 64, 64) and target.sum() == 2 * 64
+    assert aux_loss("lane_mask", masks, target).item() > 0
+    crops = [{"image": np.zeros((32, 32, 3), np.uint8), "label": 0, "distance": d} for d in ("near", "far", "")]
+    assert loader.collate("tl_crops", crops, "distance")[2].tolist() == [0, 2, 3]
+    distance = WithAux(build_model("tl_classifier", 5, (32, 32), 0.25), "distance", outputs=4)
+    assert distance(torch.zeros(3, 3, 32, 32))[1].shape == (3, 4)
+    with pytest.raises(ValueError, match="no hidden linear"):
+        WithAux(build_model("tl_detector"), "distance")
+
+
+@pytest.fixture(scope="module")
+def grid(spark, tmp_path_factory):
+    work = tmp_path_factory.mktemp("transfer")
+    overrides = ["ingest.num_frames=160", "ingest.frames_per_sequence=2", "ingest.render_hw=[90,160]",
+                 "ingest.road_hw=[48,48]", "ingest.partitions=2", "ingest.split={train: 0.6, val: 0.2, test: 0.2}",
+                 "train.width=0.25", "transfer.layers=[conv1,fc7]", "transfer.seeds=1", "transfer.steps=4", "transfer.epochs=2",
+                 "transfer.sizes=[16,1000]", "transfer.splits=[class,day_night]", "transfer.image_hw=[40,40]",
+                 "transfer.batch_size=8"]
+    conf = make_conf(work, *overrides)
+    run_stage(get_stage("ingest"), spark, conf, Tracker(conf))
+    return conf, run_stage(get_stage("transfer"), spark, conf, Tracker(conf))
+
+
+def test_halves_are_datasets_with_renumbered_labels(grid, spark):
+    conf, _ = grid
+    source = spark.read.parquet(f"{dataset_root(conf.paths.data_url, 'synthetic')}/road_frames/test")
+    for split, half in (("class", "A"), ("class", "B"), ("day_night", "B")):
+        root = dataset_root(conf.paths.data_url, f"synthetic-transfer-{split}-{half}")
+        info = read_meta(root)["datasets"]["road_frames"]
+        test = spark.read.parquet(f"{root}/road_frames/test").select("id", "label", "label_name", "context").collect()
+        wanted = source.filter(source.label_name.isin(info["labels"]))
+        if split == "day_night":
+            wanted = wanted.filter(source.context == "night")
+        assert sorted(r.id for r in test) == sorted(r.id for r in wanted.select("id").collect())
+        assert all(info["labels"][r.label] == r.label_name for r in test)
+        assert info["splits"]["test"] == len(test)
+    b = read_meta(dataset_root(conf.paths.data_url, "synthetic-transfer-class-B"))["datasets"]["road_frames"]
+    assert b["labels"] == LABELS[1::2]
+    assert b["splits"]["train_n16"] == 16 and b["splits"]["train_n1000"] == b["splits"]["train"]
+    from petastorm import make_reader
+
+    url = f"{dataset_root(conf.paths.data_url, 'synthetic-transfer-class-B')}/road_frames/train_n16"
+    with make_reader(url, schema_fields=["image", "lane_mask"], num_epochs=1, reader_pool_type="dummy") as reader:
+        row = next(reader)
+    assert row.image.shape == (40, 40, 3) and row.lane_mask.shape == (40, 40)  # transfer.image_hw
+
+
+def test_every_cell_is_a_finished_child_run_with_its_test_accuracy(grid):
+    conf, results = grid
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(conf.mlflow.experiment).experiment_id],
+                              "tags.`pipeline.kind` = 'transfer-cell'")
+    first, second = plan_cells(load_transfer(conf))
+    assert sorted(r.info.run_name for r in runs) == sorted(f"transfer {c.key}" for c in first + second)
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == results["run_id"] for r in runs)
+    assert all(0.0 <= r.data.metrics["test_accuracy"] <= 1.0 and "val_accuracy" in r.data.metrics for r in runs)
+    stage = client.get_run(results["run_id"])
+    assert stage.data.metrics["trainings"] == len(runs)
+    figures = {a.path for a in client.list_artifacts(results["run_id"], "figures")}
+    assert {"figures/transfer_class.png", "figures/transfer_day_night.png", "figures/transfer_sizes.png",
+            "figures/transfer_conv1.png"} <= figures
+    assert "class.AnB_plus.fc7.mean" in stage.data.metrics and "sizes.aux.n16.mean" in stage.data.metrics
+
+
+def load_transfer(conf):
+    return conf.transfer.model_copy(update={"layers": ["conv1", "fc7"]})
+
+
+def test_cells_copy_freeze_and_fine_tune_as_named(grid):
+    conf, _ = grid
+    root = f"{conf.paths.checkpoint_url}/transfer/synthetic"
+
+    def weights(key):
+        return load_checkpoint(f"{root}/{key}")["model"]
+
+    base_a, base_b = weights("class/baseA/seed0"), weights("class/baseB/seed0")
+    anb, anb_plus, bnb = weights("class/AnB/fc7/seed0"), weights("class/AnB+/fc7/seed0"), weights("class/BnB/conv1/seed0")
+    for layer in ("conv1", "conv5", "fc7"):            # AnB at fc7: every layer up to fc7 is baseA's, frozen
+        assert torch.equal(anb[f"{layer}.weight"], base_a[f"{layer}.weight"])
+    assert not torch.equal(anb_plus["conv1.weight"], base_a["conv1.weight"])   # AnB+: fine-tuned from there
+    assert torch.equal(bnb["conv1.weight"], base_b["conv1.weight"])           # BnB at conv1: baseB's conv1 ...
+    assert not torch.equal(bnb["conv2.weight"], base_b["conv2.weight"])       # ... and the rest trained afresh
+    assert weights("class/AnB/fc7/seed0")["fc8.weight"].shape[0] == 3          # B's three classes
+    aux = load_checkpoint(f"{root}/class/aux/n16/seed0")
+    assert "aux" in aux and aux["args"]["aux"] == "lane_mask"
+    assert load_checkpoint(f"{root}/class/pretrained/n16/seed0")["args"]["init_layers"][-1] == "fc7"
+
+
+def test_bad_transfer_settings_are_named(spark, tiny_data):
+    with pytest.raises(ConfigError, match="cannot be chopped"):
+        transfer.run(spark, tiny_data("transfer.layers=[conv9]", "transfer.batch_size=8"), None)
+    with pytest.raises(ConfigError, match="size_split"):
+        transfer.run(spark, tiny_data("transfer.splits=[class]", "transfer.size_split=day_night",
+                                      "transfer.batch_size=8"), None)
+    with pytest.raises(ConfigError, match="time of day"):
+        transfer.run(spark, tiny_data("transfer.task=tl_classifier", "transfer.layers=[conv1,fc5]",
+                                      "transfer.splits=[day_night]",
+                                      "transfer.size_split=day_night", "transfer.batch_size=8"), None)
