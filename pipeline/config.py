@@ -245,9 +245,10 @@ class TransferSection(_Section):
 
 class AuditSection(_Section):
     model_uri: Optional[str]
+    data: Optional[str]
     split: Literal["train", "val", "test"]
     max_rows: Annotated[int, Field(ge=0)]
-    fill: Literal["mean", "blur", "noise"]
+    fill: Literal["grey", "mean", "blur", "noise"]
     dilate: Annotated[int, Field(ge=0)]
     attribution: Literal["gradient", "integrated"]
     ig_steps: Positive

@@ -64,6 +64,10 @@ STAGES: tuple[Stage, ...] = (
           "pipeline.analysis.transfer:run", reads=("<train.data>/<the task's kind>",),
           writes=("<train.data>-transfer-<split>-<A|B>", "checkpoints", "metrics", "figures"),
           depends_on=("ingest", "train", "transfer")),
+    Stage("audit", "Does a net look at the object or only its context (occlusion of the object vs the context, "
+                   "attribution mass on the object vs its area, a verdict in words)?",
+          "pipeline.analysis.audit:run", reads=("MLflow model", "<audit.data>/<kind>/<audit.split>"),
+          writes=("metrics", "verdict", "figures"), depends_on=("ingest", "train", "audit")),
 )
 
 
