@@ -254,6 +254,18 @@ class AuditSection(_Section):
     ig_steps: Positive
     examples: Annotated[int, Field(ge=0)]
     seed: int
+    frame_split: bool
+
+
+class RunSection(_Section):
+    tasks: list[Literal[tuple(TASKS)]]  # type: ignore[valid-type]
+
+    @field_validator("tasks")
+    @classmethod
+    def _some(cls, v: list) -> list:
+        if not v:
+            raise ValueError("name one or more tasks for pipeline run to train and evaluate")
+        return v
 
 
 class Config(_Section):
@@ -268,6 +280,7 @@ class Config(_Section):
     visualize: VisualizeSection
     transfer: TransferSection
     audit: AuditSection
+    run: RunSection
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"dotted.key": value}``."""

@@ -10,12 +10,31 @@ load      : the same tasks write their rows themselves, a Parquet file per datas
 
 Accounting: every input yields exactly one ledger row, ``written`` or ``quarantined`` with its reason,
 so rows in = rows written + rows quarantined is checked on every run.
+
+Splits: by a hash of the input's *group* (a sequence, clip, track or folder), so near-identical frames of one
+group never straddle splits; a split fixed by the source (ImageFolder ``train/``, ``test/``) is kept.
+
+* ``ingest.split_by=frame`` hashes the input id instead: frames of one sequence land in different splits. It is
+  the leak the independence audit (:mod:`pipeline.analysis.independence`) measures, never for real models.
+  Rows and the ledger keep the original group, so the leak stays visible (``groups_across_splits``).
+* ``ingest.group_near_duplicates=true`` adds a first Spark pass (:func:`hash_partition`): every input is read,
+  decoded, validated and resized exactly as the ingest pass does, and the stored image's perceptual hash (the
+  ledger's ``phash``) computed. Pairs of inputs of *different* groups within ``ingest.near_duplicate_bits``
+  bits are found by the same band join as :func:`near_duplicate_pairs` (:func:`close_pairs`); the driver
+  joins their groups (union-find over the distinct group pairs, :func:`merge_groups`) and each merged group
+  takes the name of its smallest member (so unmerged groups, and their splits, are unchanged). The ingest pass
+  then splits by merged group: rows carry the merged group in ``group``; the ledger keeps the original
+  ``group`` and records the merged one in ``split_group``. A split fixed by the source still wins: free
+  inputs of a merged group follow its fixed inputs when those agree on one split; a merged group whose fixed
+  inputs lie in several splits cannot be kept together (nothing moves), is counted
+  (``near_duplicate_merges_spanning_fixed_splits``) and its pairs stay in ``near_duplicates_across_splits``.
+  A val carved out of a train folder is carved by merged group.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -28,7 +47,10 @@ from pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 LEDGER = "ledger"
-LEDGER_COLUMNS = ("input_id", "source_id", "path", "group", "split", "label", "status", "reason", "fixes", "phash")
+# ``group``: the input's own group, as the source gave it; ``split_group``: what its split was decided by (the
+# group, the merged group of ``ingest.group_near_duplicates``, or the input id with ``ingest.split_by=frame``).
+LEDGER_COLUMNS = ("input_id", "source_id", "path", "group", "split_group", "split", "label", "status", "reason",
+                  "fixes", "phash")
 QUARANTINE = "quarantine"
 QUARANTINE_COLUMNS = ("input_id", "source_id", "path", "group", "reason")
 
@@ -46,9 +68,14 @@ class AccountingError(RuntimeError):
 @dataclass(frozen=True)
 class IngestOptions:
     """What a Spark task needs to turn one input into rows: the config section itself (it pickles) and
-    what the driver derived from the source (the image-level class names, in index order)."""
+    what the driver derived from the source (the image-level class names, in index order) and, with
+    ``ingest.group_near_duplicates``, from the first pass: ``merged`` maps each group that was joined with
+    another (by its stored name, :func:`storable`) to its merged group; ``forced`` maps a merged group to the
+    one split its source-fixed inputs share, which its free inputs follow."""
     section: IngestSection
     classes: tuple
+    merged: dict = field(default_factory=dict)
+    forced: dict = field(default_factory=dict)
 
     @property
     def kinds(self) -> tuple:
@@ -69,14 +96,20 @@ class IngestOptions:
 
 # ------------------------------------------------------------------------------------------ extract
 
-def plan_inputs(conf: Config) -> tuple[list[dict], tuple, dict]:
+def plan_inputs(conf: Config, regroup: Optional[Callable[[list], dict]] = None) -> tuple[list[dict], tuple, dict]:
     """The inputs of one ingest, as small dicts, the image-level class names (in index order), and what the
-    plan changed (``{"val_carved": n}`` when a val split was carved out of a train folder)."""
+    plan changed (``{"val_carved": n}`` when a val split was carved out of a train folder).
+
+    ``regroup`` (``ingest.group_near_duplicates``) is called with the planned inputs before any split is decided
+    and returns ``{group: merged group}`` (stored names); a val carve then moves merged groups whole."""
     c = conf.ingest
     if c.source == "synthetic":
         from pipeline.data.synth import LANE_CLASSES
 
-        return [{"index": i} for i in range(c.num_frames)], tuple(LANE_CLASSES), {}
+        inputs = [{"index": i} for i in range(c.num_frames)]
+        if regroup is not None:
+            regroup(inputs)
+        return inputs, tuple(LANE_CLASSES), {}
     if not c.source_path:
         raise IngestError(f"ingest.source={c.source} needs ingest.source_path=<the dataset's folder or "
                           f"annotation file>")
@@ -88,22 +121,32 @@ def plan_inputs(conf: Config) -> tuple[list[dict], tuple, dict]:
         raise IngestError(f"ingest.source={c.source} cannot read ingest.source_path={c.source_path}: {exc}") from None
     if not records:
         raise IngestError(f"no images found for ingest.source={c.source} at {c.source_path}")
-    carved = carve_val(records, c.val_share)
+    merged = regroup([{"record": r.as_dict()} for r in records]) if regroup is not None else {}
+    if c.split_by == "frame":
+        def unit(r):
+            return r.source_id
+    else:
+        def unit(r):
+            return merged.get(storable(r.group), r.group)
+    carved = carve_val(records, c.val_share, key=unit)
     classes = tuple(sorted({r.label for r in records if r.label is not None and r.reason is None}))
     return [{"record": r.as_dict()} for r in records], classes or ("unlabelled",), \
         ({"val_carved": carved} if carved is not None else {})
 
 
-def carve_val(records: list, share: float) -> Optional[int]:
+def carve_val(records: list, share: float, key: Optional[Callable] = None) -> Optional[int]:
     """A source that fixes train and test by folder but has no val (ImageFolder ``train/`` + ``test/``): move
     ``share`` of the train folder's groups to val, by group hash (a group never straddles). The test folder is
-    never touched. Returns the number of records moved, or None when the source needs no carve."""
+    never touched. Returns the number of records moved, or None when the source needs no carve. ``key``: the
+    unit carved whole (default the record's group; the merged group, or the record itself with
+    ``ingest.split_by=frame``)."""
     fixed = {r.split for r in records}
     if not ({"train", "test"} <= fixed) or "val" in fixed or share <= 0:
         return None
+    key = key or (lambda r: r.group)
     moved = 0
     for r in records:
-        if r.split == "train" and stable_hash(f"val-carve:{r.group}") / 2 ** 64 < share:
+        if r.split == "train" and stable_hash(f"val-carve:{key(r)}") / 2 ** 64 < share:
             r.split = "val"
             moved += 1
     return moved
@@ -118,6 +161,17 @@ def split_of(group: str, fractions: tuple, preset: Optional[str] = None) -> str:
     u = stable_hash(group) / 2 ** 64
     train, val, _ = fractions
     return "train" if u < train else "val" if u < train + val else "test"
+
+
+def split_for(opts: IngestOptions, item_id: str, group: str, preset: Optional[str] = None) -> tuple[str, str, str]:
+    """``(split, split_group, row group)`` of one input under the ingest options: by the input id with
+    ``split_by=frame`` (rows keep their own group), else by the group or the merged group it was joined into
+    (which rows then carry). A split fixed by the source always wins; a free input of a merged group follows the
+    split its fixed inputs share (``opts.forced``)."""
+    if opts.section.split_by == "frame":
+        return split_of(item_id, opts.fractions, preset), item_id, group
+    unit = opts.merged.get(storable(group), group)
+    return split_of(unit, opts.fractions, preset or opts.forced.get(unit)), unit, unit
 
 
 def distance_of(box_height: float, image_height: int, buckets: tuple) -> str:
@@ -205,10 +259,12 @@ def storable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _ledger(item_id: str, rec: dict, split: str, status: str, reason: str = "", fixes=(), phash: int = 0):
+def _ledger(item_id: str, rec: dict, split: str, status: str, reason: str = "", fixes=(), phash: int = 0,
+            split_group: Optional[str] = None):
     return LEDGER, {"input_id": storable(item_id), "source_id": storable(rec.get("source_id", item_id)),
-                    "path": storable(rec.get("path") or ""),
-                    "group": storable(rec.get("group", "")), "split": split, "label": storable(rec.get("label") or ""),
+                    "path": storable(rec.get("path") or ""), "group": storable(rec.get("group", "")),
+                    "split_group": storable(rec.get("group", "") if split_group is None else split_group),
+                    "split": split, "label": storable(rec.get("label") or ""),
                     "status": status, "reason": storable(reason), "fixes": ",".join(fixes), "phash": phash}
 
 
@@ -217,29 +273,28 @@ def _synthetic(index: int, opts: IngestOptions, emit: _Emitter) -> Iterator[tupl
 
     c = opts.section
     frame = render_frame(c.seed, index, opts.synth_config())
-    split = split_of(frame.sequence_id, opts.fractions)
-    ident = {"id": frame.frame_id, "group": frame.sequence_id, "split": split, "source": f"synthetic:{c.seed}"}
+    split, unit, group = split_for(opts, frame.frame_id, frame.sequence_id)
+    ident = {"id": frame.frame_id, "group": group, "split": split, "source": f"synthetic:{c.seed}"}
     road = resize(frame.image, c.road_hw)
-    phash = phash64(road)
+    phash = phash64(road)     # hash_partition hashes the same image
     yield emit.row("road_frames", **ident, image=road, label=opts.classes.index(frame.lane_class),
                    label_name=frame.lane_class, lane_mask=resize(frame.lane_mask, c.road_hw, nearest=True),
                    context=frame.context["time_of_day"], phash=phash)
     yield from emit.light_rows(ident, frame.image, list(frame.boxes))
     rec = {"source_id": frame.frame_id, "group": frame.sequence_id, "label": frame.lane_class}
-    yield _ledger(frame.frame_id, rec, split, "written", phash=phash)
+    yield _ledger(frame.frame_id, rec, split, "written", phash=phash, split_group=unit)
 
 
-def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tuple]:
-    """Read, decode and validate one canonical record; quarantine it (with its reason) if unusable."""
+def _prepare(rec: dict, opts: IngestOptions) -> tuple[Optional[tuple], str, list]:
+    """Read, decode and validate one canonical record: ``((rgb, boxes), "", fixes)`` (boxes fixed, oriented
+    and mapped), or ``(None, reason, fixes)`` when it must be quarantined. Shared by the ingest pass and the
+    hash pass of ``ingest.group_near_duplicates``, so both see the same pixels."""
     from pipeline.data.images import ImageError, decode_image, fix_boxes, read_bytes, transform_boxes
 
     c, kinds = opts.section, opts.kinds
-    item_id = rec["source_id"]
-    split = split_of(rec["group"], opts.fractions, rec.get("split"))
-    if rec.get("reason"):
-        yield _ledger(item_id, rec, split, "quarantined", rec["reason"], rec.get("fixes", ()))
-        return
     fixes = list(rec.get("fixes", ()))
+    if rec.get("reason"):
+        return None, rec["reason"], fixes
     try:
         data = read_bytes(rec["path"])
         target = max(stored_hw(c, kind) for kind in kinds)
@@ -247,11 +302,9 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
                                hint=rec.get("decode", "auto"),
                                target_hw=None if rec.get("boxes") else tuple(target))
     except ImageError as exc:
-        yield _ledger(item_id, rec, split, "quarantined", exc.reason, fixes)
-        return
+        return None, exc.reason, fixes
     except OSError as exc:
-        yield _ledger(item_id, rec, split, "quarantined", f"unreadable:{type(exc).__name__}", fixes)
-        return
+        return None, f"unreadable:{type(exc).__name__}", fixes
     label_map = c.label_map
     boxes = [Box(**{**b, "label": label_map.get(b["label"], b["label"])}) for b in rec.get("boxes", ())]
     boxes = [b for b in boxes if b.label != "drop"]
@@ -261,15 +314,32 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
         boxes, box_fixes, reason = fix_boxes(boxes, stored_w, stored_h)  # in stored pixels, then orient
         fixes += box_fixes
         if reason:
-            yield _ledger(item_id, rec, split, "quarantined", reason, fixes)
-            return
+            return None, reason, fixes
         boxes = transform_boxes(boxes, decoded.orientation, stored_w, stored_h)
     unknown = sorted({b.label for b in boxes if b.label not in TL_STATES})
     if "tl_frames" in kinds and unknown:
-        yield _ledger(item_id, rec, split, "quarantined", f"unknown_label:{unknown[0]}", fixes)
+        return None, f"unknown_label:{unknown[0]}", fixes
+    return (decoded.rgb, boxes), "", fixes
+
+
+def hashed_kind(kinds) -> str:
+    """The kind whose stored image a record's ledger ``phash`` is the hash of: the last of road_frames,
+    class_images, tl_frames that the source yields, as :func:`_from_record` computes them (every reader yields
+    one of them). Synthetic inputs are not records: their ledger hashes the road frame."""
+    return [k for k in ("road_frames", "class_images", "tl_frames") if k in kinds][-1]
+
+
+def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tuple]:
+    """Read, decode and validate one canonical record; quarantine it (with its reason) if unusable."""
+    c, kinds = opts.section, opts.kinds
+    item_id = rec["source_id"]
+    split, unit, group = split_for(opts, item_id, rec["group"], rec.get("split"))
+    prepared, reason, fixes = _prepare(rec, opts)
+    if prepared is None:
+        yield _ledger(item_id, rec, split, "quarantined", reason, fixes, split_group=unit)
         return
-    ident = {"id": storable(item_id), "group": storable(rec["group"]), "split": split, "source": storable(rec["path"])}
-    rgb = decoded.rgb
+    rgb, boxes = prepared
+    ident = {"id": storable(item_id), "group": storable(group), "split": split, "source": storable(rec["path"])}
     phash = 0
     label = rec.get("label")
     labelled = {"label": opts.classes.index(label) if label in opts.classes else -1,
@@ -287,7 +357,7 @@ def _from_record(rec: dict, opts: IngestOptions, emit: _Emitter) -> Iterator[tup
         rows = list(emit.light_rows(ident, rgb, boxes))
         phash = rows[0][1]["phash"]
         yield from rows
-    yield _ledger(item_id, rec, split, "written", fixes=fixes, phash=phash)
+    yield _ledger(item_id, rec, split, "written", fixes=fixes, phash=phash, split_group=unit)
 
 
 def stored_hw(section: IngestSection, kind: str) -> tuple:
@@ -327,10 +397,119 @@ def process_partition(items: Iterable[dict], opts: IngestOptions) -> Iterator[tu
             rows = list(_from_record(rec, opts, emit))  # all of an input's rows, or none of them
         except Exception as exc:  # a bug or an input nobody foresaw: quarantine it, loudly, and go on
             log.exception("unexpected error on %s", rec.get("source_id"))
-            split = split_of(rec.get("group", ""), opts.fractions, rec.get("split"))
-            yield _ledger(rec["source_id"], rec, split, "quarantined", f"error:{type(exc).__name__}: {exc}"[:300])
+            split, unit, _ = split_for(opts, rec["source_id"], rec.get("group", ""), rec.get("split"))
+            yield _ledger(rec["source_id"], rec, split, "quarantined", f"error:{type(exc).__name__}: {exc}"[:300],
+                          split_group=unit)
         else:
             yield from rows
+
+
+def hash_partition(items: Iterable[dict], opts: IngestOptions) -> Iterator[tuple]:
+    """The Spark task of the first pass of ``ingest.group_near_duplicates``: ``(input id, group, phash)`` (stored
+    names) of every input the ingest pass will write, its phash the one the ledger gets: the hash of the image
+    ingest stores, read, decoded, validated and resized by the same code. Inputs the ingest pass quarantines
+    yield nothing (they join no group)."""
+    import cv2
+
+    from pipeline.session import quiet_warnings
+
+    quiet_warnings()
+    cv2.setNumThreads(1)
+    kind = hashed_kind(opts.kinds)
+    hw = stored_hw(opts.section, kind)
+    for item in items:
+        if "index" in item:
+            from pipeline.data.synth import render_frame
+
+            frame = render_frame(opts.section.seed, item["index"], opts.synth_config())
+            yield frame.frame_id, frame.sequence_id, phash64(resize(frame.image, opts.section.road_hw))
+            continue
+        rec = item["record"]
+        try:
+            prepared, _, _ = _prepare(rec, opts)
+        except Exception:  # the ingest pass quarantines it (error:...), and says why
+            continue
+        if prepared is not None:
+            yield storable(rec["source_id"]), storable(rec["group"]), phash64(resize(prepared[0], hw))
+
+
+def merge_groups(pairs: Iterable[tuple]) -> dict:
+    """Union-find over pairs of groups that share a near-duplicate: ``{group: merged group}`` for every group of
+    a component of two or more, the merged group being the component's smallest name (whatever the order of
+    the pairs: deterministic, and an unmerged group keeps its name)."""
+    parent: dict = {}
+
+    def find(x):
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while x != root:              # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        parent.setdefault(ra, ra)
+        parent.setdefault(rb, rb)
+        if ra != rb:
+            lo, hi = sorted((ra, rb))
+            parent[hi] = lo
+    return {g: find(g) for g in sorted(parent)}
+
+
+@dataclass
+class Regrouping:
+    """What the first pass of ``ingest.group_near_duplicates`` found and merged."""
+    merged: dict = field(default_factory=dict)   # group -> merged group, for the groups that were joined
+    inputs_hashed: int = 0                        # inputs the ingest pass will write (the rest are not hashed)
+    pairs_across_groups: int = 0                  # near-duplicate pairs of inputs in different groups
+
+    @property
+    def groups_merged(self) -> int:
+        """Groups that lost their own split to another's: members of merged groups minus the merged groups."""
+        return len(self.merged) - len(set(self.merged.values()))
+
+
+def find_near_duplicate_groups(spark, inputs: list, opts: IngestOptions, max_bits: int,
+                               partitions: int) -> Regrouping:
+    """The first pass: hash every input in Spark (:func:`hash_partition`), find the near-duplicate pairs of
+    inputs in different groups with the band join, and merge their groups on the driver (:func:`merge_groups`:
+    only the distinct group pairs come back)."""
+    from pyspark.sql import functions as F
+
+    if not inputs:
+        return Regrouping()
+    hashed = (spark.sparkContext.parallelize(inputs, min(len(inputs), partitions))
+              .mapPartitions(lambda items: hash_partition(items, opts)))
+    frames = spark.createDataFrame(hashed, "input_id string, group string, phash long").cache()
+    try:
+        count = frames.count()
+        pairs = close_pairs(frames, frames, max_bits, {"id_a": "a.input_id", "id_b": "b.input_id",
+                                                       "group_a": "a.group", "group_b": "b.group"},
+                            F.col("a.group") < F.col("b.group")).dropDuplicates(["id_a", "id_b"]).cache()
+        n_pairs = pairs.count()
+        group_pairs = [(r["group_a"], r["group_b"])
+                       for r in pairs.select("group_a", "group_b").distinct().orderBy("group_a", "group_b").collect()]
+        pairs.unpersist()
+    finally:
+        frames.unpersist()
+    return Regrouping(merge_groups(group_pairs), count, n_pairs)
+
+
+def forced_splits(inputs: list, merged: dict) -> tuple[dict, int]:
+    """Where a source fixes some splits (ImageFolder ``train/``, ``test/``, a carved val): ``{merged group: split}``
+    for merged groups whose fixed inputs all lie in one split (its free inputs follow it), and the number of
+    merged groups whose fixed inputs lie in several splits (they stay split: nothing can move)."""
+    fixed: dict = {}
+    for item in inputs:
+        rec = item.get("record")
+        if rec is None:
+            continue
+        unit = merged.get(storable(rec["group"]))
+        if unit is not None and rec.get("split") in ("train", "val", "test"):
+            fixed.setdefault(unit, set()).add(rec["split"])
+    forced = {unit: next(iter(splits)) for unit, splits in fixed.items() if len(splits) == 1}
+    return forced, sum(len(splits) > 1 for splits in fixed.values())
 
 
 # --------------------------------------------------------------------------------------------- load
@@ -375,33 +554,66 @@ def write_partition(index: int, items: Iterable[dict], opts: IngestOptions, out_
            "classes": list(classes.items()), "samples": samples}
 
 
-def near_duplicate_pairs(ledger, max_bits: int):
-    """Pairs of written frames in *different* splits whose perceptual hashes differ in <= max_bits bits.
+def hash_bands(frames, max_bits: int):
+    """``frames`` (with a 64-bit ``phash`` column) with one row per band of its hash: columns ``band``, ``value``.
 
     Pigeonhole banding: split the 64-bit hash into max_bits + 1 bands; two hashes within max_bits bits agree
     exactly on at least one band, so a join on (band, value) finds every candidate without an n^2 scan.
     """
     from pyspark.sql import functions as F
 
+    if not 0 <= max_bits <= 63:
+        raise ValueError(f"max_bits must be 0..63, got {max_bits}")
     bands = max_bits + 1
     width = 64 // bands
-    frames = ledger.filter(F.col("status") == "written").select("input_id", "split", "phash")
+
     def band(b: int):  # bits [b*width, (b+1)*width) of the hash; the last band takes the remaining bits
         shifted = F.shiftrightunsigned("phash", b * width)
         return shifted if b == bands - 1 else shifted.bitwiseAND((1 << width) - 1)
 
-    exploded = frames.select("*", F.explode(F.array(*[
+    return frames.select("*", F.explode(F.array(*[
         F.struct(F.lit(b).alias("band"), band(b).alias("value")) for b in range(bands)])).alias("bv")) \
-        .select("input_id", "split", "phash", "bv.band", "bv.value")
-    a, b = exploded.alias("a"), exploded.alias("b")
-    pairs = (a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
-                    & (F.col("a.split") < F.col("b.split")))
-             .select(F.col("a.input_id").alias("id_a"), F.col("a.split").alias("split_a"),
-                     F.col("b.input_id").alias("id_b"), F.col("b.split").alias("split_b"),
-                     F.bit_count(F.col("a.phash").bitwiseXOR(F.col("b.phash"))).alias("distance"))
-             .filter(F.col("distance") <= max_bits)
-             .dropDuplicates(["id_a", "id_b"]))
-    return pairs
+        .select(*frames.columns, "bv.band", "bv.value")
+
+
+def close_pairs(left, right, max_bits: int, columns: dict, condition=None):
+    """Rows of ``left`` (alias ``a``) and ``right`` (alias ``b``), both with a ``phash`` column, whose hashes
+    differ in <= max_bits bits: the band join of :func:`hash_bands`. ``columns`` names the output columns
+    (``{"id_a": "a.input_id", ...}``), ``condition`` an extra join condition on ``a.*`` / ``b.*``; a
+    ``distance`` column (the Hamming distance) is added. A pair may come once per band it agrees on: callers
+    drop duplicates on their ids."""
+    from pyspark.sql import functions as F
+
+    banded_left = hash_bands(left, max_bits)
+    banded_right = banded_left if right is left else hash_bands(right, max_bits)
+    a, b = banded_left.alias("a"), banded_right.alias("b")
+    on = (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
+    if condition is not None:
+        on = on & condition
+    return (a.join(b, on)
+            .select(*[F.col(source).alias(name) for name, source in columns.items()],
+                    F.bit_count(F.col("a.phash").bitwiseXOR(F.col("b.phash"))).alias("distance"))
+            .filter(F.col("distance") <= max_bits))
+
+
+def near_duplicate_pairs(ledger, max_bits: int):
+    """Pairs of written frames in *different* splits whose perceptual hashes differ in <= max_bits bits
+    (columns id_a, split_a, id_b, split_b, distance; split_a < split_b), by the band join of :func:`close_pairs`."""
+    from pyspark.sql import functions as F
+
+    frames = ledger.filter(F.col("status") == "written").select("input_id", "split", "phash")
+    return (close_pairs(frames, frames, max_bits, {"id_a": "a.input_id", "split_a": "a.split",
+                                                   "id_b": "b.input_id", "split_b": "b.split"},
+                        F.col("a.split") < F.col("b.split"))
+            .dropDuplicates(["id_a", "id_b"]))
+
+
+def groups_across_splits(ledger) -> int:
+    """Groups (as the source gave them) whose written inputs lie in more than one split."""
+    from pyspark.sql import functions as F
+
+    return (ledger.filter(F.col("status") == "written").groupBy("group")
+            .agg(F.countDistinct("split").alias("splits")).filter(F.col("splits") > 1).count())
 
 
 def run(spark, conf: Config, tracker) -> dict:
@@ -411,8 +623,37 @@ def run(spark, conf: Config, tracker) -> dict:
     from pipeline.data import parts
     from schemas.datasets import SCHEMAS
 
-    inputs, classes, changes = plan_inputs(conf)
-    opts = IngestOptions(conf.ingest, classes)
+    c = conf.ingest
+    if c.split_by == "frame" and c.group_near_duplicates:
+        raise IngestError("ingest.split_by=frame splits every frame on its own, so ingest.group_near_duplicates=true "
+                          "would join groups for nothing: set ingest.split_by=group to keep near-duplicates "
+                          "together, or ingest.group_near_duplicates=false to measure the frame-level leak")
+    regrouping = Regrouping()
+
+    def regroup(items: list) -> dict:   # the first pass of ingest.group_near_duplicates
+        nonlocal regrouping
+        regrouping = find_near_duplicate_groups(spark, items, IngestOptions(c, ()), c.near_duplicate_bits,
+                                                _partitions(spark, c, len(items)))
+        return regrouping.merged
+
+    inputs, classes, changes = plan_inputs(conf, regroup if c.group_near_duplicates else None)
+    forced, spanning = forced_splits(inputs, regrouping.merged)
+    opts = IngestOptions(c, classes, regrouping.merged, forced)
+    if c.split_by == "frame":
+        note = ("ingest.split_by=frame: every frame is split on its own, so frames of one sequence / group land in "
+                "different splits (the leak the independence audit measures); never for real models")
+        print(note, flush=True)
+        mlflow.set_tag("ingest.split_note", note)
+    if c.group_near_duplicates:
+        note = (f"ingest.group_near_duplicates: {regrouping.pairs_across_groups} near-duplicate pairs (<= "
+                f"{c.near_duplicate_bits} bits) between groups among {regrouping.inputs_hashed} hashed inputs; "
+                f"{regrouping.groups_merged} groups joined another's, "
+                f"{len(set(regrouping.merged.values()))} merged groups")
+        if spanning:
+            note += (f"; {spanning} merged groups have inputs whose splits the source fixes to different splits: "
+                     f"they stay split (nothing can move) and their pairs remain in near_duplicates_across_splits")
+        print(note, flush=True)
+        mlflow.set_tag("ingest.group_near_duplicates", note)
     if "val_carved" in changes:
         note = (f"ingest: the source fixes train and test but has no val: {changes['val_carved']} train inputs "
                 f"(ingest.val_from_train={conf.ingest.val_share:.3g} of the train folder's groups) became val; "
@@ -424,10 +665,7 @@ def run(spark, conf: Config, tracker) -> dict:
     store.recover(root)
     tmp = store.temporary(root)
     kinds = list(opts.kinds)
-    # One task per core unless the inputs are many (>= 200 per task): measured fastest on 2 cores
-    # (benchmarks/RESULTS.md); every split still gets a file per task, enough row groups to shard.
-    default = max(spark.sparkContext.defaultParallelism, -(-len(inputs) // 200))
-    partitions = min(len(inputs), conf.ingest.partitions or default)
+    partitions = _partitions(spark, c, len(inputs))
     rowgroup_mb = conf.ingest.rowgroup_size_mb
     reports = (spark.sparkContext.parallelize(inputs, partitions)
                .mapPartitionsWithIndex(lambda i, items: write_partition(i, items, opts, tmp, rowgroup_mb))
@@ -448,6 +686,16 @@ def run(spark, conf: Config, tracker) -> dict:
     ledger = spark.read.parquet(f"{tmp}/{LEDGER}")
     pairs = near_duplicate_pairs(ledger, conf.ingest.near_duplicate_bits).cache()
     summary["near_duplicates_across_splits"] = pairs.count()
+    summary["split_by"] = c.split_by
+    summary["groups_across_splits"] = groups_across_splits(ledger)
+    if c.group_near_duplicates:
+        summary["near_duplicate_grouping"] = {
+            "inputs_hashed": regrouping.inputs_hashed, "pairs_across_groups": regrouping.pairs_across_groups,
+            "groups_merged": regrouping.groups_merged, "merged_groups": len(set(regrouping.merged.values())),
+            "inputs_regrouped": ledger.filter((ledger["status"] == "written")
+                                              & (ledger["group"] != ledger["split_group"])).count(),
+            "merges_spanning_fixed_splits": spanning}
+        summary["near_duplicate_groups_merged"] = regrouping.groups_merged
     summary["classes"] = list(classes)
     summary["kinds"] = kinds
     summary.update(changes)
@@ -458,7 +706,17 @@ def run(spark, conf: Config, tracker) -> dict:
     return {"rows_in": summary["rows_in"], "rows_written": summary["rows_written"],
             "rows_quarantined": summary["rows_quarantined"],
             "near_duplicates_across_splits": summary["near_duplicates_across_splits"],
+            "groups_across_splits": summary["groups_across_splits"],
+            **({"near_duplicate_groups_merged": summary["near_duplicate_groups_merged"]}
+               if "near_duplicate_groups_merged" in summary else {}),
             "dataset_url": root}
+
+
+def _partitions(spark, section: IngestSection, n: int) -> int:
+    # One task per core unless the inputs are many (>= 200 per task): measured fastest on 2 cores
+    # (benchmarks/RESULTS.md); every split still gets a file per task, enough row groups to shard.
+    default = max(spark.sparkContext.defaultParallelism, -(-n // 200))
+    return max(1, min(n, section.partitions or default))
 
 
 def account(reports: list, written_rows: dict, kinds: list, rows_in: int) -> dict:
@@ -511,7 +769,16 @@ def _log(tracker, conf: Config, root: str, summary: dict, samples: dict, pairs) 
 
     metrics = {"rows_in": summary["rows_in"], "rows_written": summary["rows_written"],
                "rows_quarantined": summary["rows_quarantined"],
-               "near_duplicates_across_splits": summary["near_duplicates_across_splits"]}
+               "near_duplicates_across_splits": summary["near_duplicates_across_splits"],
+               "groups_across_splits": summary["groups_across_splits"],
+               "split_by_frame": int(summary["split_by"] == "frame")}
+    grouping = summary.get("near_duplicate_grouping")
+    if grouping:
+        metrics.update({"near_duplicate_groups_merged": grouping["groups_merged"],
+                        "near_duplicate_merged_groups": grouping["merged_groups"],
+                        "near_duplicate_pairs_across_groups": grouping["pairs_across_groups"],
+                        "near_duplicate_inputs_regrouped": grouping["inputs_regrouped"],
+                        "near_duplicate_merges_spanning_fixed_splits": grouping["merges_spanning_fixed_splits"]})
     metrics.update({f"quarantine.{k}": v for k, v in summary["quarantine_reasons"].items()})
     metrics.update({f"fixes.{k}": v for k, v in summary["fixes"].items()})
     for kind, info in summary["datasets"].items():

@@ -278,7 +278,7 @@ def latest_model_uri(tracker, task: str, data: str) -> str:
         filter_string=(f"tags.`pipeline.stage` = 'train' and params.`train.task` = '{task}' "
                        f"and params.`train.data` = '{data}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=50)
-    runs = [r for r in runs if r.data.tags.get("pipeline.role") != "correlate-seed"]  # trained for correlate only
+    runs = [r for r in runs if not r.data.tags.get("pipeline.role")]  # trained for correlate or the audit only
     if not runs:
         raise ModelNotFound(f"no finished train run of train.task={task} on train.data={data} in experiment "
                             f"'{tracker.conf.mlflow.experiment}': run `pipeline train` first, or set "

@@ -37,6 +37,33 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/context_occlusion.png", "figures/context_examples.png"} <= figures
     assert run.data.params["audit.model_uri_resolved"] == trained["model_uri"]
+    # independence: the whole test split is the same accuracy again; rows with a twin in train are set apart
+    assert m["independence.whole"] == pytest.approx(trained["test_accuracy"])
+    assert m["independence.rows"] == m["context.rows"] + m["context.rows_without_object"]
+    assert 0 <= m["independence.near_duplicate_rows"] <= m["independence.rows"]
+    assert "figures/independence.png" in figures and run.data.tags["audit.independence_verdict"]
+    assert "independence.val_frame_split" not in m                # audit.frame_split is off by default
+
+
+def test_frame_split_comparison_trains_on_a_leaky_split_and_sets_it_beside(spark, tiny_data):
+    conf = tiny_data("train.task=lane_classifier", "train.epochs=1", "audit.examples=2", "audit.frame_split=true",
+                     "ingest.near_duplicate_bits=12")
+    trained = stage(spark, conf, "train")
+    results = stage(spark, tiny_data("train.task=lane_classifier", "train.epochs=1", "audit.examples=2",
+                                     "audit.frame_split=true", "ingest.near_duplicate_bits=12",
+                                     f"audit.model_uri={trained['model_uri']}"), "audit")
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    framed = client.search_runs([client.get_experiment_by_name(conf.mlflow.experiment).experiment_id],
+                                "tags.`pipeline.role` = 'audit-frame-split'", order_by=["attributes.start_time DESC"])
+    assert framed and framed[0].data.params["ingest.split_by"] == "frame"
+    assert framed[0].data.params["train.data"] == "synthetic-framesplit"
+    # the frame-split net's val accuracy is the one its own training measured on its own (leaky) val split
+    assert results["independence.val_frame_split"] == pytest.approx(framed[0].data.metrics["val_accuracy"])
+    assert results["independence.val_inflation"] == pytest.approx(
+        results["independence.val_frame_split"] - results["independence.val_group_split"])
+    # frames of one sequence now sit on both sides: at 12 bits some val frames have a twin in train
+    assert results["independence.frame_split_val_near_duplicates"] > 0
+    assert "frame-level split" in results["independence.verdict"]
 
 
 def test_audit_names_a_model_that_does_not_exist(spark, tiny_data):
