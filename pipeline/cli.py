@@ -1,6 +1,6 @@
 """The ``pipeline`` command and the spark-submit jobs' shared entry point.
 
-    pipeline [-v] [--profile P] [--conf FILE] run [--force] [KEY=VALUE ...]
+    pipeline [-v] [--profile P] [--conf FILE] run [--force] [--only STAGE,...] [--from STAGE] [KEY=VALUE ...]
     pipeline [-v] [--profile P] [--conf FILE] <stage> [KEY=VALUE ...]
     spark-submit jobs/<stage>.py [--profile P] [--conf FILE] [KEY=VALUE ...]
 """
@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from pipeline.config import CONF_DIR, Config, ConfigError, load_config, profiles
 from pipeline.errors import UserError
-from pipeline.stages import STAGES, Stage, get_stage, is_done, run_stage
+from pipeline.stages import STAGES, Job, get_stage, plan, run_stage, select, why_not_done
 
 EPILOG = ("KEY=VALUE overrides any config key with a dotted name, e.g. train.epochs=5 ingest.num_frames=200. "
           f"Config files: {CONF_DIR}/base.yaml, then the profile, then --conf.")
@@ -41,10 +41,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conf", dest="conf_file", metavar="FILE", help="a YAML file layered over the profile")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser("run", parents=[common], epilog=EPILOG,
-                         help=f"run every stage in order ({' -> '.join(s.name for s in STAGES) or 'none yet'})",
-                         description="Run every stage in order in one MLflow parent run. A stage whose output "
-                                     "exists from the same config is skipped; --force reruns it.")
-    run.add_argument("--force", action="store_true", help="rerun stages even if their output is up to date")
+                         help=f"run every stage in the order their needs give ({' -> '.join(s.name for s in STAGES)})",
+                         description="Run every stage in one MLflow parent run, in the order the stage graph gives "
+                                     "(pipeline/stages.py); train and evaluate once per task of run.tasks. A job "
+                                     "is skipped when its config, the code and its inputs are unchanged since it "
+                                     "last finished and its output is there; a failed job is where the next run "
+                                     "resumes. One run at a time per output (a lock; a killed run frees it).")
+    run.add_argument("--force", action="store_true", help="rerun jobs even if their output is up to date")
+    run.add_argument("--only", metavar="STAGE,...", type=lambda v: [x for x in v.split(",") if x],
+                     help="only these stages (every task of train / evaluate); with --force even if up to date")
+    run.add_argument("--from", dest="start", metavar="STAGE",
+                     help="this stage and every job after it in order; with --force even if up to date")
     for stage in STAGES:
         sub.add_parser(stage.name, parents=[common], help=stage.help, epilog=EPILOG,
                        description=f"{stage.help} Reads: {', '.join(stage.reads) or '-'}. "
@@ -52,13 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(args: argparse.Namespace) -> Config:
+def _resolve(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
     profile = getattr(args, "profile", "local")
     conf_file = getattr(args, "conf_file", None)
     if conf_file and Path(conf_file).resolve().parent == CONF_DIR and Path(conf_file).stem in profiles():
         raise ConfigError(f"--conf {conf_file} is a profile: use --profile {Path(conf_file).stem} (--conf layers "
                           f"a file of your own over base + profile)")
-    return load_config(profile, conf_file, getattr(args, "overrides", []))
+    return load_config(profile, conf_file, [*getattr(args, "overrides", []), *extra])
 
 
 def print_results(results: dict) -> None:
@@ -75,21 +82,58 @@ def browse_hint(conf: Config) -> str:
     return f"Browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
 
 
-def _execute(conf: Config, stages: Sequence[Stage], name: str, verbose: bool, force: bool = True) -> None:
+def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force: bool = True,
+             conf_for=None) -> None:
+    """Run ``jobs`` in order under one MLflow parent run, holding the output's lock. ``conf_for(job)``: the
+    config of a per-task job (the invocation's with ``train.task=<task>``)."""
+    from pipeline.lock import hold
     from pipeline.session import build_session
     from pipeline.tracking import Tracker
 
-    tracker = Tracker(conf)
-    spark = build_session(conf, verbose=verbose)
-    with tracker.pipeline_run(name) as parent:
-        for stage in stages:
-            if not force and is_done(conf, stage):
-                print(f"{stage.name}: up to date (same config), skipped; --force reruns it")
-                continue
-            print(f"== {stage.name}", flush=True)
-            print_results(run_stage(stage, spark, conf, tracker))
-        print(f"pipeline.run_id {parent.info.run_id}")
+    with hold(conf, f"pipeline {name}"):
+        tracker = Tracker(conf)
+        spark = build_session(conf, verbose=verbose)
+        with tracker.pipeline_run(name) as parent:
+            for i, job in enumerate(jobs, 1):
+                job_conf = conf_for(job) if conf_for and job.task else conf
+                reason = "forced" if force else why_not_done(job_conf, job.stage, job.needs)
+                if reason is None:
+                    print(f"[{i}/{len(jobs)}] {job.name}: up to date (same config, code and inputs), skipped; "
+                          f"--force reruns it", flush=True)
+                    continue
+                print(f"== [{i}/{len(jobs)}] {job.name}" + ("" if len(jobs) == 1 else f" ({reason})"), flush=True)
+                try:
+                    print_results(run_stage(job.stage, spark, job_conf, tracker, needs=job.needs))
+                except UserError as exc:
+                    if len(jobs) > 1:  # say which stage; a stage run alone says it in its command already
+                        exc.args = (f"stage {job.name}: {exc}", *exc.args[1:])
+                    raise
+                except Exception as exc:
+                    print(f"{name}: stage {job.name} failed ({type(exc).__name__}: {exc}); its MLflow run is "
+                          f"marked FAILED, and `pipeline run` resumes from it", file=sys.stderr, flush=True)
+                    raise
+            print(f"pipeline.run_id {parent.info.run_id}")
     print(browse_hint(conf))
+
+
+def _run_pipeline(args: argparse.Namespace, conf: Config, verbose: bool) -> None:
+    jobs = plan(conf.run.tasks, conf.train.task)
+    try:
+        chosen = select(jobs, args.only, args.start)
+    except KeyError as exc:
+        raise ConfigError(f"--only / --from: {exc.args[0]}") from None
+
+    def conf_for(job: Job) -> Config:
+        return _resolve(args, [f"train.task={job.task}"])
+
+    print(f"pipeline: {len(chosen)} of {len(jobs)} jobs: {' -> '.join(j.name for j in chosen)}", flush=True)
+    _execute(conf, chosen, "pipeline", verbose, force=args.force, conf_for=conf_for)
+
+
+def _single(stage_name: str, conf: Config) -> list:
+    stage = get_stage(stage_name)
+    needs = next((j.needs for j in plan([conf.train.task], conf.train.task) if j.stage.name == stage_name), ())
+    return [Job(stage, conf.train.task if stage.per_task else None, needs)]
 
 
 def _guarded(prog: str, args: argparse.Namespace, work) -> int:
@@ -111,9 +155,8 @@ def _guarded(prog: str, args: argparse.Namespace, work) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.command == "run":
-        return _guarded("pipeline", args, lambda conf, v: _execute(conf, STAGES, "pipeline", v, force=args.force))
-    stage = get_stage(args.command)
-    return _guarded("pipeline", args, lambda conf, v: _execute(conf, [stage], stage.name, v))
+        return _guarded("pipeline", args, lambda conf, v: _run_pipeline(args, conf, v))
+    return _guarded("pipeline", args, lambda conf, v: _execute(conf, _single(args.command, conf), args.command, v))
 
 
 def job_main(stage_name: str, argv: Optional[Sequence[str]] = None) -> int:
@@ -122,7 +165,7 @@ def job_main(stage_name: str, argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=f"spark-submit jobs/{stage_name}.py", parents=[_common()],
                                      description=stage.help, epilog=EPILOG)
     args = parser.parse_args(argv)
-    return _guarded(parser.prog, args, lambda conf, v: _execute(conf, [stage], stage_name, v))
+    return _guarded(parser.prog, args, lambda conf, v: _execute(conf, _single(stage.name, conf), stage_name, v))
 
 
 if __name__ == "__main__":

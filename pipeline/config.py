@@ -257,6 +257,11 @@ class AuditSection(_Section):
     frame_split: bool
 
 
+class ReportSection(_Section):
+    out_dir: str
+    samples: Positive
+
+
 class RunSection(_Section):
     tasks: list[Literal[tuple(TASKS)]]  # type: ignore[valid-type]
 
@@ -280,6 +285,7 @@ class Config(_Section):
     visualize: VisualizeSection
     transfer: TransferSection
     audit: AuditSection
+    report: ReportSection
     run: RunSection
 
     def flat(self) -> dict[str, Any]:

@@ -1,15 +1,22 @@
-"""The stage registry: the one list the CLI, the spark-submit jobs and ``pipeline run`` all read.
+"""The stage registry: the one list the CLI, the spark-submit jobs, ``pipeline run`` and the Airflow DAG read.
 
 Each stage is one library function ``run(spark, conf, tracker) -> dict`` (its key results), named here with
-what it reads and writes, and the config sections its output depends on (for skip/resume in ``pipeline run``).
+what it reads and writes, the stages whose output it needs (the graph: ``pipeline run``'s order is derived from
+it, never listed twice), and the config sections its output depends on. A stage marked ``per_task`` runs once per
+task of ``run.tasks`` (a *job* ``train.lane_classifier``); the others run once, for ``train.task``.
+
+``pipeline run`` skips a job only when its config, the code and every input's stamp (the jobs it needs) are what
+they were when it last finished, and its output is still there (:func:`why_not_done`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 from pipeline.config import Config
 from pipeline.data import store
@@ -23,6 +30,9 @@ class Stage:
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     depends_on: tuple[str, ...]    # config sections whose values decide the stage's output
+    needs: tuple[str, ...] = ()    # stages whose output it reads (a per-task stage: the same task's job, or with
+                                   # "name*" every task's)
+    per_task: bool = False         # pipeline run: one job per task of run.tasks
 
     def function(self) -> Callable:
         module, _, attr = self.entry.partition(":")
@@ -41,33 +51,40 @@ STAGES: tuple[Stage, ...] = (
           depends_on=("ingest",)),
     Stage("augment", "Write augment.copies seeded augmented copies of each train row (policy augment.policy).",
           "pipeline.augment.stage:run", reads=("<augment.source>/<every kind>",),
-          writes=("<augment.name>/<every kind>",), depends_on=("ingest", "augment")),
+          writes=("<augment.name>/<every kind>",), depends_on=("ingest", "augment"), needs=("ingest",)),
     Stage("train", "Train train.task with TorchDistributor on an ingested dataset; log metrics, checkpoints, model.",
           "pipeline.train.run:run", reads=("<train.data>/<the task's kind>",),
-          writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train")),
+          writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train"), needs=("ingest",), per_task=True),
     Stage("evaluate", "Evaluate a logged model (evaluate.model_uri, default: the newest of train.task) on a split.",
           "pipeline.train.evaluate:run", reads=("MLflow model", "<train.data>/<the task's kind>"),
-          writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate")),
+          writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate"), needs=("train",), per_task=True),
     Stage("correlate", "Do nets trained from different seeds learn the same units? Exact correlation, matching, "
                        "CKA and SVCCA between two or more nets of train.task (Li et al. 2016), in one Spark pass.",
           "pipeline.analysis.correlate:run", reads=("MLflow models (or the train stage)", "<train.data>/<kind>/<split>"),
-          writes=("metrics", "correlate/<layer>/*.npy", "figures"), depends_on=("ingest", "train", "correlate")),
+          writes=("metrics", "correlate/<layer>/*.npy", "figures"), depends_on=("ingest", "train", "correlate"),
+          needs=("ingest",)),
     Stage("visualize", "What each unit expects to see: activation maximization of a logged model's units "
                        "(batched, Fourier, colour-decorrelated on its own data), multifaceted and deep-dream, "
                        "beside the real images that excite each unit most (top-k in one Spark pass).",
           "pipeline.analysis.visualize:run", reads=("MLflow model", "<train.data>/<kind>/<split>"),
-          writes=("metrics", "figures"), depends_on=("ingest", "train", "visualize")),
+          writes=("metrics", "figures"), depends_on=("ingest", "train", "visualize"), needs=("train",)),
     Stage("transfer", "Which layers transfer, and does pre-training rescue small data? Halves A and B of the "
                       "data; baseA, baseB, BnB, AnB, BnB+, AnB+ at every chop layer (Yosinski et al. 2014), and "
                       "scratch vs pre-trained vs a second loss at several training-set sizes: parallel Spark "
                       "tasks, one training each, each its own MLflow run.",
           "pipeline.analysis.transfer:run", reads=("<train.data>/<the task's kind>",),
           writes=("<train.data>-transfer-<split>-<A|B>", "checkpoints", "metrics", "figures"),
-          depends_on=("ingest", "train", "transfer")),
+          depends_on=("ingest", "train", "transfer"), needs=("ingest",)),
     Stage("audit", "Does a net look at the object or only its context (occlusion of the object vs the context, "
                    "attribution mass on the object vs its area, a verdict in words)?",
           "pipeline.analysis.audit:run", reads=("MLflow model", "<audit.data>/<kind>/<audit.split>"),
-          writes=("metrics", "verdict", "figures"), depends_on=("ingest", "train", "audit")),
+          writes=("metrics", "verdict", "figures"), depends_on=("ingest", "train", "audit"), needs=("train",)),
+    Stage("report", "The inspection report: one self-contained HTML page of the pipeline run (data, training "
+                    "curves, confusion matrices, detector PR and heat maps, correlation, unit visualizations, "
+                    "transfer, audits), written locally and logged to MLflow.",
+          "pipeline.report:run", reads=("the MLflow runs of this pipeline run",), writes=("<work_dir>/reports/*.html",
+                                                                                      "MLflow artifact"),
+          depends_on=("report",), needs=("augment", "evaluate*", "correlate", "visualize", "transfer", "audit")),
 )
 
 
@@ -78,24 +95,152 @@ def get_stage(name: str) -> Stage:
     raise KeyError(f"unknown stage '{name}'; stages: {', '.join(s.name for s in STAGES)}")
 
 
-def _marker_url(conf: Config, stage: Stage) -> str:
-    return f"{conf.paths.data_url.rstrip('/')}/_stages/{stage.name}.json"
+# ---------------------------------------------------------------------------------------------- graph
+
+@dataclass(frozen=True)
+class Job:
+    """One node of ``pipeline run``'s graph: a stage, for one task if the stage runs per task."""
+    stage: Stage
+    task: Optional[str]
+    needs: tuple[str, ...]         # names of the jobs it needs
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage.name}.{self.task}" if self.task else self.stage.name
 
 
-def is_done(conf: Config, stage: Stage) -> bool:
-    """True when the stage last finished with the same relevant config (``pipeline run`` then skips it)."""
-    url = _marker_url(conf, stage)
-    return store.exists(url) and store.read_json(url).get("config_hash") == stage.config_hash(conf)
+def job_name(stage: Stage, conf: Config) -> str:
+    return f"{stage.name}.{conf.train.task}" if stage.per_task else stage.name
 
 
-def mark_done(conf: Config, stage: Stage, results: dict) -> None:
-    store.write_json(_marker_url(conf, stage), {"config_hash": stage.config_hash(conf), "results": results})
+def plan(tasks, analysis_task: str) -> list[Job]:
+    """Every job of ``pipeline run`` in an order that honours ``needs`` (Kahn's algorithm, ties in registry and
+    task order): per-task stages once per task of ``tasks``; a once-only stage that needs a per-task stage
+    needs that stage's job for ``analysis_task`` (``train.task``), which is added to ``tasks`` if missing."""
+    tasks = list(dict.fromkeys(tasks))
+    if analysis_task not in tasks and any(get_stage(n).per_task for s in STAGES if not s.per_task
+                                          for n in s.needs if not n.endswith("*")):
+        tasks.append(analysis_task)
+
+    def needed(name: str, task: Optional[str]) -> list:
+        if name.endswith("*"):
+            return [f"{name[:-1]}.{t}" for t in tasks]
+        return [f"{name}.{task or analysis_task}"] if get_stage(name).per_task else [name]
+
+    jobs: dict = {}
+    for stage in STAGES:
+        for task in (tasks if stage.per_task else [None]):
+            job = Job(stage, task, tuple(n for name in stage.needs for n in needed(name, task)))
+            jobs[job.name] = job
+    missing = {n for j in jobs.values() for n in j.needs if n not in jobs}
+    if missing:
+        raise ValueError(f"stage graph: jobs need {sorted(missing)}, which no stage provides")
+    order, done = [], set()
+    while len(order) < len(jobs):
+        ready = [j for j in jobs.values() if j.name not in done and all(n in done for n in j.needs)]
+        if not ready:
+            raise ValueError(f"stage graph has a cycle among {sorted(set(jobs) - done)}")
+        order.append(ready[0])
+        done.add(ready[0].name)
+    return order
 
 
-def run_stage(stage: Stage, spark, conf: Config, tracker) -> dict:
-    """Run one stage in its own MLflow child run; returns its key results (with ``run_id``)."""
-    with tracker.stage_run(stage.name, conf) as run:
+def select(jobs: list, only=None, start: Optional[str] = None) -> list:
+    """The jobs of the stages named in ``only``, or from the first job of stage ``start`` on (in order)."""
+    for name in list(only or []) + ([start] if start else []):
+        get_stage(name)  # an unknown name is a KeyError listing the stages
+    if only:
+        return [j for j in jobs if j.stage.name in only]
+    if start:
+        first = next(i for i, j in enumerate(jobs) if j.stage.name == start)
+        return jobs[first:]
+    return list(jobs)
+
+
+# ------------------------------------------------------------------------------------------ markers
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of the pipeline's own code (``pipeline/``, ``schemas/`` and ``conf/``), installed or not."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for folder in ("pipeline", "schemas", "conf"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix in (".py", ".yaml") and path.is_file():
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _marker_url(conf: Config, name: str) -> str:
+    return f"{conf.paths.data_url.rstrip('/')}/_stages/{name}.json"
+
+
+def read_marker(conf: Config, name: str) -> Optional[dict]:
+    url = _marker_url(conf, name)
+    return store.read_json(url) if store.exists(url) else None
+
+
+def _stamp(conf: Config, stage: Stage, inputs: dict) -> dict:
+    return {"config_hash": stage.config_hash(conf), "code": code_version(), "inputs": inputs}
+
+
+def _inputs(conf: Config, needs) -> dict:
+    """The stamps of the jobs ``needs`` names, as their markers record them (None: never finished)."""
+    return {name: (read_marker(conf, name) or {}).get("stamp") for name in needs}
+
+
+def why_not_done(conf: Config, stage: Stage, needs=()) -> Optional[str]:
+    """None when the job last finished with the same config, code and inputs and its output is still there
+    (``pipeline run`` then skips it); else why it must run, in words."""
+    marker = read_marker(conf, job_name(stage, conf))
+    if marker is None:
+        return "it never finished"
+    now = _stamp(conf, stage, _inputs(conf, needs))
+    if marker.get("config_hash") != now["config_hash"]:
+        return "its config changed"
+    if marker.get("code") != now["code"]:
+        return "the code changed"
+    changed = [n for n in needs if marker.get("inputs", {}).get(n) != now["inputs"][n]]
+    if changed:
+        return f"its input {', '.join(changed)} changed"
+    gone = _missing_output(marker.get("results", {}), conf)
+    if gone:
+        return f"its output {gone} is gone"
+    return None
+
+
+def is_done(conf: Config, stage: Stage, needs=()) -> bool:
+    return why_not_done(conf, stage, needs) is None
+
+
+def _missing_output(results: dict, conf: Config) -> Optional[str]:
+    url = results.get("dataset_url")
+    if url and not store.exists(f"{url}/{store.META}"):
+        return url
+    uri = results.get("model_uri")
+    if uri and uri.startswith("runs:/"):
+        from mlflow.tracking import MlflowClient
+
+        try:
+            MlflowClient(conf.mlflow.tracking_uri).get_run(uri.split("/")[1])
+        except Exception:  # noqa: BLE001  (the run cannot be found: it must be made again)
+            return uri
+    return None
+
+
+def mark_done(conf: Config, stage: Stage, results: dict, needs=()) -> None:
+    stamp = _stamp(conf, stage, _inputs(conf, needs))
+    stamp_id = hashlib.sha256(json.dumps([stamp, results.get("run_id")], sort_keys=True, default=str)
+                              .encode()).hexdigest()[:16]
+    store.write_json(_marker_url(conf, job_name(stage, conf)), {**stamp, "stamp": stamp_id, "results": results})
+
+
+def run_stage(stage: Stage, spark, conf: Config, tracker, needs=()) -> dict:
+    """Run one stage in its own MLflow child run (named for the stage and, per task, the task); returns its key
+    results (with ``run_id``)."""
+    with tracker.stage_run(stage.name, conf, run_name=job_name(stage, conf).replace(".", " ")) as run:
         results = dict(stage.function()(spark, conf, tracker) or {})
         results["run_id"] = run.info.run_id
-    mark_done(conf, stage, results)
+    mark_done(conf, stage, results, needs)
     return results

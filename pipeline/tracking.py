@@ -40,6 +40,9 @@ def _prepare_store(uri: str) -> None:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 class Tracker:
     """Runs, params, figures and datasets for one pipeline invocation."""
 
@@ -58,6 +61,8 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(conf.mlflow.experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
+        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:  # the MLflow 3 UI opens it as model training
+            self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         self.parent_id: Optional[str] = None
 
     # ------------------------------------------------------------------------------------ runs
@@ -72,15 +77,24 @@ class Tracker:
                 self.parent_id = None
 
     @contextlib.contextmanager
-    def stage_run(self, stage: str, conf: Optional[Config] = None) -> Iterator[mlflow.ActiveRun]:
+    def stage_run(self, stage: str, conf: Optional[Config] = None,
+                  run_name: Optional[str] = None) -> Iterator[mlflow.ActiveRun]:
         """A child run for one stage (a parent run is opened around it if there is none); it records ``conf``,
-        the config the stage runs with (default: the invocation's)."""
+        the config the stage runs with (default: the invocation's). ``run_name``: what the UI lists it as
+        (default: the stage and, for the per-task stages, the task)."""
+        from pipeline.stages import STAGES
+
+        conf_ = conf or self.conf
+        per_task = any(s.name == stage and s.per_task for s in STAGES)
+        name = run_name or (f"{stage} {conf_.train.task}" if per_task else stage)
         if self.parent_id is None:
-            with self.pipeline_run(stage), self.stage_run(stage, conf) as run:
+            with self.pipeline_run(name), self.stage_run(stage, conf, run_name=name) as run:
                 yield run
             return
         tags = {"pipeline.kind": "stage", "pipeline.stage": stage}
-        with self._run(stage, nested=True, tags=tags, conf=conf) as run:
+        if per_task:
+            tags["pipeline.task"] = conf_.train.task
+        with self._run(name, nested=True, tags=tags, conf=conf) as run:
             yield run
 
     @contextlib.contextmanager
