@@ -239,6 +239,7 @@ class TransferSection(_Section):
     size_split: Literal["class", "day_night"]
     aux_weight: Annotated[float, Field(ge=0)]
     lr: Annotated[float, Field(gt=0)]
+    fine_tune_lr: Annotated[float, Field(gt=0, le=1)]
     batch_size: Positive
     partitions: Annotated[int, Field(ge=0)]
 

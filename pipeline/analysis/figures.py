@@ -123,28 +123,28 @@ def transfer_curve(results: dict, cells: list, split: str, layers: list, labels:
     ax.set_xlabel("layer n: layers 1..n copied (frozen, or fine-tuned for +), the rest trained on B")
     ax.set_ylabel("test accuracy on B")
     a, b = labels.get((split, "A"), []), labels.get((split, "B"), [])
-    what = f"A = {', '.join(a)}  |  B = {', '.join(b)}" if split == "class" else "A = day scenes | B = night scenes"
-    ax.set_title(f"transfer, {split} split: {what}", fontsize=9)
+    what = f"A = {', '.join(a)}\nB = {', '.join(b)}" if split == "class" else "A = day scenes, B = night scenes"
+    ax.set_title(f"transfer, {split} split: {what}", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 
 
-def size_curve(results: dict, cells: list, sizes: list, split: str) -> plt.Figure:
-    """Accuracy against B's training-set size: from scratch, pre-trained on A, and with a second loss; each
-    seed a point, means joined (log x)."""
+def size_curve(results: dict, cells: list, sizes: dict, split: str) -> plt.Figure:
+    """Accuracy against B's training-set size (``sizes``: configured size -> the rows B had for it): from
+    scratch, pre-trained on A, and with a second loss; each seed a point, means joined (log x)."""
     fig, ax = plt.subplots(figsize=(7, 4.3))
     style = {"scratch": ("tab:gray", "from scratch"), "pretrained": ("tab:orange", "pre-trained on A, fine-tuned"),
              "aux": ("tab:green", "from scratch + second loss (masks / distances)")}
     for variant, (colour, name) in style.items():
         means = []
-        for size in sorted(set(sizes)):
+        for size in sorted(sizes):
             values = [results[c.key]["test_accuracy"] for c in cells
                       if c.variant == variant and c.size == size and c.key in results]
             if values:
-                ax.scatter([size] * len(values), values, color=colour, s=16, alpha=0.7)
-                means.append((size, float(np.mean(values))))
+                ax.scatter([sizes[size]] * len(values), values, color=colour, s=16, alpha=0.7)
+                means.append((sizes[size], float(np.mean(values))))
         if means:
             ax.plot(*zip(*means), color=colour, marker="o", label=name)
     ax.set_xscale("log")

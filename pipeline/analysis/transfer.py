@@ -279,7 +279,7 @@ def cell_spec(cell: Cell, base_specs: dict, conf: Config, layers: list, run_id: 
         spec, train=t, train_split=folder, steps_per_epoch=max(1, c.steps // c.epochs),
         checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/transfer/{conf.train.data}/{cell.key}",
         run_id=run_id, init_url=source and _checkpoint(conf, source), init_layers=init_layers,
-        freeze=cell.variant in ("BnB", "AnB"), aux=AUX_TARGETS.get(spec.kind) if cell.variant == "aux" else None,
+        freeze=cell.variant in ("BnB", "AnB"), init_lr_scale=c.fine_tune_lr, aux=AUX_TARGETS.get(spec.kind) if cell.variant == "aux" else None,
         aux_weight=conf.transfer.aux_weight, threads=1, log_model=False)
 
 
@@ -458,7 +458,9 @@ def _log_figures(tracker, results: dict, cells: list, c, specs: dict, plan: Plan
 
     for split in c.splits:
         tracker.log_figure(figures.transfer_curve(results, cells, split, c.layers, plan.labels), f"transfer_{split}")
-    tracker.log_figure(figures.size_curve(results, cells, c.sizes, c.size_split), "transfer_sizes")
+    rows = plan.sizes[(c.size_split, "B")]
+    tracker.log_figure(figures.size_curve(results, cells, {s: rows[subset_folder(s)] for s in c.sizes}, c.size_split),
+                       "transfer_sizes")
     smallest = min(c.sizes)
     pair = [specs.get(Cell(c.size_split, v, 0, size=smallest).key) for v in ("scratch", "pretrained")]
     if all(pair):
@@ -468,9 +470,9 @@ def _log_figures(tracker, results: dict, cells: list, c, specs: dict, plan: Plan
         tracker.log_figure(figures.filters_side_by_side(nets, [f"from scratch on {smallest} images",
                                                                f"pre-trained on A, fine-tuned on {smallest}"]),
                            "transfer_conv1")
-    rows = [{"cell": cell.key, **{k: v for k, v in results[cell.key].items() if k != "key"}}
-            for cell in cells if cell.key in results]
+    table = [{"cell": cell.key, **{k: v for k, v in results[cell.key].items() if k != "key"}}
+             for cell in cells if cell.key in results]
     import mlflow
 
-    mlflow.log_table({k: [r.get(k) for r in rows] for k in ("cell", "test_accuracy", "train_seconds")},
+    mlflow.log_table({k: [r.get(k) for r in table] for k in ("cell", "test_accuracy", "train_seconds")},
                      "transfer_cells.json")

@@ -87,7 +87,10 @@ def build(spec: TrainSpec):
     if spec.init_url:
         copy_layers(model, spec.init_url, spec.init_layers, freeze=spec.freeze)
     joint = WithAux(model, spec.aux, outputs=len(DISTANCES) + 1) if spec.aux else model
-    params = [p for p in joint.parameters() if p.requires_grad]
+    copied = {id(p) for n in (spec.init_layers if spec.init_url else ()) for p in getattr(model, n).parameters()}
+    rest = [p for p in joint.parameters() if p.requires_grad and id(p) not in copied]
+    tuned = [p for p in joint.parameters() if p.requires_grad and id(p) in copied]
+    params = [{"params": rest}] + ([{"params": tuned, "lr": t.lr * spec.init_lr_scale}] if tuned else [])
     if t.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     else:

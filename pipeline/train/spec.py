@@ -29,6 +29,7 @@ class TrainSpec:
     init_url: Optional[str] = None   # a checkpoint folder to copy ``init_layers`` from (transfer); the rest is fresh
     init_layers: tuple = ()
     freeze: bool = False             # keep the copied layers fixed (else fine-tune them with the rest)
+    init_lr_scale: float = 1.0       # fine-tuned copied layers learn at this times train.lr (the rest at train.lr)
     aux: Optional[str] = None        # a second loss from the same images: "lane_mask" | "distance" (AUX_TARGETS)
     aux_weight: float = 0.0
     threads: int = 0                 # torch threads per rank; 0: the host's cores / ranks
@@ -61,6 +62,7 @@ class TrainSpec:
         return {"train": self.train.model_dump(mode="json"), "kind": self.kind, "data_root": self.data_root,
                 "classes": list(self.classes), "in_hw": list(self.in_hw), "steps_per_epoch": self.steps_per_epoch,
                 "init_url": self.init_url or "", "init_layers": list(self.init_layers), "freeze": self.freeze,
+                "init_lr_scale": self.init_lr_scale,
                 "aux": self.aux or "", "aux_weight": self.aux_weight}
 
 

@@ -82,8 +82,12 @@ def test_copied_layers_are_the_sources_frozen_ones_stay_so(tmp_path):
     assert torch.equal(after["conv1.weight"], before["conv1.weight"])
     assert torch.equal(after["conv2.bias"], before["conv2.bias"])
     assert not torch.equal(after["conv3.weight"], before["conv3.weight"])
-    tuned, *_ = build(dataclasses.replace(spec, freeze=False))
+    tuned, tuned_optimizer, *_ = build(dataclasses.replace(spec, freeze=False, init_lr_scale=0.1))
     assert all(p.requires_grad for p in tuned.parameters())
+    rest, copied = tuned_optimizer.param_groups                      # fine-tuned copies learn slower
+    assert copied["lr"] == pytest.approx(0.1 * t.lr) and rest["lr"] == pytest.approx(t.lr)
+    assert {id(p) for p in copied["params"]} == {id(p) for n in ("conv1", "conv2")
+                                                 for p in getattr(tuned, n).parameters()}
     with pytest.raises(ValueError, match="cannot copy"):
         build(dataclasses.replace(spec, init_layers=("fc8",)))
 
