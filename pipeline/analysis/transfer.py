@@ -400,9 +400,36 @@ def run(spark, conf: Config, tracker) -> dict:
     metrics = summarize(results, first + second, c)
     metrics["grid_seconds"] = seconds
     metrics["trainings"] = len(results)
+    metrics.update(audit_second_loss(conf, c, specs))
     mlflow.log_metrics(metrics)
     _log_figures(tracker, results, first + second, c, specs, plan)
     return {k: v for k, v in metrics.items() if k.endswith(".mean") or k in ("grid_seconds", "trainings")}
+
+
+def audit_second_loss(conf: Config, c, specs: dict) -> dict:
+    """The context audit of the net from scratch and the net with a second loss (largest size, seed 0) on B's
+    test split: does learning where the lane paint is make the net look at it?"""
+    import mlflow
+
+    from pipeline.analysis.audit import context_audit
+    from pipeline.train.run import load_trained
+
+    size = max(c.sizes)
+    out = {}
+    for variant in ("scratch", "aux"):
+        spec = specs[Cell(c.size_split, variant, 0, size=size).key]
+        result = context_audit(load_trained(spec).eval(), spec, conf, "test")
+        for name, fig in result.figures.items():
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        print(f"transfer: context audit of {variant} (n{size}, seed 0): {result.verdict}", flush=True)
+        mlflow.set_tag(f"transfer.audit.{variant}", result.verdict[:5000])
+        for key in ("occlusion.object_drop", "occlusion.context_drop", "attribution.focus"):
+            if key in result.metrics:
+                out[f"sizes.{variant}.n{size}.audit.{key}"] = float(result.metrics[key])
+        out[f"sizes.{variant}.n{size}.audit.relies_on_context"] = float(result.relies_on_context)
+    return out
 
 
 def _params(cell: Cell, spec) -> list:

@@ -163,6 +163,10 @@ def test_every_cell_is_a_finished_child_run_with_its_test_accuracy(grid):
     assert {"figures/transfer_class.png", "figures/transfer_day_night.png", "figures/transfer_sizes.png",
             "figures/transfer_conv1.png"} <= figures
     assert "class.AnB_plus.fc7.mean" in stage.data.metrics and "sizes.aux.n16.mean" in stage.data.metrics
+    # the context audit of the plain net and the one with a second loss, at the largest size
+    for variant in ("scratch", "aux"):
+        assert f"sizes.{variant}.n1000.audit.relies_on_context" in stage.data.metrics
+        assert stage.data.tags[f"transfer.audit.{variant}"]
 
 
 def load_transfer(conf):
