@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from pipeline.config import CONF_DIR, Config, ConfigError, load_config, profiles
 from pipeline.errors import UserError
-from pipeline.stages import STAGES, Job, get_stage, plan, run_stage, select, why_not_done
+from pipeline.stages import STAGES, Job, get_stage, job_name, plan, run_stage, select, why_not_done
 
 EPILOG = ("KEY=VALUE overrides any config key with a dotted name, e.g. train.epochs=5 ingest.num_frames=200. "
           f"Config files: {CONF_DIR}/base.yaml, then the profile, then --conf.")
@@ -131,8 +131,10 @@ def _run_pipeline(args: argparse.Namespace, conf: Config, verbose: bool) -> None
 
 
 def _single(stage_name: str, conf: Config) -> list:
+    """One stage as the job ``pipeline run`` would run for this config (its needs as the graph gives them)."""
     stage = get_stage(stage_name)
-    needs = next((j.needs for j in plan([conf.train.task], conf.train.task) if j.stage.name == stage_name), ())
+    name = job_name(stage, conf)
+    needs = next((j.needs for j in plan(conf.run.tasks, conf.train.task) if j.name == name), ())
     return [Job(stage, conf.train.task if stage.per_task else None, needs)]
 
 
