@@ -51,16 +51,19 @@ cell whose centre lies in a box, plus each box's centre cell as the training tar
 ``area_share`` the region's share of the pixels and ``focus = object_share / area_share`` (1: no preference for
 the object; > 1: attribution concentrates on it). Means and medians are over images with an object.
 
-**Verdict** (:func:`verdict`), from the occlusion drops ``d_object = intact - object filled`` and
-``d_context = intact - context filled`` and the median focus:
+**Verdict** (:func:`verdict`), from occlusion, the intervention: the drops ``d_object = intact - object filled``
+and ``d_context = intact - context filled`` of the score, and, for classifiers, the shares of predictions that
+*change* when the object or the context is filled (``c_object``, ``c_context``; a net misled by its context can
+score better with the context gone, which a drop alone never flags):
 
-* *relies on context*: ``d_context >= MIN_DROP`` and ``d_object < DROP_RATIO * d_context`` (hiding the object
-  costs less than half of what hiding the context costs) and the median focus is below :data:`FOCUS_THRESHOLD`
-  (or not measurable);
-* *looks at the object*: the mirror image: ``d_object >= MIN_DROP``, ``d_context < DROP_RATIO * d_object`` and
-  focus at least :data:`FOCUS_THRESHOLD`;
-* otherwise *mixed evidence* (the two tests disagree, or both regions matter) or *inconclusive* (neither fill
-  moves the score by :data:`MIN_DROP`). ``relies_on_context`` is True only in the first case.
+* *relies on context*: ``c_context >= MIN_DROP`` and ``c_object < DROP_RATIO * c_context`` for classifiers
+  (filling the context changes at least 5% of the predictions and filling the object less than half as many);
+  for the detector the same on the drops ``d_context``, ``d_object``;
+* *looks at the object*: the mirror image;
+* otherwise *uses both* (both fills cost at least :data:`MIN_DROP`) or *inconclusive*.
+Attribution is reported beside the verdict and said to agree or disagree (focus below or above
+:data:`FOCUS_THRESHOLD`), never overruling occlusion: input x gradient favours high-contrast pixels such as lane
+paint whatever the net does with them. ``relies_on_context`` is True only in the first case.
 """
 from __future__ import annotations
 
@@ -349,29 +352,34 @@ def verdict(result: Union[ContextAudit, dict], kind: Optional[str] = None) -> tu
         return (f"no verdict: none of the {rows} rows has {article}{obj} to occlude "
                 f"and a {'label' if score == 'accuracy' else 'light'} to score"), False
     d_obj, d_ctx = s0 - so, s0 - sc
+    c_obj, c_ctx = metrics.get("occlusion.object_filled_changed"), metrics.get("occlusion.context_filled_changed")
     focus = metrics.get("attribution.focus_median")
     share, area = metrics.get("attribution.object_share"), metrics.get("attribution.area_share")
     focus_known = _finite(focus)
-    context_by_occlusion = d_ctx >= MIN_DROP and d_obj < DROP_RATIO * d_ctx
-    object_by_occlusion = d_obj >= MIN_DROP and d_ctx < DROP_RATIO * d_obj
-    relies = context_by_occlusion and (not focus_known or focus < FOCUS_THRESHOLD)
-    looks = object_by_occlusion and (not focus_known or focus >= FOCUS_THRESHOLD)
+    changes = _finite(c_obj) and _finite(c_ctx)
+    e_obj, e_ctx = (c_obj, c_ctx) if changes else (d_obj, d_ctx)   # classifiers: changed predictions decide
+    relies = e_ctx >= MIN_DROP and e_obj < DROP_RATIO * e_ctx
+    looks = e_obj >= MIN_DROP and e_ctx < DROP_RATIO * e_obj
     if relies:
         head = "relies on context"
     elif looks:
         head = "looks at the object"
-    elif context_by_occlusion or object_by_occlusion:
-        head = (f"mixed evidence: occlusion says {'context' if context_by_occlusion else 'object'}, "
-                f"attribution says {'object' if context_by_occlusion else 'context'}")
-    elif d_obj >= MIN_DROP and d_ctx >= MIN_DROP:
+    elif e_obj >= MIN_DROP and e_ctx >= MIN_DROP:
         head = f"uses both the {obj} and its context"
     else:
-        head = f"inconclusive: neither fill moves the {score} by {MIN_DROP:.2f}"
+        head = (f"inconclusive: neither fill changes {MIN_DROP:.0%} of the predictions" if changes else
+                f"inconclusive: neither fill moves the {score} by {MIN_DROP:.2f}")
     text = (f"{head}: {score} with the {obj} filled {so:.2f} vs {s0:.2f} intact, with the context filled "
             f"{sc:.2f}")
+    if changes:
+        text += (f"; filling the {obj} changes {c_obj:.0%} of the predictions, filling the context "
+                 f"{c_ctx:.0%}")
     if _finite(share) and _finite(area) and focus_known:
+        agrees = (focus < FOCUS_THRESHOLD) if relies else (focus >= FOCUS_THRESHOLD) if looks else None
         text += (f"; {share:.0%} of attribution on the {obj}, which cover{'' if plural else 's'} {area:.0%} of "
-                 f"the image (focus {focus:.1f})")
+                 f"the image (focus {focus:.1f}"
+                 + ("" if agrees is None else ", agrees" if agrees else ", disagrees: gradients favour "
+                    "high-contrast pixels") + ")")
     return text + left_out, bool(relies)
 
 
@@ -414,6 +422,7 @@ class _Tally:
     found: dict = field(default_factory=lambda: {"intact": 0, "object_filled": 0, "context_filled": 0})
     peaks: dict = field(default_factory=lambda: {"intact": 0, "object_filled": 0, "context_filled": 0})
     hits: dict = field(default_factory=lambda: {"intact": 0, "object_filled": 0, "context_filled": 0})
+    changed: dict = field(default_factory=lambda: {"object_filled": 0, "context_filled": 0})  # classifiers
     object_share: list = field(default_factory=list)
     area_share: list = field(default_factory=list)
 
@@ -503,6 +512,8 @@ def audit(model, task: str, rows: Iterable[dict], *, kind: Optional[str] = None,
                 p = o.argmax(1).cpu().numpy()
                 tally.correct[name] += int((p[scored] == sub_labels[scored]).sum())
                 results[name] = p
+            for name in tally.changed:
+                tally.changed[name] += int((results[name] != results["intact"]).sum())
             goal = np.where(scored, sub_labels, results["intact"])
             target = _class_target(torch.as_tensor(goal, device=x.device))
         attr = attribute(model, x, target, attribution, ig_steps, baseline)
@@ -554,6 +565,9 @@ def _metrics(spec, t: _Tally) -> dict:
         m["occlusion.all_rows_accuracy"] = t.correct_all / t.labelled_all if t.labelled_all else nan
         for v in variants:
             m[f"occlusion.{v}_accuracy"] = t.correct[v] / t.compared if t.compared else nan
+        with_object = t.rows - t.without
+        for v, n in t.changed.items():
+            m[f"occlusion.{v}_changed"] = n / with_object if with_object else nan
         score = "accuracy"
     m["occlusion.object_drop"] = m[f"occlusion.intact_{score}"] - m[f"occlusion.object_filled_{score}"]
     m["occlusion.context_drop"] = m[f"occlusion.intact_{score}"] - m[f"occlusion.context_filled_{score}"]

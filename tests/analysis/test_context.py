@@ -484,25 +484,35 @@ def test_detector_attribution_follows_the_logits_at_the_light_cells_only():
 
 # ---------------------------------------------------------------------------------------------- verdict
 
-def _metrics(intact, obj, ctx, focus, share=0.1, area=0.1):
-    return {"rows": 10, "rows_without_object": 0, "occlusion.intact_accuracy": intact,
-            "occlusion.object_filled_accuracy": obj, "occlusion.context_filled_accuracy": ctx,
-            "attribution.focus_median": focus, "attribution.object_share": share, "attribution.area_share": area}
+def _metrics(intact, obj, ctx, focus, share=0.1, area=0.1, changed=None):
+    m = {"rows": 10, "rows_without_object": 0, "occlusion.intact_accuracy": intact,
+         "occlusion.object_filled_accuracy": obj, "occlusion.context_filled_accuracy": ctx,
+         "attribution.focus_median": focus, "attribution.object_share": share, "attribution.area_share": area}
+    if changed:
+        m["occlusion.object_filled_changed"], m["occlusion.context_filled_changed"] = changed
+    return m
 
 
 def test_verdict_rules():
     text, relies = C.verdict(_metrics(0.83, 0.81, 0.22, 1.2, 0.09, 0.06), "road_frames")
     assert relies and text == ("relies on context: accuracy with the lanes filled 0.81 vs 0.83 intact, with the "
                                "context filled 0.22; 9% of attribution on the lanes, which cover 6% of the image "
-                               "(focus 1.2)")
+                               "(focus 1.2, agrees)")
     assert C.verdict(_metrics(0.9, 0.85, 0.3, float("nan")), "tl_crops")[1]          # occlusion alone decides
     text, relies = C.verdict(_metrics(0.9, 0.85, 0.3, 3.0), "tl_crops")              # attribution disagrees
-    assert not relies and text.startswith("mixed evidence: occlusion says context, attribution says object")
+    assert relies and text.startswith("relies on context") and "disagrees" in text    # ... and never overrules
     text, relies = C.verdict(_metrics(0.9, 0.3, 0.88, 4.0), "tl_crops")
-    assert not relies and text.startswith("looks at the object") and "which covers" in text
+    assert not relies and text.startswith("looks at the object") and "which covers" in text and "agrees" in text
     text, relies = C.verdict(_metrics(0.9, 0.5, 0.6, 1.0), "road_frames")            # both cost a lot
     assert not relies and text.startswith("uses both the lanes and its context")
     text, relies = C.verdict(_metrics(0.5, 0.49, 0.48, 1.0), "road_frames")
     assert not relies and text.startswith("inconclusive")
+    # a net misled by its context scores *better* with the context filled: no drop, but its predictions move
+    text, relies = C.verdict(_metrics(0.24, 0.16, 0.41, 3.5, changed=(0.2, 0.7)), "road_frames")
+    assert relies and "filling the lanes changes 20% of the predictions, filling the context 70%" in text
+    text, relies = C.verdict(_metrics(0.24, 0.16, 0.41, 3.5, changed=(0.6, 0.1)), "road_frames")
+    assert not relies and text.startswith("looks at the object")
+    text, relies = C.verdict(_metrics(0.9, 0.85, 0.3, 1.0, changed=(0.5, 0.6)), "road_frames")
+    assert not relies and text.startswith("uses both")          # the changes decide, not the drops
     text, relies = C.verdict(_metrics(float("nan"), float("nan"), float("nan"), float("nan")), "tl_crops")
     assert not relies and text.startswith("no verdict")
