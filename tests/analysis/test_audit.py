@@ -7,15 +7,20 @@ from pipeline.tracking import Tracker
 from pipeline.train.evaluate import ModelNotFound
 
 
+# Its own experiment in the shared tiny store: correlate (same store) reuses any finished lane net of seed 0 it
+# finds in its experiment, and these would be found.
+OWN = "mlflow.experiment=audit-tests"
+
+
 def stage(spark, conf, name):
     return run_stage(get_stage(name), spark, conf, Tracker(conf))
 
 
 @pytest.fixture(scope="module")
 def audited(spark, tiny_data):
-    conf = tiny_data("train.task=lane_classifier", "train.epochs=1", "audit.examples=3")
+    conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=3")
     trained = stage(spark, conf, "train")
-    conf = tiny_data("train.task=lane_classifier", "train.epochs=1", "audit.examples=3",
+    conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=3",
                      f"audit.model_uri={trained['model_uri']}")
     return conf, trained, stage(spark, conf, "audit")
 
@@ -46,10 +51,10 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
 
 
 def test_frame_split_comparison_trains_on_a_leaky_split_and_sets_it_beside(spark, tiny_data):
-    conf = tiny_data("train.task=lane_classifier", "train.epochs=1", "audit.examples=2", "audit.frame_split=true",
-                     "ingest.near_duplicate_bits=12")
+    conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=2",
+                     "audit.frame_split=true", "ingest.near_duplicate_bits=12")
     trained = stage(spark, conf, "train")
-    results = stage(spark, tiny_data("train.task=lane_classifier", "train.epochs=1", "audit.examples=2",
+    results = stage(spark, tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=2",
                                      "audit.frame_split=true", "ingest.near_duplicate_bits=12",
                                      f"audit.model_uri={trained['model_uri']}"), "audit")
     client = MlflowClient(conf.mlflow.tracking_uri)
@@ -67,6 +72,6 @@ def test_frame_split_comparison_trains_on_a_leaky_split_and_sets_it_beside(spark
 
 
 def test_audit_names_a_model_that_does_not_exist(spark, tiny_data):
-    conf = tiny_data("audit.model_uri=runs:/0123456789abcdef/model")
+    conf = tiny_data(OWN, "audit.model_uri=runs:/0123456789abcdef/model")
     with pytest.raises(ModelNotFound, match="0123456789abcdef"):
         stage(spark, conf, "audit")
