@@ -60,7 +60,9 @@ def test_a_job_reruns_when_its_config_code_input_or_output_changes(spark, tmp_pa
 
 
 def test_a_failed_stage_is_named_marked_failed_and_the_next_run_resumes_there(spark, tmp_path, capsys):
-    args = [f"paths.work_dir={tmp_path}", "spark.master=local[2]", *TINY, "run.tasks=[lane_classifier]"]
+    # the shared session's own settings (conftest), or getOrCreate would change them for every later test
+    args = [f"paths.work_dir={tmp_path}", "spark.master=local[2]", "spark.conf.spark.sql.shuffle.partitions=4",
+            "spark.conf.spark.driver.memory=2g", *TINY, "run.tasks=[lane_classifier]"]
     assert main(["run", "--only", "ingest,train", *args, "train.batch_size=500"]) == 2
     err = capsys.readouterr().err
     assert "stage train.lane_classifier:" in err and "fewer than train.batch_size" in err
