@@ -61,7 +61,7 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(conf.mlflow.experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
-        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:  # the MLflow 3 UI opens it as model training
+        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:  # model training (the UI still needs ?workflowType=machine_learning)
             self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         self.parent_id: Optional[str] = None
 
