@@ -61,7 +61,9 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(conf.mlflow.experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
-        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:  # model training (the UI still needs ?workflowType=machine_learning)
+        # model training (MLflow 3.17's UI still opens the GenAI view unless the URL says
+        # ?workflowType=machine_learning: cli.browse_hint prints that URL)
+        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
             self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         self.parent_id: Optional[str] = None
 

@@ -279,7 +279,8 @@ def cell_spec(cell: Cell, base_specs: dict, conf: Config, layers: list, run_id: 
         spec, train=t, train_split=folder, steps_per_epoch=max(1, c.steps // c.epochs),
         checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/transfer/{conf.train.data}/{cell.key}",
         run_id=run_id, init_url=source and _checkpoint(conf, source), init_layers=init_layers,
-        freeze=cell.variant in ("BnB", "AnB"), init_lr_scale=c.fine_tune_lr, aux=AUX_TARGETS.get(spec.kind) if cell.variant == "aux" else None,
+        freeze=cell.variant in ("BnB", "AnB"), init_lr_scale=c.fine_tune_lr,
+        aux=AUX_TARGETS.get(spec.kind) if cell.variant == "aux" else None,
         aux_weight=conf.transfer.aux_weight, threads=1, log_model=False)
 
 
