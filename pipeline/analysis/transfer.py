@@ -143,16 +143,15 @@ def _derive_files(units, plan: Plan, roots: dict, png_level: int, mb: float):
 
 
 def _targets(plan: Plan, split_name: str, stored: dict) -> list:
-    """``[((split, half), folder)]`` a stored row goes to."""
+    """``[((split, half), folder)]`` a stored row goes to: train rows as planned, val / test rows by their half."""
     if split_name == "train":
         return [((s, h), folder) for s, h, folder in plan.folders.get(stored["id"], ())]
     out = []
-    for key in plan.outputs():
-        split, half = key
-        if stored["label_name"] in plan.labels[key] and \
-                half_of(split, {h: plan.labels[(split, h)] for h in HALVES}, stored["label_name"],
-                        stored.get("context", "")) == half:
-            out.append((key, split_name))
+    for split in dict.fromkeys(s for s, _ in plan.outputs()):
+        half = half_of(split, {h: plan.labels[(split, h)] for h in HALVES}, stored["label_name"],
+                       stored.get("context", ""))
+        if half:
+            out.append(((split, half), split_name))
     return out
 
 
@@ -290,7 +289,9 @@ def _checkpoint(conf: Config, cell: Cell) -> str:
 
 def train_cell(key: str, spec) -> dict:
     """One cell in a Spark task: train (one thread), then test on B; the test metrics go to the cell's run."""
+    import matplotlib.pyplot as plt
     import torch
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from pipeline.train.evaluate import evaluate
@@ -301,14 +302,10 @@ def train_cell(key: str, spec) -> dict:
     train_fn(spec)
     model = load_trained(spec).eval()
     result = evaluate(model, spec.task, spec.loader("test"), list(spec.classes), "test_")
-    import matplotlib.pyplot as plt
-
     for fig in result.figures.values():
         plt.close(fig)
     metrics = {k: float(v) for k, v in result.metrics.items() if np.isscalar(v)}
     metrics["train_seconds"] = time.perf_counter() - tic
-    from mlflow.entities import Metric
-
     now = int(time.time() * 1000)
     MlflowClient(spec.tracking_uri).log_batch(spec.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()
                                                                     if v == v])
@@ -410,6 +407,7 @@ def run(spark, conf: Config, tracker) -> dict:
 def audit_second_loss(conf: Config, c, specs: dict) -> dict:
     """The context audit of the net from scratch and the net with a second loss (largest size, seed 0) on B's
     test split: does learning where the lane paint is make the net look at it?"""
+    import matplotlib.pyplot as plt
     import mlflow
 
     from pipeline.analysis.audit import context_audit
@@ -420,9 +418,7 @@ def audit_second_loss(conf: Config, c, specs: dict) -> dict:
     for variant in ("scratch", "aux"):
         spec = specs[Cell(c.size_split, variant, 0, size=size).key]
         result = context_audit(load_trained(spec).eval(), spec, conf, "test")
-        for name, fig in result.figures.items():
-            import matplotlib.pyplot as plt
-
+        for fig in result.figures.values():
             plt.close(fig)
         print(f"transfer: context audit of {variant} (n{size}, seed 0): {result.verdict}", flush=True)
         mlflow.set_tag(f"transfer.audit.{variant}", result.verdict[:5000])

@@ -30,13 +30,7 @@ from pipeline.train.loader import to_tensor
 HW = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are tiny: one intra-op thread is 20-30x faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/analysis/conftest.py)
 
 
 # -------------------------------------------------------------------------------------------- rows and nets

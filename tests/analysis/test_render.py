@@ -15,12 +15,7 @@ from pipeline.train.loader import to_tensor
 HW = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/analysis/conftest.py)
 
 
 def tl_net(seed: int = 0):
