@@ -1,14 +1,41 @@
 """MLflow tracking in one small module.
 
 One parent run per pipeline invocation, one child run per stage. Every run gets the resolved config
-(as params and as ``config.yaml``) and the git commit. A stage that raises is marked FAILED with the error.
+(as params and as ``config.yaml``) and the git commit. A stage that raises is marked FAILED with the error,
+and the temporary outputs it made and never swapped in are removed (:func:`pipeline.data.store.discard_unfinished`).
 Training ranks log into the driver's run with an ``MlflowClient`` given its run id and tracking URI.
+
+Faults:
+
+* A process killed with SIGKILL (or the OOM killer, or a power cut) cannot end its own runs. Every run the
+  Tracker starts is tagged with the host, the pid and the pid's start time (``pipeline.host``, ``pipeline.pid``,
+  ``pipeline.pid_start``); a Tracker that starts marks the RUNNING runs of its experiment whose process on this
+  host is gone as KILLED (with their RUNNING descendants, e.g. transfer's cell runs), one line each.
+* An ``http(s)://`` tracking server that does not answer stops the Tracker at once with a :class:`UserError`
+  naming the URI and the fix (one probe of ``/health``, no retries).
+* A server that dies mid-run: MLflow's HTTP client would retry each request 7 times over about 4 minutes, and
+  wait up to 120 s for each answer. The Tracker sets shorter defaults in the environment when it is built (which
+  the training ranks inherit), unless they are already set: :data:`HTTP_DEFAULTS`, 3 retries with backoff factor
+  1 (0, 2 and 4 s between attempts, plus up to 1 s of jitter: a refused connection fails a call after about 8 s)
+  and a 20 s timeout per request. A stage whose logging fails so fails within seconds, with the cause; the runs
+  it could not end are marked KILLED by the next Tracker. (:data:`QUIET_DEFAULTS` also turns MLflow's artifact
+  progress bars off, so an error stays one line.)
+* Figures and the config are logged whole (:func:`log_bytes`): on a local artifact store a killed process
+  leaves no half-written artifact.
+* When a stage fails, its Spark jobs are cancelled and their tasks waited for (a task of a failed job can still
+  write for seconds) before its temporary outputs are removed.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import os
+import re
+import socket
 import subprocess
+import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -18,6 +45,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config, dump_yaml
+from pipeline.errors import UserError
 
 _REPO = Path(__file__).resolve().parent.parent
 MAX_PARAM_LEN = 500
@@ -42,6 +70,90 @@ def _prepare_store(uri: str) -> None:
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
+#: MLflow's HTTP client settings, set by the Tracker when absent from the environment (see the module doc).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+#: Also unless set: no tqdm bars on stderr when a model is loaded (an error stays one line, a log stays readable).
+QUIET_DEFAULTS = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+PROBE_TIMEOUT_S = 5.0
+HOST_TAG, PID_TAG, PID_START_TAG = "pipeline.host", "pipeline.pid", "pipeline.pid_start"
+
+
+class TrackingUnreachable(UserError, ConnectionError):
+    """The MLflow tracking server does not answer."""
+
+    def __init__(self, uri: str, reason: str):
+        self.uri, self.reason = uri, reason
+        super().__init__(f"the MLflow tracking server {uri} is unreachable ({reason}): start it (e.g. `mlflow server "
+                         f"--host <host> --port <port>`) or set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a "
+                         f"running server, or to sqlite:///<file> for a local store")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause of a connection failure ("Connection refused", "no answer within 5 s")."""
+    import requests
+
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {PROBE_TIMEOUT_S:g} s"
+    found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    return found[-1].strip() if found else (str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+
+
+def check_reachable(uri: str) -> None:
+    """Raise :class:`TrackingUnreachable` when ``uri`` is an ``http(s)://`` server that does not answer (any HTTP
+    answer counts, even an error status: then the server is there). One request, no retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise TrackingUnreachable(uri, _reason(exc)) from None
+
+
+def _proc_stat(pid: int) -> Optional[list]:
+    """Fields 3.. of /proc/<pid>/stat (state first, start time at index 19), or None where unreadable."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def process_start(pid: int) -> str:
+    """When ``pid`` started (clock ticks since boot, with the boot's id): with the pid, names one process even
+    after the pid is reused. Empty where /proc is unavailable."""
+    stat = _proc_stat(pid)
+    if not stat:
+        return ""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{boot}:{stat[19]}"
+
+
+def process_alive(pid: int, start: str = "") -> bool:
+    """Whether the process ``pid`` (started at ``start``, when known) still runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    stat = _proc_stat(pid)
+    if stat is None:
+        return not Path("/proc/self/stat").exists()  # no /proc here: os.kill is all we know
+    if stat[0] in ("Z", "X"):  # a zombie has ended; only its exit status waits for its parent
+        return False
+    return not start or process_start(pid) == start
+
+
+def _process_tags() -> dict:
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid)}
+
 
 class Tracker:
     """Runs, params, figures and datasets for one pipeline invocation."""
@@ -49,6 +161,9 @@ class Tracker:
     def __init__(self, conf: Config):
         self.conf = conf
         self.uri = conf.mlflow.tracking_uri
+        for key, value in {**HTTP_DEFAULTS, **QUIET_DEFAULTS}.items():
+            os.environ.setdefault(key, value)
+        check_reachable(self.uri)
         _prepare_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
@@ -66,6 +181,40 @@ class Tracker:
         if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
             self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         self.parent_id: Optional[str] = None
+        self.unreachable: Optional[str] = None   # set when recording a failure found the server gone
+        if exp is not None:
+            self.mark_killed_runs()
+
+    def mark_killed_runs(self) -> list:
+        """Mark KILLED the RUNNING runs of this experiment that a process on this host started and that process
+        is gone (killed without a chance to end them), and their RUNNING descendants; one line per run.
+        Returns the run ids marked."""
+        host = socket.gethostname()
+        running = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
+                                          max_results=5000)
+        dead = {}
+        for run in running:
+            tags = run.data.tags
+            if tags.get(HOST_TAG) == host and tags.get(PID_TAG, "").isdigit() \
+                    and not process_alive(int(tags[PID_TAG]), tags.get(PID_START_TAG, "")):
+                dead[run.info.run_id] = f"pid {tags[PID_TAG]} on {host}"
+        while True:  # runs made for a dead run by its process without the process tags (transfer's cells)
+            more = {r.info.run_id: f"the process of its parent run {r.data.tags['mlflow.parentRunId']}"
+                    for r in running if r.info.run_id not in dead and PID_TAG not in r.data.tags
+                    and r.data.tags.get("mlflow.parentRunId") in dead}
+            if not more:
+                break
+            dead.update(more)
+        for run in running:
+            run_id = run.info.run_id
+            if run_id not in dead:
+                continue
+            self.client.set_tag(run_id, "error", f"killed: {dead[run_id]} ended without ending the run "
+                                                 f"(SIGKILL, the OOM killer or a power cut); marked KILLED later")
+            self.client.set_terminated(run_id, "KILLED")
+            print(f"mlflow: run {run_id} ({run.info.run_name}) was left RUNNING by {dead[run_id]}, which is gone: "
+                  f"marked KILLED", flush=True)
+        return [r.info.run_id for r in running if r.info.run_id in dead]
 
     # ------------------------------------------------------------------------------------ runs
     @contextlib.contextmanager
@@ -102,32 +251,64 @@ class Tracker:
     @contextlib.contextmanager
     def _run(self, name: str, nested: bool, tags: dict, conf: Optional[Config] = None) -> Iterator[mlflow.ActiveRun]:
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=nested,
-                               tags={**tags, "mlflow.source.git.commit": git_commit()})
+                               tags={**tags, "mlflow.source.git.commit": git_commit(), **_process_tags()})
         try:
             self.log_config(conf or self.conf)
             yield run
         except BaseException as exc:
-            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
-            mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
-            mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            from pipeline.data.store import discard_unfinished
+
+            _spark_tasks_ended()  # a task of the failed job may still write into the stage's temporary output
+            for url in discard_unfinished():
+                print(f"removed the unfinished output {url}", file=sys.stderr, flush=True)
+            self._end_failed(run.info.run_id, exc)
             raise
         else:
             mlflow.end_run("FINISHED")
+
+    def _end_failed(self, run_id: str, exc: BaseException) -> None:
+        """Record ``exc`` on the run and end it FAILED (KILLED for Ctrl-C). When the server is gone, say so in
+        one line and end the local run without further retries; ``exc`` propagates either way."""
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        if not self.unreachable:
+            try:
+                check_reachable(self.uri)   # a server known gone gets no retries (the stage may have failed for it)
+            except TrackingUnreachable as gone:
+                self.unreachable = gone.reason
+        with _retries(0 if self.unreachable else None):
+            try:
+                if not self.unreachable:
+                    mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+                    mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
+            except Exception as log_exc:  # noqa: BLE001  (the original error matters more)
+                self.unreachable = _reason(log_exc)
+        with _retries(0 if self.unreachable else None):
+            try:
+                mlflow.end_run(status)
+            except Exception as log_exc:  # noqa: BLE001
+                self.unreachable = self.unreachable or _reason(log_exc)
+        if self.unreachable:
+            note = (f"mlflow: could not mark run {run_id} {status} at {self.uri} ({self.unreachable}); the next "
+                    f"pipeline command on this host marks it KILLED")
+            print(note, file=sys.stderr, flush=True)
+            exc.add_note(note)
 
     # --------------------------------------------------------------------------------- logging
     @staticmethod
     def log_config(conf: Config) -> None:
         params = {k: ("" if v is None else str(v))[:MAX_PARAM_LEN] for k, v in conf.flat().items()}
         mlflow.log_params(params)
-        mlflow.log_text(dump_yaml(conf), "config.yaml")
+        log_bytes(dump_yaml(conf).encode(), "config.yaml")
 
     @staticmethod
     def log_figure(fig, name: str) -> None:
-        """Log a matplotlib figure as ``figures/<name>.png`` and close it."""
+        """Log a matplotlib figure as ``figures/<name>.png`` (whole: :func:`log_bytes`) and close it."""
         import matplotlib.pyplot as plt
 
-        mlflow.log_figure(fig, f"figures/{name}.png")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
         plt.close(fig)
+        log_bytes(buf.getvalue(), f"figures/{name}.png")
 
     @staticmethod
     def log_dataset(name: str, url: str, rows: int, fingerprint: str, context: str = "output") -> None:
@@ -142,6 +323,39 @@ class Tracker:
         mlflow.log_input(dataset, context=context)
         mlflow.log_params({f"dataset.{name}.url": url[:MAX_PARAM_LEN], f"dataset.{name}.fingerprint": fingerprint})
         mlflow.log_metric(f"dataset.{name}.rows", rows)
+
+
+def _local_artifact_dir() -> Optional[Path]:
+    """The active run's artifact folder when it is on this machine's filesystem, else None."""
+    from urllib.parse import unquote, urlparse
+
+    uri = mlflow.get_artifact_uri()
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri) if "://" not in uri and ":" not in uri.split("/", 1)[0] else None
+
+
+def log_bytes(data: bytes, artifact_file: str) -> None:
+    """Log ``data`` as the active run's artifact ``artifact_file``, whole: on a local artifact store the file is
+    written beside the run's ``artifacts/`` folder and renamed in, so a process killed meanwhile leaves no
+    half-written artifact (MLflow's own ``log_artifact`` copies in place); elsewhere an upload, which the tracking
+    server and object stores keep whole or not at all."""
+    import posixpath
+    import tempfile
+    import uuid
+
+    root = _local_artifact_dir()
+    name = posixpath.basename(artifact_file)
+    if root is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / name).write_bytes(data)
+            mlflow.log_artifact(str(Path(tmp) / name), posixpath.dirname(artifact_file) or None)
+        return
+    target = root / artifact_file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".staging-{uuid.uuid4().hex[:8]}-{name}"   # never listed among the artifacts
+    staging.write_bytes(data)
+    os.replace(staging, target)
 
 
 def fingerprint_files(url: str) -> str:
@@ -159,3 +373,51 @@ def fingerprint_files(url: str) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _spark_tasks_ended(timeout_s: float = 60.0) -> None:
+    """Cancel this process's Spark jobs and wait (at most ``timeout_s``) until their tasks have ended. When a
+    job fails, Spark kills its other running tasks, but a task's Python worker runs on until it is destroyed,
+    seconds later, and may write meanwhile. No-op without an active SparkContext."""
+    if "pyspark" not in sys.modules:
+        return
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        return
+    try:
+        sc.cancelAllJobs()
+        tracker = sc.statusTracker()
+        stages = set()
+        for job in sorted(tracker.getJobIdsForGroup())[-50:]:   # the failed stage's jobs are the newest
+            info = tracker.getJobInfo(job)
+            if info is not None and info.status != "SUCCEEDED":
+                stages.update(info.stageIds)
+
+        def active() -> int:
+            return sum(info.numActiveTasks for info in map(tracker.getStageInfo, stages) if info is not None)
+
+        end = time.monotonic() + timeout_s
+        while active() and time.monotonic() < end:
+            time.sleep(0.1)
+    except Exception:  # noqa: BLE001  (the JVM is gone, or stopping: nothing runs any more)
+        pass
+
+
+@contextlib.contextmanager
+def _retries(n: Optional[int]) -> Iterator[None]:
+    """MLflow's HTTP retries set to ``n`` inside the block (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    before = os.environ.get(key)
+    os.environ[key] = str(n)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before

@@ -184,7 +184,8 @@ class _Source:
         first = None
         for root in self.roots:
             candidate = os.path.normpath(raw if os.path.isabs(raw) else os.path.join(root, raw))
-            if not _inside(candidate, root):
+            # the text must stay inside the root, and so must where it leads (a symlink may lead out)
+            if not _inside(candidate, root) or not _inside(os.path.realpath(candidate), os.path.realpath(root)):
                 res = _Resolved(candidate, raw, None, f"path_escapes_root:{raw}")
             else:
                 rel = os.path.relpath(candidate, root).replace(os.sep, "/")

@@ -3,16 +3,29 @@
 Datasets live at ``<paths.data_url>/<name>``; each kind of rows has one Petastorm dataset per split under it
 (``<root>/<kind>/<split>``), and ``<root>/_ingest.json`` holds the summary its writer left (kinds, classes,
 counts per split). A writer builds a whole dataset under a temporary folder and swaps it in (:func:`swap_in`);
-:func:`recover` undoes what a killed writer left. Imports nothing of ours but the error type.
+:func:`recover` undoes what a killed writer left, and :func:`discard_unfinished` removes, when a stage fails, the
+temporary folders it made and never swapped in (a full disk is freed at once). On local storage the swap is one
+atomic exchange of the two folders, so the dataset's path holds the old or the new dataset at every instant,
+even when the writer is SIGKILLed mid-swap; elsewhere it is two renames and :func:`recover` restores the old one.
+
+Nothing read from a dataset is unpickled: Petastorm's readers unpickle the Unischema stored in a dataset's
+``_common_metadata``; readers made inside :func:`schemas_from_code` get the Unischema from our code instead.
+Imports nothing of ours but the error type and the fault hooks.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import errno
 import json
 import logging
+import os
+import threading
 import uuid
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from pipeline.errors import UserError
+from pipeline.faults import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +113,128 @@ def recover(root_url: str) -> None:
             fs.rm(path, recursive=True)
 
 
+_unfinished: set = set()        # temporary folders made by this process and not swapped in yet
+_unfinished_lock = threading.Lock()
+
+
 def temporary(root_url: str) -> str:
-    """A fresh temporary folder beside the dataset (``<root>.tmp-<id>``), for :func:`swap_in`."""
-    return f"{root_url}.tmp-{uuid.uuid4().hex[:8]}"
+    """A fresh temporary folder beside the dataset (``<root>.tmp-<id>``), for :func:`swap_in`; until then
+    :func:`discard_unfinished` removes it."""
+    tmp = f"{root_url}.tmp-{uuid.uuid4().hex[:8]}"
+    with _unfinished_lock:
+        _unfinished.add(tmp)
+    return tmp
+
+
+def discard_unfinished() -> list:
+    """Remove every temporary folder this process made and did not swap in (a stage failed: its partial output
+    goes at once, which also frees a full disk). Returns the URLs removed. Best effort: a folder that cannot be
+    removed now is left for :func:`recover` on the next run."""
+    with _unfinished_lock:
+        pending = sorted(_unfinished)
+        _unfinished.clear()
+    removed = []
+    for url in pending:
+        try:
+            fs, path = filesystem(url)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+                removed.append(url)
+        except OSError as exc:
+            log.warning("could not remove the unfinished output %s (%s); the next run removes it", url, exc)
+    return removed
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two local paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the kernel,
+    the C library or the filesystem cannot, and the caller falls back to renames."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
 
 
 def swap_in(tmp_url: str, root_url: str) -> None:
-    """Replace the dataset folder by the finished temporary one (a rename on local and HDFS storage)."""
+    """Replace the dataset folder by the finished temporary one. On local storage one atomic exchange: a reader
+    (or a kill) sees the old dataset or the new one, never none. Elsewhere two renames (atomic each on HDFS);
+    a writer killed between them leaves the old dataset at ``<root>.old-<id>``, which :func:`recover` restores."""
     fs, tmp = filesystem(tmp_url)
     _, root = filesystem(root_url)
+    if _is_local(fs) and fs.exists(root) and _exchange(tmp, root):
+        with _unfinished_lock:
+            _unfinished.discard(tmp_url)    # it holds the old dataset now: removed below, or by recover()
+        kill_point("kill-mid-swap")
+        fs.rm(tmp, recursive=True)
+        return
     old = f"{root}.old-{uuid.uuid4().hex[:8]}"
     if fs.exists(root):
         fs.mv(root, old, recursive=True)
+    kill_point("kill-mid-swap")
     fs.mv(tmp, root, recursive=True)
+    with _unfinished_lock:
+        _unfinished.discard(tmp_url)
     if fs.exists(old):
         fs.rm(old, recursive=True)
+
+
+# ------------------------------------------------------------------------------ no unpickling on read
+
+_code_schemas: contextvars.ContextVar = contextvars.ContextVar("pipeline_code_schemas", default=None)
+
+
+def _install_schema_guard() -> None:
+    """Route Petastorm's ``get_schema`` (the one place it unpickles a dataset's Unischema) through
+    :data:`_code_schemas` (idempotent; outside :func:`schemas_from_code` Petastorm behaves as shipped)."""
+    from petastorm.etl import dataset_metadata as dm
+
+    if getattr(dm.get_schema, "_pipeline_guard", False):
+        return
+    shipped = dm.get_schema
+
+    def get_schema(dataset):
+        candidates = _code_schemas.get()
+        if candidates is None:
+            return shipped(dataset)
+        schema = getattr(dataset, "schema", None)
+        if schema is None and getattr(dataset, "common_metadata", None) is not None:
+            schema = dataset.common_metadata.schema   # (the legacy ParquetDataset Petastorm opens)
+        columns = set(schema.names) if schema is not None else set()
+        for unischema in candidates:
+            if set(unischema.fields) == columns:
+                return unischema
+        raise dm.PetastormMetadataError(
+            f"the dataset's columns {sorted(columns)} match none of the schemas "
+            f"{', '.join(u._name for u in candidates)}; its stored (pickled) Unischema is not read")
+
+    get_schema._pipeline_guard = True
+    dm.get_schema = get_schema
+
+
+@contextlib.contextmanager
+def schemas_from_code(*unischemas) -> Iterator[None]:
+    """Petastorm readers made inside this block take the dataset's Unischema from ``unischemas`` (the one whose
+    fields are the dataset's columns) instead of unpickling the one stored in its ``_common_metadata``: a
+    dataset is data, and unpickling data runs whatever code it names. A dataset whose columns match none of
+    them is read with the schema Petastorm infers from its Parquet schema (plain columns, no codecs)."""
+    _install_schema_guard()
+    token = _code_schemas.set(tuple(unischemas))
+    try:
+        yield
+    finally:
+        _code_schemas.reset(token)

@@ -80,18 +80,23 @@ def _reader(spec: LoaderSpec, *, rank: int, world: int):
     from petastorm import make_batch_reader
     from petastorm.errors import NoDataAvailableError
 
+    from pipeline.data import store
+    from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS
+
     quiet_warnings()
     # Whole row groups as columns (no per-row Python in Petastorm), row groups in a fixed order, one pass per
     # reader: Petastorm's own row-group shuffling is not reproducible with cycling readers, so shuffling is
     # ours (a seeded buffer, below). Codec fields arrive encoded and are decoded in _shard.
     common = dict(schema_fields=list(spec.fields), reader_pool_type="thread",
                   workers_count=spec.workers, shuffle_row_groups=False, num_epochs=1)
-    if world > 1:
-        try:
-            return make_batch_reader(spec.url, cur_shard=rank, shard_count=world, **common), 1, 0
-        except NoDataAvailableError:
-            pass  # fewer row groups than ranks: stride over rows instead
-    return make_batch_reader(spec.url, **common), world, rank
+    # The Unischema comes from our code, never unpickled from the dataset's _common_metadata (data, not code).
+    with store.schemas_from_code(SCHEMAS[spec.kind], AUGMENTED_SCHEMAS[spec.kind]):
+        if world > 1:
+            try:
+                return make_batch_reader(spec.url, cur_shard=rank, shard_count=world, **common), 1, 0
+            except NoDataAvailableError:
+                pass  # fewer row groups than ranks: stride over rows instead
+        return make_batch_reader(spec.url, **common), world, rank
 
 
 def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
