@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -93,6 +94,8 @@ def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force:
     from pipeline.session import build_session
     from pipeline.tracking import Tracker
 
+    times: list = []   # (job, seconds) of the jobs run
+    report = None
     with hold(conf, f"pipeline {name}"):
         tracker = Tracker(conf)
         spark = build_session(conf, verbose=verbose)
@@ -105,8 +108,14 @@ def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force:
                           f"--force reruns it", flush=True)
                     continue
                 print(f"== [{i}/{len(jobs)}] {job.name}" + ("" if len(jobs) == 1 else f" ({reason})"), flush=True)
+                started = time.monotonic()
                 try:
-                    print_results(run_stage(job.stage, spark, job_conf, tracker, needs=job.needs))
+                    results = run_stage(job.stage, spark, job_conf, tracker, needs=job.needs)
+                    print_results(results)
+                    report = results.get("report_path", report) if isinstance(results, dict) else report
+                    times.append((job.name, time.monotonic() - started))
+                    if len(jobs) > 1:
+                        print(f"-- {job.name} done in {times[-1][1]:.0f} s", flush=True)
                 except UserError as exc:
                     if len(jobs) > 1:  # say which stage; a stage run alone says it in its command already
                         exc.args = (f"stage {job.name}: {exc}", *exc.args[1:])
@@ -116,6 +125,11 @@ def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force:
                           f"marked FAILED, and `pipeline run` resumes from it", file=sys.stderr, flush=True)
                     raise
             print(f"pipeline.run_id {parent.info.run_id}")
+    if len(jobs) > 1 and times:
+        print("time per job: " + ", ".join(f"{n} {t:.0f} s" for n, t in times)
+              + f"; total {sum(t for _, t in times):.0f} s")
+    if report:
+        print(f"Report: {report}")
     print(browse_hint(conf, tracker.experiment_id))
 
 

@@ -77,6 +77,7 @@ def test_a_failed_stage_is_named_marked_failed_and_the_next_run_resumes_there(sp
     out = capsys.readouterr().out
     assert "[1/2] ingest: up to date" in out
     assert "== [2/2] train.lane_classifier (it never finished)" in out
+    assert "-- train.lane_classifier done in " in out and "time per job: train.lane_classifier " in out
     trained = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train lane_classifier' and "
                                  "attributes.status = 'FINISHED'")
     assert len(trained) == 1 and trained[0].data.tags["pipeline.task"] == "lane_classifier"
