@@ -3,15 +3,22 @@
     .venv/bin/python benchmarks/bench_train.py [--task lane_classifier] [--steps 40] [--repeats 3]
 
 1. loader cost: the same model and optimizer take ``--steps`` SGD steps fed (a) from batches preloaded into
-   memory, (b) from the Petastorm loader (sharded reader + decode + collate, prefetched in a thread);
-   loader cost = 1 - (b)/(a), median over repeats, alternating (a) and (b). Also the fraction of step time
-   spent waiting for data.
+   memory, (b) from the Petastorm loader (sharded reader + decode + collate, prefetched in a thread) on the
+   dataset of each ``--formats`` image format (``ingest.image_format``; one ingest each, cached);
+   loader cost = 1 - (b)/(a), median over repeats, (a) and each (b) alternating in every repeat. Also the
+   fraction of step time spent waiting for data, the per-repeat spread, and the CPU other processes used
+   during each measurement (a repeat with others above 0.3 cores is marked: that figure is noise).
+   On this VM whole measurements run up to 30% slower at random, in-memory ones too, while no other process
+   uses CPU: a cost from throughput per repeat then moves by tens of points. The loader's cost is in every
+   step, those slow spells are not, so the figure that holds is the cost by median step time over all steps of
+   all repeats (also given for the odd and even repeats alone: two independent halves that must agree).
 2. processes: TorchDistributor(local_mode=True) with 1 and 2 processes, a fixed number of samples in total;
    samples/s of the second epoch as rank 0 measured it (process start-up excluded) and wall time.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -41,14 +48,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-processes", action="store_true", help="only the loader-cost measurement")
+    p.add_argument("--formats", default="png,raw", help="image formats of the datasets fed (ingest.image_format)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--probe-tolerance", type=float, default=0.05,
+                   help="a repeat whose speed probes differ by more than this fraction is left out of the cost")
     p.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "bench_train"))
     return p
 
 
-def ensure_data(args) -> object:
+def ensure_data(args, image_format: str = "png") -> object:
     overrides = [f"paths.work_dir={args.work_dir}", f"ingest.num_frames={args.frames}", "spark.master=local[2]",
                  f"train.task={args.task}", f"train.batch_size={args.batch_size}", f"train.width={args.width}",
-                 "train.epochs=2", f"train.use_gpu={args.device == 'cuda'}"]
+                 "train.epochs=2", f"train.use_gpu={args.device == 'cuda'}", f"ingest.image_format={image_format}",
+                 f"ingest.name=synthetic-{image_format}", f"train.data=synthetic-{image_format}"]
     conf = load_config("local", overrides=overrides)
     from pipeline.data import store
     from pipeline.session import build_session
@@ -58,13 +70,19 @@ def ensure_data(args) -> object:
         from pipeline.stages import get_stage, run_stage
         from pipeline.tracking import Tracker
 
-        print(f"ingesting {args.frames} synthetic frames into {args.work_dir} (once) ...", flush=True)
+        print(f"ingesting {args.frames} synthetic frames ({image_format}) into {args.work_dir} (once) ...",
+              flush=True)
         run_stage(get_stage("ingest"), spark, conf, Tracker(conf))
     return conf
 
 
+STEP_TIMES: list = []   # the last timed_steps call's time per step (data wait included), after the warm-up
+
+
 def timed_steps(model, optimizer, loss_fn, batches, device) -> tuple[float, float, int]:
-    """(seconds, seconds waiting for data, samples) over the given batches, after 3 warm-up steps."""
+    """(seconds, seconds waiting for data, samples) over the given batches, after 3 warm-up steps; each step's
+    time in STEP_TIMES."""
+    STEP_TIMES.clear()
     it = iter(batches)
     model.train()
     seen, waiting, start = 0, 0.0, None
@@ -89,30 +107,93 @@ def timed_steps(model, optimizer, loss_fn, batches, device) -> tuple[float, floa
         elif step > 3:
             waiting += t1 - t0
             seen += len(x)
+            STEP_TIMES.append(time.perf_counter() - t0)
     return time.perf_counter() - start, waiting, seen
 
 
-def loader_cost(conf, args) -> dict:
-    spec = make_spec(conf)
+def _busy_cores() -> float:
+    """CPU seconds the whole machine has been busy (for the noise: the machine's minus this process's)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def probe() -> float:
+    """Seconds of a fixed CPU workload (a 2-thread float matmul loop, ~50 ms): the machine's speed right now."""
+    a = torch.ones(384, 384)
+    tic = time.perf_counter()
+    for _ in range(40):
+        a = (a @ a).clamp_(max=1.0)
+    return time.perf_counter() - tic
+
+
+def loader_cost(confs: dict, args) -> dict:
+    """Per image format: in-memory vs loader samples/s, loader cost and data wait, medians and per repeat."""
+    first = make_spec(next(iter(confs.values())))
     device = torch.device(args.device)
-    model, optimizer, _, _ = build(spec)
+    model, optimizer, _, _ = build(first)
     model.to(device)
-    loss_fn = _loss_fn(spec.task)
-    train = spec.loader("train")
+    loss_fn = _loss_fn(first.task)
     steps = args.steps + 3
-    memory = list(loader.batches(train, steps, epoch=99))  # decoded and collated once, before timing
-    mem_sps, pet_sps, wait_frac = [], [], []
+    trains = {fmt: make_spec(conf).loader("train") for fmt, conf in confs.items()}
+    memory = list(loader.batches(trains[next(iter(trains))], steps, epoch=99))  # decoded and collated before timing
+    got: dict = {"memory": []}
+
+    def timed(name, batches):
+        import psutil
+
+        machine, own, stolen = _busy_cores(), _own_cpu(), getattr(psutil.cpu_times(), "steal", 0.0)
+        secs, waited, n = timed_steps(model, optimizer, loss_fn, batches, device)
+        spent = _own_cpu() - own
+        steal = (getattr(psutil.cpu_times(), "steal", 0.0) - stolen) / secs
+        others = max(0.0, (_busy_cores() - machine) - spent) / secs - steal
+        got.setdefault(name, []).append({"sps": n / secs, "wait": waited / secs, "others": max(0.0, others),
+                                         "steps": list(STEP_TIMES), "cpu_per_sample": spent / n, "steal": steal})
+        return got[name][-1]
+
+    stable: list = []   # per repeat: did the machine keep its speed through it (probes within PROBE_TOLERANCE)
+
     for r in range(args.repeats):
-        secs, _, n = timed_steps(model, optimizer, loss_fn, memory, device)
-        mem_sps.append(n / secs)
-        secs, waited, n = timed_steps(model, optimizer, loss_fn, loader.batches(train, steps, epoch=r), device)
-        pet_sps.append(n / secs)
-        wait_frac.append(waited / secs)
-        print(f"  repeat {r + 1}: in-memory {mem_sps[-1]:.1f}/s, petastorm {pet_sps[-1]:.1f}/s, "
-              f"waiting for data {wait_frac[-1]:.1%}", flush=True)
-    mem, pet = statistics.median(mem_sps), statistics.median(pet_sps)
-    return {"in_memory_sps": mem, "petastorm_sps": pet, "loader_cost": 1 - pet / mem,
-            "data_wait": statistics.median(wait_frac)}
+        probes = [min(probe() for _ in range(3))]
+        m = timed('memory', memory)
+        probes.append(min(probe() for _ in range(3)))
+        line = [f"in-memory {m['sps']:.1f}/s ({m['cpu_per_sample'] * 1e3:.2f} CPU ms/sample, steal {m['steal']:.2f})"]
+        for fmt, train in trains.items():
+            m = timed(fmt, loader.batches(train, steps, epoch=r))
+            probes.append(min(probe() for _ in range(3)))
+            line.append(f"{fmt} {m['sps']:.1f}/s (cost {1 - m['sps'] / got['memory'][-1]['sps']:.1%}, "
+                        f"{m['cpu_per_sample'] * 1e3:.2f} CPU ms/sample, waiting {m['wait']:.1%}, steal "
+                        f"{m['steal']:.2f})")
+        noisy = max(m["others"] for runs in got.values() for m in runs[-1:])
+        drift = max(probes) / min(probes) - 1
+        stable.append(drift <= args.probe_tolerance and noisy <= 0.3)
+        print(f"  repeat {r + 1}: " + ", ".join(line) + f"; others used up to {noisy:.2f} cores"
+              + ("  NOISY" if noisy > 0.3 else "") + f"; speed probes {' '.join(f'{p * 1e3:.0f}' for p in probes)} ms"
+              + ("" if drift <= args.probe_tolerance else f"  MACHINE SPEED CHANGED {drift:.0%}: repeat left out"),
+              flush=True)
+    mem = statistics.median(m["sps"] for m in got["memory"])
+    mem_step = statistics.median(t for m in got["memory"] for t in m["steps"])
+    out = {"in_memory_sps": mem, "in_memory_step_ms": mem_step * 1e3, "formats": {}}
+    for fmt in trains:
+        costs = [1 - m["sps"] / b["sps"] for m, b in zip(got[fmt], got["memory"])]   # per repeat, paired
+        sps = statistics.median(m["sps"] for m in got[fmt])
+        step = statistics.median(t for m in got[fmt] for t in m["steps"])
+        halves = [1 - statistics.median(t for b in got["memory"][h::2] for t in b["steps"])
+                  / statistics.median(t for m in got[fmt][h::2] for t in m["steps"]) for h in (0, 1)]
+        cpu = [1 - b["cpu_per_sample"] / m["cpu_per_sample"] for m, b in zip(got[fmt], got["memory"])]
+        kept = [c for c, ok in zip(costs, stable) if ok]
+        out["formats"][fmt] = {"sps": sps, "loader_cost": 1 - sps / mem, "per_repeat": costs, "cpu_cost": cpu,
+                               "stable_costs": kept, "stable_cost": statistics.median(kept) if kept else None,
+                               "data_wait": statistics.median(m["wait"] for m in got[fmt]),
+                               "step_ms": step * 1e3, "step_cost": 1 - mem_step / step, "step_cost_halves": halves}
+    out["others_max"] = max(m["others"] for runs in got.values() for m in runs)
+    return out
 
 
 def processes(conf, args) -> dict:
@@ -142,14 +223,34 @@ def processes(conf, args) -> dict:
 
 def main(args) -> int:
     torch.manual_seed(0)
-    conf = ensure_data(args)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    confs = {fmt: ensure_data(args, fmt) for fmt in args.formats.split(",")}
+    conf = next(iter(confs.values()))
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "?") if os.path.exists("/proc/cpuinfo") else "?"
     print(f"task={args.task} device={args.device} batch={args.batch_size} width={args.width} "
-          f"steps={args.steps} repeats={args.repeats} torch threads={torch.get_num_threads()}")
-    cost = loader_cost(conf, args)
-    print(f"in-memory tensors : {cost['in_memory_sps']:.1f} samples/s (median)")
-    print(f"petastorm loader  : {cost['petastorm_sps']:.1f} samples/s (median)")
-    print(f"loader cost       : {cost['loader_cost']:.1%} (goal < 10%)")
-    print(f"waiting for data  : {cost['data_wait']:.1%} of step time")
+          f"steps={args.steps} repeats={args.repeats} torch threads={torch.get_num_threads()} cpus={os.cpu_count()} "
+          f"cpu={cpu!r} load={os.getloadavg()}")
+    cost = loader_cost(confs, args)
+    print(f"in-memory tensors : {cost['in_memory_sps']:.1f} samples/s (median); median step "
+          f"{cost['in_memory_step_ms']:.1f} ms")
+    for fmt, c in cost["formats"].items():
+        kept = c["stable_costs"]
+        print(f"loader, {fmt:4s}      : LOADER COST over the {len(kept)} of {len(c['per_repeat'])} repeats at a steady "
+              f"machine speed: median " + (f"{c['stable_cost']:.1%} (each: {', '.join(f'{x:.1%}' for x in kept)})"
+                                          if kept else "n/a: the machine never held its speed; re-run"))
+        print(f"loader, {fmt:4s}      : CPU share of the loader (1 - CPU per sample in memory / with the loader), "
+              f"median {statistics.median(c['cpu_cost']):.1%} (per repeat {', '.join(f'{x:.1%}' for x in c['cpu_cost'])})")
+        print(f"loader, {fmt:4s}      : median step {c['step_ms']:.1f} ms: loader cost by median step "
+              f"{c['step_cost']:.1%} (odd / even repeats alone: {c['step_cost_halves'][0]:.1%} / "
+              f"{c['step_cost_halves'][1]:.1%})")
+        spread = max(c["per_repeat"]) - min(c["per_repeat"])
+        print(f"loader, {fmt:4s}      : {c['sps']:.1f} samples/s (median); loader cost {c['loader_cost']:.1%} "
+              f"(per repeat {', '.join(f'{x:.1%}' for x in c['per_repeat'])}; spread {spread:.1%}); waiting for "
+              f"data {c['data_wait']:.1%} of step time" + ("  UNSTABLE: spread > 5 points" if spread > 0.05 else ""))
+    print(f"others used up to {cost['others_max']:.2f} cores during one measurement"
+          + ("  (NOISY: re-run on a quiet machine)" if cost["others_max"] > 0.3 else ""))
     if not args.skip_processes:
         procs = processes(conf, args)
         print(f"2 vs 1 processes  : {procs[2]['epoch2_sps'] / procs[1]['epoch2_sps']:.2f}x samples/s")

@@ -123,6 +123,7 @@ class IngestSection(_Section):
     partitions: Annotated[int, Field(ge=0)]
     rowgroup_size_mb: Positive
     png_compression: Annotated[int, Field(ge=0, le=9)]
+    image_format: Literal["png", "raw"]
     near_duplicate_bits: Annotated[int, Field(ge=0, le=63)]
     split_by: Literal["group", "frame"]
     group_near_duplicates: bool
@@ -160,7 +161,7 @@ class TrainSection(_Section):
     momentum: float
     weight_decay: Annotated[float, Field(ge=0)]
     width: Annotated[float, Field(gt=0)]
-    num_processes: Positive
+    num_processes: Annotated[int, Field(ge=0)]
     local_mode: bool
     use_gpu: bool
     amp: bool
@@ -168,7 +169,8 @@ class TrainSection(_Section):
     resume: bool
     steps_per_epoch: Annotated[int, Field(ge=0)]
     eval_batches: Annotated[int, Field(ge=0)]
-    loader_workers: Positive
+    loader_workers: Annotated[int, Field(ge=0)]
+    channels_last: bool
     augment_policy: Optional[str]
     per_task: dict[str, dict[str, Any]]
 

@@ -1,9 +1,14 @@
 """The Petastorm Unischemas of every dataset the pipeline writes, declared once.
 
-Images are stored as PNG (lossless; Petastorm's codec takes and returns RGB). Every row carries its
+Images are stored as PNG (lossless; Petastorm's codec takes and returns RGB), or with ``ingest.image_format=raw``
+as the uint8 array itself (Petastorm's ``NdarrayCodec``: NumPy's ``.npy`` bytes), which decodes by a copy: the
+dataset's stored Unischema then says so (:func:`with_image_format`), and every reader here tells the two apart by
+their first bytes (:func:`decode_image`). Every row carries its
 ``id`` (unique within the dataset), ``group`` (the unit splits are made by), ``split`` and ``source``
 (where it came from), so any row can be traced back to its input.
 """
+import io
+
 import numpy as np
 from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
 from petastorm.unischema import Unischema, UnischemaField
@@ -69,6 +74,56 @@ AUGMENTED_SCHEMAS = {kind: Unischema(f"Augmented{schema._name}", list(schema.fie
                      for kind, schema in SCHEMAS.items()}
 
 
+IMAGE_FORMATS = ("png", "raw")
+_NPY_MAGIC = b"\x93NUMPY"
+_RAW_IMAGE = UnischemaField("image", np.uint8, (None, None, 3), NdarrayCodec(), False)
+_RAW_SCHEMAS: dict = {}
+
+
+def with_image_format(schema: Unischema, image_format: str) -> Unischema:
+    """``schema`` as a dataset stored with ``image_format`` records it: for ``raw``, the ``image`` field with
+    Petastorm's ``NdarrayCodec`` (so ``make_reader`` decodes either form); the same columns and types."""
+    if image_format == "png":
+        return schema
+    if image_format != "raw":
+        raise ValueError(f"unknown image format {image_format!r}; known: {', '.join(IMAGE_FORMATS)}")
+    if schema._name not in _RAW_SCHEMAS:
+        fields = [_RAW_IMAGE if f.name == "image" else f for f in schema.fields.values()]
+        _RAW_SCHEMAS[schema._name] = Unischema(f"{schema._name}Raw", fields)
+    return _RAW_SCHEMAS[schema._name]
+
+
+def decode_image(value) -> np.ndarray:
+    """A stored image (PNG bytes, or ``.npy`` bytes of a raw-stored dataset) -> uint8 (H, W, 3) or (H, W)."""
+    if bytes(value[:6]) == _NPY_MAGIC:
+        return np.load(io.BytesIO(value), allow_pickle=False)
+    return _decode_png(value)
+
+
+def decode_images(values) -> "np.ndarray | None":
+    """A column of raw-stored images of one shape -> one uint8 (N, H, W, C) array in one copy (no per-image
+    work); None when they are not all raw with the same header (PNG, or mixed shapes: decode one by one)."""
+    if not len(values):
+        return None
+    first = values[0]
+    if bytes(first[:6]) != _NPY_MAGIC:
+        return None
+    size = len(first)
+    if any(len(v) != size for v in values):
+        return None
+    stream = io.BytesIO(first)
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(stream)
+    offset = stream.tell()
+    if fortran or dtype != np.uint8 or offset + int(np.prod(shape)) != size:
+        return None
+    flat = np.frombuffer(b"".join(values), np.uint8).reshape(len(values), size)
+    if not (flat[:, :offset] == flat[:1, :offset]).all():
+        return None
+    return flat[:, offset:].reshape(len(values), *shape)
+
+
 def _decode_png(value) -> np.ndarray:
     """What ``CompressedImageCodec.decode`` returns (RGB, or grey), but C-contiguous: the codec's
     ``[..., (2, 1, 0)]`` gives a channel-planar array that every later step (stack, to tensor) copies again."""
@@ -86,7 +141,7 @@ def field_decoders(schema: Unischema, names) -> dict:
         field = schema.fields[name]
         if field.codec is None or isinstance(field.codec, ScalarCodec):
             continue
-        out[name] = _decode_png if isinstance(field.codec, CompressedImageCodec) \
+        out[name] = decode_image if isinstance(field.codec, CompressedImageCodec) or name == "image" \
             else (lambda value, f=field: f.codec.decode(f, value))
     return out
 

@@ -105,7 +105,7 @@ def plan_halves(rows: list, kind: str, labels: list, splits: list, sizes: list, 
     return Plan(kind, tuple(image_hw) if image_hw else None, plan_labels, folders, counts)
 
 
-def _derive_files(units, plan: Plan, roots: dict, png_level: int, mb: float):
+def _derive_files(units, plan: Plan, roots: dict, encoding: tuple, mb: float):
     """Spark task: (split, source file) units -> rows of each half, transformed, into each output's files."""
     import pyarrow.parquet as pq
 
@@ -137,7 +137,8 @@ def _derive_files(units, plan: Plan, roots: dict, png_level: int, mb: float):
                             row["lane_mask"] = resize(row["lane_mask"], plan.image_hw, nearest=True)
                     for key, folder in targets:
                         out = dict(row, label=index[key][row["label_name"]])
-                        writers[key].add(f"{plan.kind}/{folder}", out_schema, encode_row(schema, out, png_level))
+                        writers[key].add(f"{plan.kind}/{folder}", out_schema,
+                                         encode_row(schema, out, *encoding))
         results.append({key: writer.close() for key, writer in writers.items()})
     yield results
 
@@ -185,14 +186,15 @@ def derive(spark, conf: Config, spec) -> Plan:
              for p in sorted(fs.glob(f"{path}/{kind}/{split}/*.parquet"))]
     sc = spark.sparkContext
     groups = [units[i::2 * sc.defaultParallelism] for i in range(min(len(units), 2 * sc.defaultParallelism))]
-    mb, png = conf.ingest.rowgroup_size_mb, conf.ingest.png_compression
+    mb, encoding = conf.ingest.rowgroup_size_mb, (conf.ingest.png_compression, conf.ingest.image_format)
     reports = sc.parallelize(groups, len(groups)).mapPartitions(
-        lambda it: _derive_files([u for g in it for u in g], plan, tmp, png, mb)).collect()
+        lambda it: _derive_files([u for g in it for u in g], plan, tmp, encoding, mb)).collect()
     for key in plan.outputs():
         files = parts.merge(r[key] for task in reports for r in task)
         splits, classes = {}, {}
         for folder, infos in files.items():
-            splits[folder.split("/", 1)[1]] = parts.finalize(f"{tmp[key]}/{folder}", SCHEMAS[kind], infos)
+            splits[folder.split("/", 1)[1]] = parts.finalize(f"{tmp[key]}/{folder}", SCHEMAS[kind], infos,
+                                                             image_format=conf.ingest.image_format)
         for folder, expected in plan.sizes[key].items():
             if splits.get(folder, 0) != expected:
                 raise RuntimeError(f"transfer wrote {splits.get(folder, 0)} rows to {roots[key]}/{kind}/{folder}, "

@@ -53,7 +53,7 @@ class _Report:
         return {"files": self.files, "ops": list(self.ops.items()), "samples": self.samples}
 
 
-def _copy(kind: str, row: dict, policy: Policy, copy_index: int, png_level: int, background=None,
+def _copy(kind: str, row: dict, policy: Policy, copy_index: int, encoding: tuple, background=None,
           background_id=None) -> tuple[dict, list]:
     """Copy ``copy_index`` of a decoded source row, encoded for the augmented schema with its lineage; and the
     ops applied (a context paste names the background row it used)."""
@@ -65,10 +65,11 @@ def _copy(kind: str, row: dict, policy: Policy, copy_index: int, png_level: int,
     if background_id and any(a["op"] == "context_paste" and "skipped" not in a for a in applied):
         applied = [dict(a, background=background_id) if a["op"] == "context_paste" else a for a in applied]
     out["id"] = f"{row['id']}~{copy_index}"
-    return encode_row(AUGMENTED_SCHEMAS[kind], _lineage(out, row["id"], copy_index, applied), png_level), applied
+    return encode_row(AUGMENTED_SCHEMAS[kind], _lineage(out, row["id"], copy_index, applied), *encoding), applied
 
 
-def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_size_mb: float, png_level: int = 0):
+def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_size_mb: float,
+                  encoding: tuple = (0, "png")):
     """Spark task: (kind, split, source file) units -> one output file each; yields one report."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -102,7 +103,7 @@ def _augment_files(units, policy: Policy, copies: int, out_url: str, rowgroup_si
                     report.sample(kind, original)
                     row = decode_row(base, stored)
                     for copy_index in range(1, copies + 1):
-                        encoded, applied = _copy(kind, row, policy, copy_index, png_level)
+                        encoded, applied = _copy(kind, row, policy, copy_index, encoding)
                         writer.add(folder, out_schema, encoded)
                         report.applied(kind, applied)
                         report.sample(kind, encoded)
@@ -123,7 +124,7 @@ def _part_name(path: str) -> str:
 
 
 def _context_partition(index: int, rows, kind: str, policy: Policy, out_url: str, rowgroup_size_mb: float,
-                       png_level: int = 0):
+                       encoding: tuple = (0, "png")):
     """Spark task for context policies: plan rows (source fields + copy + background image) -> one file."""
     from pipeline.data.parts import PartWriter, arrow_schema
     from pipeline.session import quiet_warnings
@@ -143,7 +144,7 @@ def _context_partition(index: int, rows, kind: str, policy: Policy, out_url: str
         else:
             row = decode_row(base, stored)
             background = decode_image(bg) if bg is not None else None
-            encoded, applied = _copy(kind, row, policy, copy_index, png_level, background, plan["bg_id"])
+            encoded, applied = _copy(kind, row, policy, copy_index, encoding, background, plan["bg_id"])
             report.applied(kind, applied)
         writer.add(f"{kind}/train", out_schema, encoded)
         report.sample(kind, encoded)
@@ -205,9 +206,9 @@ def run(spark, conf: Config, tracker) -> dict:
                 size = fs.size(path)  # val / test files are only copied; train rows are decoded and augmented
                 weights.append(size * (1 + 3 * a.copies) if split == "train" else 0.1 * size)
     groups = _balanced(units, weights, 2 * spark.sparkContext.defaultParallelism)
-    mb, png = conf.ingest.rowgroup_size_mb, conf.ingest.png_compression
+    mb, encoding = conf.ingest.rowgroup_size_mb, (conf.ingest.png_compression, conf.ingest.image_format)
     reports = spark.sparkContext.parallelize(groups, len(groups) or 1).mapPartitions(
-        lambda it: _augment_files([u for group in it for u in group], policy, a.copies, tmp, mb, png)).collect() \
+        lambda it: _augment_files([u for group in it for u in group], policy, a.copies, tmp, mb, encoding)).collect() \
         if groups else []
     if with_background and a.copies:
         for kind, info in meta["datasets"].items():
@@ -215,14 +216,15 @@ def run(spark, conf: Config, tracker) -> dict:
                 plan = _plan(spark, spark.read.parquet(f"{src}/{kind}/train"), a.copies)
                 part_count = 2 * spark.sparkContext.defaultParallelism  # (asking the plan would run its joins)
                 reports += plan.repartition(part_count, "id").rdd.mapPartitionsWithIndex(
-                    lambda i, it, k=kind: _context_partition(i, it, k, policy, tmp, mb, png)).collect()
+                    lambda i, it, k=kind: _context_partition(i, it, k, policy, tmp, mb, encoding)).collect()
     files = parts.merge(f for r in reports for f in r["files"])
     counts, op_counts, samples = {}, {}, {}
     for kind, info in meta["datasets"].items():
         counts[kind] = {"rows": 0, "splits": {}, "classes": info["classes"],
                         **({"labels": info["labels"]} if "labels" in info else {})}  # what training reads
         for split in info["splits"]:
-            n = parts.finalize(f"{tmp}/{kind}/{split}", AUGMENTED_SCHEMAS[kind], files.get(f"{kind}/{split}", []))
+            n = parts.finalize(f"{tmp}/{kind}/{split}", AUGMENTED_SCHEMAS[kind], files.get(f"{kind}/{split}", []),
+                               image_format=conf.ingest.image_format)
             counts[kind]["splits"][split] = n
             counts[kind]["rows"] += n
         for split, n in info["splits"].items():

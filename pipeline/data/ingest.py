@@ -224,7 +224,8 @@ class _Emitter:
     def row(self, kind: str, **fields):
         from pipeline.data.parts import encode_row
 
-        return kind, encode_row(self._schemas[kind], fields, self.opts.section.png_compression)
+        section = self.opts.section
+        return kind, encode_row(self._schemas[kind], fields, section.png_compression, section.image_format)
 
     def light_rows(self, ident: dict, full: np.ndarray, boxes: list) -> Iterator[tuple]:
         """The detector frame (resized) and the classifier crops (from the full-resolution image)."""
@@ -677,7 +678,8 @@ def run(spark, conf: Config, tracker) -> dict:
             written_rows[folder] = parts.commit(f"{tmp}/{folder}", infos)
         else:
             kind = folder.split("/")[0]
-            written_rows[folder] = parts.finalize(f"{tmp}/{folder}", SCHEMAS[kind], infos)
+            written_rows[folder] = parts.finalize(f"{tmp}/{folder}", SCHEMAS[kind], infos,
+                                                  image_format=conf.ingest.image_format)
     summary = account(reports, written_rows, kinds, len(inputs))
     for kind in kinds:
         summary["datasets"][kind]["labels"] = list(CROP_CLASSES if kind == "tl_crops" else

@@ -48,9 +48,13 @@ def encode_png(field, value, level: int) -> bytearray:
     return bytearray(png(value, level))
 
 
-def encode_row(unischema, values: dict, png_level: Optional[int] = None) -> dict:
+def encode_row(unischema, values: dict, png_level: Optional[int] = None, image_format: str = "png") -> dict:
     """Numpy values -> the stored values, with the Unischema's codecs (as ``dict_to_spark_row``, without a Row);
-    with ``png_level``, the ``image`` field's PNG is written at that zlib level (see :func:`encode_png`)."""
+    with ``png_level``, the ``image`` field's PNG is written at that zlib level (see :func:`encode_png`); with
+    ``image_format="raw"``, the image is stored as its array (``schemas.datasets.with_image_format``)."""
+    from schemas.datasets import with_image_format
+
+    unischema = with_image_format(unischema, image_format)
     fields = unischema.fields
     if values.keys() != fields.keys():
         missing, extra = sorted(fields.keys() - values.keys()), sorted(values.keys() - fields.keys())
@@ -202,11 +206,15 @@ def commit(url: str, files: list, *, check: bool = True) -> int:
     return sum(i["rows"] for i in files)
 
 
-def finalize(url: str, unischema, files: list, *, check: bool = True) -> int:
+def finalize(url: str, unischema, files: list, *, check: bool = True, image_format: str = "png") -> int:
     """Commit a folder's files (:func:`commit`) and make it a Petastorm dataset: ``_common_metadata`` with the
-    Unischema and the row groups per file (what ``materialize_dataset`` writes, from the tasks' reports instead
-    of a Spark job over the files). Returns the number of rows."""
+    Unischema (as stored: ``image_format``) and the row groups per file (what ``materialize_dataset`` writes,
+    from the tasks' reports instead of a Spark job over the files). Returns the number of rows."""
     from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
+
+    from schemas.datasets import with_image_format
+
+    unischema = with_image_format(unischema, image_format)
 
     if not files:
         raise RuntimeError(f"{url}: no task wrote any file for this dataset")

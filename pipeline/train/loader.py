@@ -9,6 +9,7 @@ rank reads all row groups and keeps every world-th row instead.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -67,6 +68,7 @@ class LoaderSpec:
     shuffle_buffer: int = 1024
     policy: Optional[object] = None  # a pipeline.augment.Policy applied online to training batches
     aux: Optional[str] = None        # an auxiliary target field (AUX_TARGETS): batches carry it third
+    pin_memory: bool = False         # page-locked batches (training on CUDA: the copy to the GPU overlaps)
 
     @property
     def fields(self) -> tuple:
@@ -74,6 +76,11 @@ class LoaderSpec:
         keeps the lane markings) when a policy is applied, plus the auxiliary target."""
         fields = KIND_FIELDS[self.kind] + (AUGMENT_FIELDS[self.kind] if self.policy is not None else ())
         return fields + ((self.aux,) if self.aux and self.aux not in fields else ())
+
+
+def decode_workers(loader_workers: int, processes: int) -> int:
+    """``train.loader_workers``, where 0 means the cores per training process less one (the training thread)."""
+    return loader_workers or max(1, (os.cpu_count() or 1) // max(1, processes) - 1)
 
 
 def _reader(spec: LoaderSpec, *, rank: int, world: int):
@@ -84,11 +91,12 @@ def _reader(spec: LoaderSpec, *, rank: int, world: int):
     from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS
 
     quiet_warnings()
-    # Whole row groups as columns (no per-row Python in Petastorm), row groups in a fixed order, one pass per
-    # reader: Petastorm's own row-group shuffling is not reproducible with cycling readers, so shuffling is
-    # ours (a seeded buffer, below). Codec fields arrive encoded and are decoded in _shard.
+    # Whole row groups as columns (no per-row Python in Petastorm), row groups in a fixed order by one reader
+    # thread, one pass per reader: Petastorm's own row-group shuffling is not reproducible with cycling readers,
+    # so shuffling is ours (a seeded buffer, below). Codec fields arrive encoded and are decoded in _shard,
+    # by spec.workers threads: the order is the same for any number of them.
     common = dict(schema_fields=list(spec.fields), reader_pool_type="thread",
-                  workers_count=spec.workers, shuffle_row_groups=False, num_epochs=1)
+                  workers_count=1, shuffle_row_groups=False, num_epochs=1)
     # The Unischema comes from our code, never unpickled from the dataset's _common_metadata (data, not code).
     with store.schemas_from_code(SCHEMAS[spec.kind], AUGMENTED_SCHEMAS[spec.kind]):
         if world > 1:
@@ -99,25 +107,49 @@ def _reader(spec: LoaderSpec, *, rank: int, world: int):
         return make_batch_reader(spec.url, **common), world, rank
 
 
+def decode_columns(columns: dict, decoders: dict, pool=None) -> dict:
+    """Decode the encoded columns of one row group: raw-stored images in one copy for the whole column
+    (``decode_images``), PNGs and arrays one by one, on ``pool``'s threads when given (OpenCV's decode and
+    NumPy's copies release the GIL, so threads scale with cores)."""
+    from schemas.datasets import decode_images
+
+    out = {}
+    for name, decode in decoders.items():
+        values = columns[name]
+        whole = decode_images(values) if name == "image" else None
+        if whole is not None:
+            out[name] = whole
+        elif pool is not None and len(values) > 1:
+            out[name] = list(pool.map(decode, values, chunksize=max(1, len(values) // 8)))
+        else:
+            out[name] = [decode(v) for v in values]
+    return out
+
+
 def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
-    """This rank's rows, decoded with the dataset schema's codecs (PNG images, numpy arrays)."""
+    """This rank's rows, decoded with the dataset schema's codecs (PNG or raw images, numpy arrays)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from schemas.datasets import SCHEMAS, field_decoders
 
     decoders = field_decoders(SCHEMAS[spec.kind], spec.fields)
     reader, stride, offset = _reader(spec, rank=rank, world=world)
+    pool = ThreadPoolExecutor(spec.workers, thread_name_prefix="decode") if spec.workers > 1 else None
     index = 0
     try:
         for batch in reader:
             columns = batch._asdict()
-            for i in range(len(columns["id"])):
-                index += 1
-                if (index - 1) % stride != offset:
-                    continue
-                row = {name: values[i] for name, values in columns.items()}
-                for name, decode in decoders.items():
-                    row[name] = decode(row[name])
-                yield row
+            count = len(columns["id"])
+            keep = [i for i in range(index, index + count) if i % stride == offset]
+            index += count
+            if stride > 1:
+                columns = {name: [values[i - index + count] for i in keep] for name, values in columns.items()}
+            columns.update(decode_columns(columns, decoders, pool))
+            for i in range(len(keep)):
+                yield {name: values[i] for name, values in columns.items()}
     finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         reader.stop()
         reader.join()
 
@@ -227,7 +259,8 @@ def _batches(spec: LoaderSpec, steps: int, rank: int, world: int, epoch: int, op
             batch = [next(source) for _ in range(spec.batch_size)]
             if spec.policy is not None:
                 batch = augment_batch(spec, batch, epoch, op_counts)
-            yield collate(spec.kind, batch, spec.aux)
+            out = collate(spec.kind, batch, spec.aux)
+            yield tuple(t.pin_memory() for t in out) if spec.pin_memory and torch.cuda.is_available() else out
     finally:
         source.close()
 

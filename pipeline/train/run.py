@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.data import store
 from pipeline.tasks import is_key_metric
 from pipeline.train.evaluate import evaluate
@@ -151,7 +151,10 @@ def train_fn(spec: TrainSpec) -> None:
         places = [where_am_i()]
     model, optimizer, scheduler, joint = build(spec)
     use_amp = t.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # bf16 where the GPU has it: fp32's range, so no loss scaling; else fp16 with a GradScaler
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     start = 0
     state = load_checkpoint(spec.checkpoint_url) if t.resume else None
     if state is not None:
@@ -163,7 +166,7 @@ def train_fn(spec: TrainSpec) -> None:
         if spec.aux:
             joint.head.load_state_dict(state["aux"])
         start = int(state["epoch"]) + 1
-    joint.to(device)
+    joint.to(device, memory_format=memory_format)
     net = torch.nn.parallel.DistributedDataParallel(joint) if world > 1 else joint
     loss_fn = _loss_fn(spec.task)
     if spec.aux:
@@ -187,7 +190,8 @@ def train_fn(spec: TrainSpec) -> None:
         for batch in batches(spec.loader("train"), spec.steps_per_epoch, rank=rank, world=world, epoch=epoch,
                              op_counts=ops):
             x, y, *extra = (b.to(device, non_blocking=True) for b in batch)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            x = x.contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss = loss_fn(net(x), y, *extra)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -322,10 +326,35 @@ def distribute(spec: TrainSpec, num_processes: int, local_mode: bool, use_gpu: b
     TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(train_fn, spec)
 
 
+def resolve_devices(conf: Config) -> Config:
+    """``conf`` with ``train.num_processes=0`` made one per visible GPU (use_gpu, local mode) or 1; asking for
+    GPUs on a driver that has none (local mode) is a :class:`ConfigError` that says how to train on the CPU."""
+    t = conf.train
+    processes = t.num_processes
+    if t.use_gpu and t.local_mode:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus == 0:
+            raise ConfigError("train.use_gpu=true (e.g. --profile gpu) but torch sees no CUDA GPU on this machine "
+                              "(torch.cuda.is_available() is False): train on the CPU with --profile local, or "
+                              "train.use_gpu=false")
+        processes = processes or gpus
+        if processes > gpus:
+            raise ConfigError(f"train.num_processes={processes} but torch sees {gpus} GPU(s) on this machine: "
+                              f"set train.num_processes={gpus} (or 0: one per GPU)")
+    elif t.use_gpu and not processes:
+        raise ConfigError("train.num_processes=0 (one per GPU) needs the GPUs on this machine (train.local_mode="
+                          "true); on a cluster set train.num_processes to the GPUs to use")
+    processes = processes or 1
+    if processes == t.num_processes:
+        return conf
+    return conf.model_copy(update={"train": t.model_copy(update={"num_processes": processes})})
+
+
 def run(spark, conf: Config, tracker) -> dict:
     """The train stage (registered in pipeline.stages)."""
     import mlflow
 
+    conf = resolve_devices(conf)
     spec = make_spec(conf, run_id=mlflow.active_run().info.run_id)
     mlflow.log_params({"train.steps_per_epoch_resolved": spec.steps_per_epoch, "train.classes": ",".join(spec.classes),
                        "train.in_hw": f"{spec.in_hw[0]}x{spec.in_hw[1]}", "train.dataset_url": spec.split_url("train")})

@@ -57,8 +57,11 @@ class TrainSpec:
                 from pipeline.augment.policy import get_policy
 
                 policy = get_policy(t.augment_policy, t.seed)
-        return LoaderSpec(self.split_url(split), self.kind, t.batch_size, t.seed, t.loader_workers, policy=policy,
-                          aux=self.aux if split == "train" else None)
+        from pipeline.train.loader import decode_workers
+
+        return LoaderSpec(self.split_url(split), self.kind, t.batch_size, t.seed,
+                          decode_workers(t.loader_workers, t.num_processes), policy=policy,
+                          aux=self.aux if split == "train" else None, pin_memory=t.use_gpu)
 
     def checkpoint_args(self) -> dict:
         """What a checkpoint records of the run (plain values: what ``torch.load(weights_only=True)`` accepts)."""
@@ -81,9 +84,10 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
         raise ConfigError(f"train.data={t.data}: {exc}") from None
     info = meta["datasets"][kind]
     train_rows = info["splits"].get("train", 0)
-    if train_rows < t.batch_size * t.num_processes:
+    processes = max(1, t.num_processes)  # (0, one per GPU, is resolved by the train stage; 1 for the rest)
+    if train_rows < t.batch_size * processes:
         raise ConfigError(f"{root}/{kind}/train has {train_rows} rows, fewer than train.batch_size x "
-                          f"train.num_processes = {t.batch_size * t.num_processes}: ingest more or lower the batch size")
+                          f"train.num_processes = {t.batch_size * processes}: ingest more or lower the batch size")
     if "val" not in info["splits"]:
         raise ConfigError(f"{root}/{kind} has no val split: re-ingest with a val share (ingest.split.val > 0, or "
                           f"for a source whose folders fix the splits, ingest.val_from_train > 0)")
@@ -98,7 +102,7 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
     in_hw = _stored_hw(LoaderSpec(f"{root}/{kind}/train", kind, 1))  # the train split is non-empty (checked above)
     return TrainSpec(
         train=t, kind=kind, data_root=root, classes=tuple(info["labels"]), in_hw=in_hw,
-        steps_per_epoch=t.steps_per_epoch or max(1, train_rows // (t.batch_size * t.num_processes)),
+        steps_per_epoch=t.steps_per_epoch or max(1, train_rows // (t.batch_size * processes)),
         checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/{t.data}/{t.task}",
         run_id=run_id, tracking_uri=conf.mlflow.tracking_uri, augment=policy)
 

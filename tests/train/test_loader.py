@@ -74,3 +74,88 @@ def test_image_decode_matches_the_petastorm_codec_and_is_contiguous():
     decoded = field_decoders(RoadFrameSchema, ["image", "label"])["image"](stored)
     assert np.array_equal(decoded, field.codec.decode(field, stored)) and np.array_equal(decoded, image)
     assert decoded.flags["C_CONTIGUOUS"]
+
+
+@pytest.fixture(scope="module")
+def other_format(spark, tiny_data, tmp_path_factory):
+    """The tiny synthetic ingest again (the same frames) with the other ``ingest.image_format`` than the
+    shared one's; returns ``{format: config factory}`` for both."""
+    from pipeline.stages import get_stage, run_stage
+    from pipeline.tracking import Tracker
+    from tests.conftest import TINY, make_conf
+
+    shared = tiny_data().ingest.image_format
+    other = {"raw": "png", "png": "raw"}[shared]
+    work = tmp_path_factory.mktemp(other)
+    conf = make_conf(work, *TINY, f"ingest.image_format={other}")
+    run_stage(get_stage("ingest"), spark, conf, Tracker(conf))
+    return {shared: tiny_data, other: lambda *overrides: make_conf(work, *TINY, f"ingest.image_format={other}",
+                                                                   *overrides)}
+
+
+@pytest.mark.parametrize("task", ["lane_classifier", "tl_detector"])
+def test_raw_images_give_the_same_batches_as_png_and_petastorm_reads_them(other_format, task):
+    import pyarrow.parquet as pq
+    from petastorm import make_reader
+
+    png, raw = (make_spec(other_format[fmt](f"train.task={task}")).loader("train") for fmt in ("png", "raw"))
+    for fmt, spec in (("png", png), ("raw", raw)):   # stored as asked: PNG bytes, or NumPy's .npy bytes
+        first = pq.read_table(spec.url[len("file://"):], columns=["image"]).column("image")[0].as_py()
+        assert bytes(first[:6]) == (b"\x93NUMPY" if fmt == "raw" else b"\x89PNG\r\n"), fmt
+    for (xp, yp), (xr, yr) in zip(loader.batches(png, 3, epoch=1), loader.batches(raw, 3, epoch=1)):
+        assert torch.equal(xp, xr) and torch.equal(yp, yr)
+    # the stored Unischema says how the images are stored: Petastorm's own reader decodes them
+    with make_reader(raw.url, schema_fields=["id", "image"], num_epochs=1, workers_count=1) as reader:
+        stored = {r.id: r.image for r in reader}
+    ours = {r["id"]: r["image"] for r in loader.rows(png)}
+    assert stored.keys() == ours.keys() and all(np.array_equal(stored[k], ours[k]) for k in ours)
+
+
+def test_raw_stored_column_decodes_in_one_copy_and_falls_back_when_it_cannot():
+    import io
+
+    from schemas.datasets import decode_image, decode_images
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    images = np.random.default_rng(2).integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
+    whole = decode_images(np.array([npy(a) for a in images], dtype=object))
+    assert whole.shape == (4, 6, 5, 3) and np.array_equal(whole, images)
+    assert decode_images([npy(images[0]), npy(images[1][:5])]) is None                 # two shapes
+    assert decode_images([npy(images[0]), npy(images[1].astype(np.int16)[..., :1])]) is None
+    field = loader_png_field()
+    assert decode_images([field.codec.encode(field, images[0])]) is None               # PNG: one by one
+    assert np.array_equal(decode_image(npy(images[3])), images[3])
+    assert np.array_equal(decode_image(field.codec.encode(field, images[3])), images[3])
+
+
+def loader_png_field():
+    from schemas.datasets import RoadFrameSchema
+
+    return RoadFrameSchema.fields["image"]
+
+
+def test_decode_workers_change_nothing_but_speed(tiny_data):
+    from dataclasses import replace
+
+    spec = make_spec(tiny_data()).loader("train")
+    one = [(x, y) for x, y in loader.batches(replace(spec, workers=1), 4, epoch=3)]
+    three = [(x, y) for x, y in loader.batches(replace(spec, workers=3), 4, epoch=3)]
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(one, three))
+    assert loader.decode_workers(0, 1) >= 1 and loader.decode_workers(5, 2) == 5
+
+
+def test_gpu_settings_on_a_machine_without_a_gpu_say_how_to_train_on_the_cpu(tiny_data):
+    from pipeline.config import ConfigError
+    from pipeline.train.run import resolve_devices
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the message is for machines without one")
+    with pytest.raises(ConfigError, match=r"no CUDA GPU.*--profile local.*train.use_gpu=false"):
+        resolve_devices(tiny_data("train.use_gpu=true", "train.num_processes=0"))
+    assert resolve_devices(tiny_data("train.num_processes=0")).train.num_processes == 1
+    with pytest.raises(ConfigError, match="set train.num_processes to the GPUs"):
+        resolve_devices(tiny_data("train.use_gpu=true", "train.num_processes=0", "train.local_mode=false"))
