@@ -89,13 +89,15 @@ def test_a_missing_dataset_is_one_line_naming_the_fix(tmp_path):
     assert "run `pipeline ingest` first" in out.stderr
 
 
-def test_the_gpu_profile_without_a_gpu_is_one_line_saying_how_to_train_on_the_cpu(tmp_path):
+def test_the_gpu_profile_without_a_gpu_is_one_line_saying_how_to_train_on_the_cpu(spark, tmp_path, capsys):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: the message is for machines without one")
-    out = _run(PIPELINE, "train", "--profile", "gpu", f"paths.work_dir={tmp_path}")
-    assert out.returncode == 2, out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
+    # in this process, with the shared session's own settings (getOrCreate would change them for later tests)
+    shared = ["spark.master=local[2]", "spark.conf.spark.sql.shuffle.partitions=4", "spark.conf.spark.driver.memory=2g"]
+    assert main(["train", "--profile", "gpu", f"paths.work_dir={tmp_path}", *shared]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
     assert lines[-1].startswith("pipeline: error: train.use_gpu=true (e.g. --profile gpu) but torch sees no CUDA GPU")
-    assert "--profile local" in lines[-1] and "Traceback" not in out.stderr
+    assert "--profile local" in lines[-1] and "Traceback" not in err

@@ -120,7 +120,7 @@ def decode_columns(columns: dict, decoders: dict, pool=None) -> dict:
         if whole is not None:
             out[name] = whole
         elif pool is not None and len(values) > 1:
-            out[name] = list(pool.map(decode, values, chunksize=max(1, len(values) // 8)))
+            out[name] = list(pool.map(decode, values))
         else:
             out[name] = [decode(v) for v in values]
     return out
