@@ -83,7 +83,9 @@ def test_a_killed_rank_and_a_killed_job_resume_to_the_uninterrupted_result(spark
     assert final["epoch"] == 2
     differing = [k for k in expected if not torch.equal(expected[k], final["model"][k])]
     run = MlflowClient(conf.mlflow.tracking_uri).get_run(results["run_id"])
-    assert run.data.metrics["resumed_from_epoch"] == 1
+    assert run.data.metrics["resumed_from_epoch"] == 1 and run.data.tags["train.world_size"] == "2"
+    history = MlflowClient(conf.mlflow.tracking_uri).get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [2]                     # only the remaining epoch trained
     statuses = runs_by_status(conf.mlflow.tracking_uri)
     assert sorted(statuses["KILLED"]) == ["train", "train lane_classifier"]
     record("training: one DDP rank SIGKILLed mid-run", "torchrun stopped the other rank; the stage failed, its run "
