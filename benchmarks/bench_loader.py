@@ -17,7 +17,9 @@ at zlib level 0 (``ingest.image_format=png``, the ingest default until this benc
 
 Petastorm's loaders run without a shuffling queue (less work than ours does). Variants alternate within each
 repeat; medians of ``--repeats`` are printed with each repeat's value, the CPU the process used (cores), and the
-CPU others used meanwhile (the noise). Ratios are to ``petastorm make_reader`` with the same worker count on the
+CPU others used meanwhile (the noise). This VM changes speed by itself (benchmarks/RESULTS.md): a speed probe
+(``bench_train.probe``) runs before and after every measurement, and a measurement during which it moved by more
+than ``--probe-tolerance`` is marked and left out of the medians. Ratios are to ``petastorm make_reader`` with the same worker count on the
 PNG dataset, measured in the same run.
 """
 from __future__ import annotations
@@ -50,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default="1,2", help="worker counts to measure")
     p.add_argument("--formats", default="png,raw")
     p.add_argument("--only", default="", help="comma-separated variant prefixes (ours, make_reader, batch_reader)")
+    p.add_argument("--probe-tolerance", type=float, default=0.05)
     p.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "bench_loader"))
     return p
 
@@ -120,6 +123,12 @@ def _batch_reader(spec, workers: int, n: int):
 VARIANTS = {"ours": _ours, "make_reader": _make_reader, "batch_reader": _batch_reader}
 
 
+def _probe() -> float:
+    from bench_train import probe
+
+    return min(probe() for _ in range(3))
+
+
 def measure(make, spec, workers: int, n: int) -> tuple[float, float, float]:
     """(samples/s, cores this process used, cores others used) over ``n`` batches after 3 untimed ones."""
     meter = _measure.CpuMeter() if _measure.psutil else None
@@ -144,27 +153,41 @@ def main(args) -> int:
     only = [o for o in args.only.split(",") if o]
     names = [v for v in VARIANTS if not only or any(v.startswith(o) for o in only)]
     samples: dict = {}
+    left_out: dict = {}
     for r in range(args.repeats):
         for fmt in formats:
             for name in names:
                 for k in workers:
+                    before = _probe()
                     sps, cores, others = measure(VARIANTS[name], specs[fmt], k, args.batches)
-                    samples.setdefault((name, fmt, k), []).append((sps, cores, others))
+                    drift = max(before, after := _probe()) / min(before, after) - 1
+                    steady = drift <= args.probe_tolerance and others <= 0.3
+                    samples.setdefault((name, fmt, k), [])
+                    left_out.setdefault((name, fmt, k), 0)
+                    if steady:
+                        samples[(name, fmt, k)].append((sps, cores, others))
+                    else:
+                        left_out[(name, fmt, k)] += 1
                     print(f"  repeat {r + 1}: {name:12s} {fmt} {k} worker(s): {sps:7.0f} samples/s, "
-                          f"{cores:.2f} cores, others {others:.2f} cores", flush=True)
+                          f"{cores:.2f} cores, others {others:.2f} cores, probe {before * 1e3:.0f}/{after * 1e3:.0f} ms"
+                          + ("" if steady else "  MACHINE SPEED CHANGED: left out"), flush=True)
     print(f"\n{args.task}, {specs[formats[0]].in_hw[0]}x{specs[formats[0]].in_hw[1]} images, batch "
           f"{args.batch_size}, {args.batches} batches per measurement, medians of {args.repeats}\n")
-    print("| loader | stored as | workers | samples/s (median) | per repeat | cores used | samples/s per core "
-          "| vs make_reader png, same workers |")
-    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
+    print("| loader | stored as | workers | samples/s (median) | per repeat (steady) | left out | cores used "
+          "| samples/s per core | vs make_reader png, same workers |")
+    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for (name, fmt, k), got in samples.items():
+        if not got:
+            print(f"| {name} | {fmt} | {k} | n/a | | {left_out[(name, fmt, k)]} | | | |")
+            continue
         sps = statistics.median(s for s, _, _ in got)
         cores = statistics.median(c for _, c, _ in got)
-        base = samples.get(("make_reader", "png", k))
+        base = samples.get(("make_reader", "png", k)) or None
         ratio = f"{sps / statistics.median(s for s, _, _ in base):.2f}x" if base else "n/a"
-        print(f"| {name} | {fmt} | {k} | {sps:.0f} | {', '.join(f'{s:.0f}' for s, _, _ in got)} | {cores:.2f} "
+        print(f"| {name} | {fmt} | {k} | {sps:.0f} | {', '.join(f'{s:.0f}' for s, _, _ in got)} "
+              f"| {left_out[(name, fmt, k)]} | {cores:.2f} "
               f"| {sps / cores:.0f} | {ratio} |")
-    noisy = max(o for got in samples.values() for _, _, o in got)
+    noisy = max((o for got in samples.values() for _, _, o in got), default=0.0)
     print(f"\nmost CPU others used during one measurement: {noisy:.2f} cores"
           + ("  (NOISY: re-run on a quiet machine)" if noisy > 0.3 else ""))
     return 0
