@@ -14,13 +14,11 @@ report's own run as ``report/index.html``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import fnmatch
 import html
 import io
 import json
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -172,18 +170,10 @@ def _add_reused(client, experiment_id: str, conf: Config, chosen: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- artifacts
 
-@contextlib.contextmanager
 def _quiet_downloads():
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+    from pipeline.tracking import env_set
+
+    return env_set("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class Artifacts:

@@ -406,14 +406,13 @@ def _spark_tasks_ended(timeout_s: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def _retries(n: Optional[int]) -> Iterator[None]:
-    """MLflow's HTTP retries set to ``n`` inside the block (None: unchanged)."""
-    if n is None:
+def env_set(key: str, value: Optional[str]) -> Iterator[None]:
+    """The environment variable ``key`` set to ``value`` inside the block, as it was after (None: unchanged)."""
+    if value is None:
         yield
         return
-    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
     before = os.environ.get(key)
-    os.environ[key] = str(n)
+    os.environ[key] = value
     try:
         yield
     finally:
@@ -421,3 +420,8 @@ def _retries(n: Optional[int]) -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = before
+
+
+def _retries(n: Optional[int]):
+    """MLflow's HTTP retries set to ``n`` inside the block (None: unchanged)."""
+    return env_set("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None if n is None else str(n))

@@ -19,6 +19,8 @@ from typing import Callable, Optional
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.tracking import _proc_stat
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PIPELINE = str(BIN / "pipeline")
@@ -114,14 +116,6 @@ def wait_for(what: str, check: Callable, deadline_s: float, proc: Optional[Proc]
     pytest.fail(f"not after {deadline_s:.0f} s: {what}" + (f"\n{proc.tail()}" if proc else ""))
 
 
-def _stat(pid: int) -> Optional[list]:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
 def pids() -> list:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
@@ -130,14 +124,14 @@ def session_members(sid: int) -> list:
     """Live (not zombie) processes of session ``sid``."""
     out = []
     for pid in pids():
-        stat = _stat(pid)
+        stat = _proc_stat(pid)
         if stat and int(stat[3]) == sid and stat[0] not in "ZX":
             out.append(pid)
     return out
 
 
 def alive(pid: int) -> bool:
-    stat = _stat(pid)
+    stat = _proc_stat(pid)
     return bool(stat) and stat[0] not in "ZX"
 
 
@@ -145,7 +139,7 @@ def descendants(pid: int) -> set:
     """Live descendants of ``pid`` (by parent links; a process whose parent died is reparented and lost)."""
     children: dict = {}
     for p in pids():
-        stat = _stat(p)
+        stat = _proc_stat(p)
         if stat and stat[0] not in "ZX":
             children.setdefault(int(stat[1]), []).append(p)
     out, todo = set(), [pid]
@@ -158,7 +152,7 @@ def descendants(pid: int) -> set:
 
 
 def parent(pid: int) -> Optional[int]:
-    stat = _stat(pid)
+    stat = _proc_stat(pid)
     return int(stat[1]) if stat else None
 
 
