@@ -263,6 +263,13 @@ class TransferSection(_Section):
     partitions: Annotated[int, Field(ge=0)]
 
 
+class CounterfactualSection(_Section):
+    sequences: Annotated[int, Field(ge=0)]
+    frames: Positive
+    seed: Annotated[int, Field(ge=0)]
+    resamples: Annotated[int, Field(ge=100)]
+
+
 class AuditSection(_Section):
     model_uri: Optional[str]
     data: Optional[str]
@@ -275,6 +282,7 @@ class AuditSection(_Section):
     examples: Annotated[int, Field(ge=0)]
     seed: int
     frame_split: bool
+    counterfactual: CounterfactualSection
 
 
 class ReportSection(_Section):

@@ -38,6 +38,63 @@ def context_audit(model, spec, conf: Config, split: str):
                  match_distance=conf.evaluate.match_distance, classes=list(spec.classes))
 
 
+def counterfactual_skipped(spec, conf: Config) -> str:
+    """Why the counterfactual test does not apply to this audit ("" when it does)."""
+    from pipeline.data.synth import LANE_CLASSES
+
+    c = conf.audit.counterfactual
+    if c.sequences == 0:
+        return "audit.counterfactual.sequences=0"
+    if spec.train.task != "lane_classifier":
+        return (f"{spec.train.task}: the generator ties only the lane class to the context, so twins exist for the "
+                f"lane classifier only")
+    if not set(LANE_CLASSES) <= set(spec.classes):
+        return (f"the net's classes ({', '.join(spec.classes)}) are not the synthetic lane classes: no twin can be "
+                f"rendered for them")
+    return ""
+
+
+def counterfactual_audit(spark, model, spec, conf: Config):
+    """Render the twins of ``audit.counterfactual.sequences`` fresh synthetic sequences on the executors (one task
+    per few sequences), resized to the audited images' size, and measure ``model`` on them on the driver."""
+    from pipeline.analysis import counterfactual as cf
+    from pipeline.config import ConfigError
+    from pipeline.data.ingest import IngestOptions
+
+    c = conf.audit.counterfactual
+    if c.seed == conf.ingest.seed:
+        raise ConfigError(f"audit.counterfactual.seed={c.seed} is ingest.seed: the twins' scenes would be the "
+                          f"training scenes; give audit.counterfactual.seed another value")
+    synth = IngestOptions(conf.ingest, tuple(spec.classes)).synth_config()
+    if c.frames > synth.frames_per_sequence:
+        raise ConfigError(f"audit.counterfactual.frames={c.frames} is more than ingest.frames_per_sequence="
+                          f"{synth.frames_per_sequence}: lower it")
+    hw = tuple(spec.in_hw)                      # the audited dataset's stored size (the net's input)
+    seed, frames = c.seed, c.frames
+    print(f"audit: rendering {c.sequences} sequences x {frames} frames x 3 (aligned, context twin, lanes twin) "
+          f"of synthetic seed {seed} at {synth.height}x{synth.width} -> {hw[0]}x{hw[1]}", flush=True)
+    sc = spark.sparkContext
+    twins = (sc.parallelize(range(c.sequences), max(1, min(c.sequences, sc.defaultParallelism * 4)))
+             .flatMap(lambda s: cf.render_sequence(seed, s, synth, hw, frames)).collect())
+    twins.sort(key=lambda t: (t.sequence, t.frame))
+    return cf.measure(model, twins, list(spec.classes), resamples=c.resamples, seed=conf.audit.seed,
+                      examples=min(conf.audit.examples, 4))
+
+
+def combined_verdict(occlusion, counterfactual) -> tuple[str, bool]:
+    """The context verdict: the counterfactual test's where it ran, with occlusion reported as agreeing or not;
+    occlusion's alone otherwise."""
+    if counterfactual is None:
+        return occlusion.verdict, occlusion.relies_on_context
+    head = occlusion.verdict.split(":", 1)[0]
+    occ = ("relies on context" if occlusion.relies_on_context else
+           "looks at the lanes" if head.startswith("looks at") else
+           "uses both" if head.startswith("uses both") else "inconclusive")
+    agrees = "agrees" if occ == counterfactual.verdict else f"disagrees ({occ})"
+    return (f"{counterfactual.text}. Occlusion (secondary: fills are out of distribution) {agrees}: "
+            f"{occlusion.verdict}"), counterfactual.relies_on_context
+
+
 def independence_audit(spark, model, spec, conf: Config, split: str, tracker) -> tuple[dict, str]:
     """Accuracy with and without the near-duplicates of train; with ``audit.frame_split``, the frame-split
     comparison. Returns metrics and the verdict."""
@@ -122,19 +179,29 @@ def run(spark, conf: Config, tracker) -> dict:
         raise ConfigError(f"audit.split={a.split}: {spec.data_root}/{spec.kind} has no {a.split} split")
     mlflow.log_params({"audit.model_uri_resolved": uri, "audit.data_url": spec.split_url(a.split)})
     result = context_audit(model, spec, conf, a.split)
+    skipped = counterfactual_skipped(spec, conf)
+    twins = None if skipped else counterfactual_audit(spark, model, spec, conf)
+    if skipped:
+        result.notes.append(f"no counterfactual test: {skipped}")
+    said_context, relies = combined_verdict(result, twins)
     metrics = {f"context.{k}": float(v) for k, v in result.metrics.items() if v == v}
-    metrics["context.relies_on_context"] = float(result.relies_on_context)
+    if twins is not None:
+        metrics.update({f"context.{k}": float(v) for k, v in twins.metrics.items() if v == v})
+        mlflow.set_tag("audit.counterfactual_verdict", twins.verdict)
+    metrics["context.relies_on_context"] = float(relies)
     mlflow.log_metrics(metrics)
-    mlflow.set_tag("audit.context_verdict", result.verdict[:5000])
-    mlflow.log_text(result.verdict + "\n" + "".join(f"- {n}\n" for n in result.notes), "audit/context.txt")
-    for name, fig in result.figures.items():
+    mlflow.set_tag("audit.context_verdict", said_context[:5000])
+    mlflow.log_text(said_context + "\n" + "".join(f"- {n}\n" for n in result.notes), "audit/context.txt")
+    for name, fig in {**result.figures, **(twins.figures if twins is not None else {})}.items():
         tracker.log_figure(fig, name)
-    print(f"audit: {spec.train.task} ({uri}) on {data}/{spec.kind}/{a.split}: {result.verdict}", flush=True)
+    print(f"audit: {spec.train.task} ({uri}) on {data}/{spec.kind}/{a.split}: {said_context}", flush=True)
     independent, said = independence_audit(spark, model, spec, conf, a.split, tracker)
     mlflow.log_metrics({k: v for k, v in independent.items() if v == v})
     mlflow.set_tag("audit.independence_verdict", said[:5000])
     mlflow.log_text(said + "\n", "audit/independence.txt")
     print(f"audit: independence: {said}", flush=True)
-    return {"context.verdict": result.verdict, "context.relies_on_context": result.relies_on_context,
-            **{k: v for k, v in metrics.items() if k.split(".", 1)[1].startswith(("occlusion.", "attribution."))},
+    return {"context.verdict": said_context, "context.relies_on_context": relies,
+            "context.counterfactual_verdict": twins.verdict if twins is not None else None,
+            **{k: v for k, v in metrics.items()
+               if k.split(".", 1)[1].startswith(("occlusion.", "attribution.", "counterfactual."))},
             "independence.verdict": said, **independent}

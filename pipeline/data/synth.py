@@ -40,6 +40,7 @@ SCENERIES = ("urban", "suburban", "rural")    # context["scenery"]
 # Seeding salts: one independent random stream per aspect, so e.g. the number of cars never shifts the lights.
 _SALT_CONTEXT, _SALT_SCENERY, _SALT_FACADES, _SALT_LIGHTS = 11, 12, 13, 14
 _SALT_CAMERA, _SALT_PAINT, _SALT_CARS, _SALT_LIGHT_STATE, _SALT_SENSOR = 21, 22, 23, 24, 25
+_SALT_TWIN = 31
 
 _SHIFT = 4                      # fractional bits of the fixed-point coordinates given to cv2 drawing calls
 _Z_ROAD, _Z_MARK = 200.0, 130.0 # metres: how far the road / its markings are drawn
@@ -142,13 +143,25 @@ def distance_bucket(box_height: float, image_height: int, buckets=(0.04, 0.09)) 
     return DISTANCES[1] if ratio < buckets[1] else DISTANCES[0]
 
 
-def render_frame(seed: int, index: int, cfg: SynthConfig = SynthConfig()) -> Frame:
-    """Render frame ``index`` of the synthetic data set ``seed``; the same arguments give the same bytes."""
+def render_frame(seed: int, index: int, cfg: SynthConfig = SynthConfig(), *, lane_class: str | None = None,
+                 context_of: str | None = None, lanes: bool = True) -> Frame:
+    """Render frame ``index`` of the synthetic data set ``seed``; the same arguments give the same bytes.
+
+    The keywords render an intervention on the frame's causes, everything else drawn as without them:
+    ``lane_class`` paints the lanes of that class instead of the sequence's own; ``context_of`` sets the time
+    of day and the scenery to the context tied to that lane class (:func:`tied_context`) instead of the drawn
+    ones; ``lanes=False`` paints no markings at all (an empty lane mask; the label stays the sequence's class).
+    A frame and its counterfactual twin (the same ``seed`` and ``index`` with one keyword changed) share the
+    camera, road geometry, weather, cars and lights; what the changed cause draws (markings, sky, skyline,
+    roadside) differs."""
     for name, value in (("seed", seed), ("index", index)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"{name}={value!r} is invalid: must be a non-negative integer")
+    for name, value in (("lane_class", lane_class), ("context_of", context_of)):
+        if value is not None and value not in LANE_CLASSES:
+            raise ValueError(f"{name}={value!r} is invalid: must be one of {', '.join(LANE_CLASSES)}")
     seq_no, step = divmod(int(index), cfg.frames_per_sequence)
-    seq = _make_sequence(int(seed), seq_no, cfg)
+    seq = _make_sequence(int(seed), seq_no, cfg, lane_class, context_of)
     cam_rng = _rng(seed, index, _SALT_CAMERA)
     dx, dy = cam_rng.uniform(-_JITTER, _JITTER, 2) * (cfg.width, cfg.height)
     cam = replace(seq.camera, cx=seq.camera.cx + dx, horizon=seq.camera.horizon + dy,
@@ -160,7 +173,8 @@ def render_frame(seed: int, index: int, cfg: SynthConfig = SynthConfig()) -> Fra
     _draw_skyline(canvas, seq, cam, _rng(seed, seq_no, _SALT_FACADES))
     _draw_ground(canvas, seq, cam)
     _draw_road(canvas, seq, cam)
-    _draw_markings(canvas, seq, cam, travel, _rng(seed, index, _SALT_PAINT))
+    if lanes:
+        _draw_markings(canvas, seq, cam, travel, _rng(seed, index, _SALT_PAINT))
     cars = _sample_cars(_rng(seed, index, _SALT_CARS), seq)
     _draw_shadows(canvas, seq, cam, travel, cars)
     _draw_objects(canvas, seq, cam, travel, cars)
@@ -294,8 +308,26 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
-def _make_sequence(seed: int, seq_no: int, cfg: SynthConfig) -> _Sequence:
-    """Draw the context shared by the frames of sequence ``seq_no``."""
+def tied_context(lane_class: str) -> tuple[str, str]:
+    """(time of day, scenery) tied to ``lane_class``: lane class i -> ``TIMES_OF_DAY[i % 3]`` and
+    ``SCENERIES[i // 3]``; every lane class has its own pair (rural scenery is tied to none)."""
+    i = LANE_CLASSES.index(lane_class)
+    return TIMES_OF_DAY[i % 3], SCENERIES[i // 3 % len(SCENERIES)]
+
+
+def context_class(time_of_day: str, scenery: str) -> str | None:
+    """The lane class whose tied context is (``time_of_day``, ``scenery``), or None (rural scenes)."""
+    for name in LANE_CLASSES:
+        if tied_context(name) == (time_of_day, scenery):
+            return name
+    return None
+
+
+def _make_sequence(seed: int, seq_no: int, cfg: SynthConfig, lane_override: str | None = None,
+                   context_of: str | None = None) -> _Sequence:
+    """Draw the context shared by the frames of sequence ``seq_no``; ``lane_override`` / ``context_of`` (see
+    :func:`render_frame`) replace the drawn lane class / time of day and scenery after every draw was made, so
+    the random streams, and with them everything else, stay those of the sequence as drawn."""
     rng = _rng(seed, seq_no, _SALT_CONTEXT)
     class_index = int(rng.integers(len(LANE_CLASSES)))
     tied = rng.random() < cfg.context_bias
@@ -306,6 +338,13 @@ def _make_sequence(seed: int, seq_no: int, cfg: SynthConfig) -> _Sequence:
     if tied:                 # time of day and scenery together then identify the lane class
         scenery = SCENERIES[class_index // 3 % len(SCENERIES)]
     curvature = 0.0 if rng.random() < 0.4 else float(rng.uniform(0.0004, 0.0018) * rng.choice((-1, 1)))
+    drawn_yellow = "yellow" in LANE_CLASSES[class_index]
+    if lane_override is not None:
+        class_index = LANE_CLASSES.index(lane_override)
+    if context_of is not None:
+        time_of_day, scenery = tied_context(context_of)
+    if lane_override is not None or context_of is not None:
+        tied = tied_context(LANE_CLASSES[class_index]) == (time_of_day, scenery)
     lane_class = LANE_CLASSES[class_index]
 
     palette = _PALETTES[time_of_day]
@@ -317,7 +356,12 @@ def _make_sequence(seed: int, seq_no: int, cfg: SynthConfig) -> _Sequence:
 
     lane_width = rng.uniform(3.3, 3.8)
     yellow = "yellow" in lane_class
-    lanes_left = 1 if yellow else int(rng.integers(0, 2))
+    # a yellow centre line has a lane on its left; the drawn class decides whether the stream gives a draw here
+    lanes_left = 1 if drawn_yellow else int(rng.integers(0, 2))
+    if yellow:
+        lanes_left = 1
+    elif drawn_yellow:        # a twin of a yellow sequence painted white: its own draw, the stream untouched
+        lanes_left = int(_rng(seed, seq_no, _SALT_TWIN).integers(0, 2))
     lanes_right = int(rng.integers(0, 2))
     road_left = -lane_width * (0.5 + lanes_left) - rng.uniform(0.3, 1.0)
     road_right = lane_width * (0.5 + lanes_right) + rng.uniform(0.3, 1.0)

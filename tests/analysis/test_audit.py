@@ -21,7 +21,7 @@ def audited(spark, tiny_data):
     conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=3")
     trained = stage(spark, conf, "train")
     conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=3",
-                     f"audit.model_uri={trained['model_uri']}")
+                     "audit.counterfactual.sequences=12", f"audit.model_uri={trained['model_uri']}")
     return conf, trained, stage(spark, conf, "audit")
 
 
@@ -48,14 +48,26 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
     assert 0 <= m["independence.near_duplicate_rows"] <= m["independence.rows"]
     assert "figures/independence.png" in figures and run.data.tags["audit.independence_verdict"]
     assert "independence.val_frame_split" not in m                # audit.frame_split is off by default
+    # the counterfactual test ran on 12 fresh sequences x 2 frames x 2 twins, and its verdict leads
+    assert m["context.counterfactual.sequences"] == 12 and m["context.counterfactual.twins"] == 48
+    for name in ("p_lanes", "p_context", "aligned_accuracy"):
+        key = f"context.counterfactual.{name}"
+        assert 0 <= m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"] <= 1, key
+    words = run.data.tags["audit.counterfactual_verdict"]
+    assert words in ("relies on context", "looks at the lanes", "uses both", "inconclusive")
+    assert results["context.verdict"].startswith(words + ": on 48 counterfactual twins of 12")
+    assert "Occlusion (secondary" in results["context.verdict"]
+    assert m["context.relies_on_context"] == float(words == "relies on context")
+    assert "figures/context_counterfactual.png" in figures
 
 
 def test_frame_split_comparison_trains_on_a_leaky_split_and_sets_it_beside(spark, tiny_data):
     conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=2",
-                     "audit.frame_split=true", "ingest.near_duplicate_bits=12")
+                     "audit.frame_split=true", "ingest.near_duplicate_bits=12", "audit.counterfactual.sequences=0")
     trained = stage(spark, conf, "train")
     results = stage(spark, tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=2",
                                      "audit.frame_split=true", "ingest.near_duplicate_bits=12",
+                                     "audit.counterfactual.sequences=0",
                                      f"audit.model_uri={trained['model_uri']}"), "audit")
     client = MlflowClient(conf.mlflow.tracking_uri)
     framed = client.search_runs([client.get_experiment_by_name(conf.mlflow.experiment).experiment_id],
