@@ -185,6 +185,13 @@ def run(spark, conf: Config, tracker) -> dict:
         result.notes.append(f"no counterfactual test: {skipped}")
     said_context, relies = combined_verdict(result, twins)
     metrics = {f"context.{k}": float(v) for k, v in result.metrics.items() if v == v}
+    if not spec.task.detector:               # the split's accuracy with its interval over groups (sequences)
+        from pipeline.analysis.counterfactual import grouped_accuracy, triple_metrics
+        from pipeline.train.loader import LoaderSpec, rows
+
+        accuracy = grouped_accuracy(model, rows(LoaderSpec(spec.split_url(a.split), spec.kind, 64, aux="group")),
+                                    resamples=a.counterfactual.resamples, seed=a.seed)
+        metrics.update(triple_metrics("context.accuracy", accuracy))
     if twins is not None:
         metrics.update({f"context.{k}": float(v) for k, v in twins.metrics.items() if v == v})
         mlflow.set_tag("audit.counterfactual_verdict", twins.verdict)
@@ -203,5 +210,5 @@ def run(spark, conf: Config, tracker) -> dict:
     return {"context.verdict": said_context, "context.relies_on_context": relies,
             "context.counterfactual_verdict": twins.verdict if twins is not None else None,
             **{k: v for k, v in metrics.items()
-               if k.split(".", 1)[1].startswith(("occlusion.", "attribution.", "counterfactual."))},
+               if k.split(".", 1)[1].startswith(("occlusion.", "attribution.", "counterfactual.", "accuracy"))},
             "independence.verdict": said, **independent}

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = ["VARIANTS", "TWINS", "CONFIDENCE", "Twins", "CounterfactualResult", "other_class", "render_sequence",
-           "render_twins", "measure", "bootstrap", "verdict"]
+           "render_twins", "measure", "bootstrap", "verdict", "grouped_accuracy", "triple_metrics"]
 
 VARIANTS = ("aligned", "context_twin", "lanes_twin")
 TWINS = ("context_twin", "lanes_twin")
@@ -189,10 +189,10 @@ def measure(model, twins: Sequence[Twins], classes: Sequence[str], *, batch_size
     aligned = boot(counts["aligned_correct"], f, 0)
     metrics = {"counterfactual.sequences": float(n), "counterfactual.twins": float(2 * f.sum())}
     for name, triple in (("p_lanes", p_lanes), ("p_context", p_context), ("aligned_accuracy", aligned)):
-        metrics.update(_triple_metrics(f"counterfactual.{name}", triple))
+        metrics.update(triple_metrics(f"counterfactual.{name}", triple))
     for v in TWINS:
         for cue in ("lanes", "context"):
-            metrics.update(_triple_metrics(f"counterfactual.{v}.p_{cue}", boot(counts[f"{v}_{cue}"], f, 0)))
+            metrics.update(triple_metrics(f"counterfactual.{v}.p_{cue}", boot(counts[f"{v}_{cue}"], f, 0)))
     chance = 1.0 / len(classes)
     said = verdict(p_lanes, p_context, chance)
     text = (f"{said}: on {int(2 * f.sum())} counterfactual twins of {n} independent sequences (lanes of one class "
@@ -208,7 +208,40 @@ def measure(model, twins: Sequence[Twins], classes: Sequence[str], *, batch_size
     return result
 
 
-def _triple_metrics(name: str, triple) -> dict:
+def grouped_accuracy(model, rows: Iterable[dict], *, batch_size: int = 64, device="cpu", resamples: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(accuracy, lo, hi) of a classifier on labelled ``rows`` (decoded rows with ``image``, ``label`` and
+    ``group``, the sequence or group the split rule placed whole), the interval a bootstrap over groups."""
+    from pipeline.train.loader import to_tensor
+
+    model.eval()
+    hits: dict = {}
+    totals: dict = {}
+    batch: list = []
+
+    def flush():
+        images = np.stack([np.asarray(r["image"], np.uint8) for r in batch])
+        with torch.no_grad():
+            pred = model(to_tensor(images).to(device)).float().argmax(1).cpu().numpy()
+        for r, p in zip(batch, pred):
+            g = str(r["group"])
+            hits[g] = hits.get(g, 0) + int(p == int(r["label"]))
+            totals[g] = totals.get(g, 0) + 1
+        batch.clear()
+
+    for row in rows:
+        if int(row["label"]) < 0:
+            continue
+        batch.append(row)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    groups = sorted(totals)
+    return bootstrap(np.array([hits[g] for g in groups]), np.array([totals[g] for g in groups]), resamples, seed)
+
+
+def triple_metrics(name: str, triple) -> dict:
     s, lo, hi = triple
     return {name: s, f"{name}_lo": lo, f"{name}_hi": hi}
 

@@ -59,6 +59,9 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
     assert "Occlusion (secondary" in results["context.verdict"]
     assert m["context.relies_on_context"] == float(words == "relies on context")
     assert "figures/context_counterfactual.png" in figures
+    # the split's accuracy again, now with its interval over sequences
+    assert m["context.accuracy"] == pytest.approx(trained["test_accuracy"])
+    assert m["context.accuracy_lo"] <= m["context.accuracy"] <= m["context.accuracy_hi"]
 
 
 def test_frame_split_comparison_trains_on_a_leaky_split_and_sets_it_beside(spark, tiny_data):
