@@ -46,6 +46,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=1200)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--work-dir", default="/tmp/context_failure")
+    parser.add_argument("--fresh", action="store_true", help="ingest and augment again even where a previous "
+                        "run left the datasets in --work-dir")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     common = [f"paths.work_dir={args.work_dir}", f"ingest.num_frames={args.frames}", "ingest.frames_per_sequence=4",
@@ -62,9 +64,19 @@ def main() -> int:
         print(f"== {name} ({c.train.data if name != 'ingest' else c.ingest.name})", flush=True)
         return run_stage(get_stage(name), spark, c, Tracker(c))
 
+    data = Path(args.work_dir) / "data"
+
+    def made(name):   # a dataset a previous run of this script wrote whole (the stage swaps it in at the end)
+        if (data / name / "road_frames" / "test").is_dir() and not args.fresh:
+            print(f"== {name}: already in {data} (--fresh writes it again)", flush=True)
+            return True
+        return False
+
     for bias, name in ((0.0, "fair"), (0.95, "biased"), (1.0, "tied")):
-        stage("ingest", conf(f"ingest.context_bias={bias}", f"ingest.name={name}"))
-    stage("augment", conf("augment.source=biased", "augment.policy=context", "augment.name=biased-context"))
+        if not made(name):
+            stage("ingest", conf(f"ingest.context_bias={bias}", f"ingest.name={name}"))
+    if not made("biased-context"):
+        stage("augment", conf("augment.source=biased", "augment.policy=context", "augment.name=biased-context"))
     rows = []
     for label, data, extra in NETS:
         trained = stage("train", conf(f"train.data={data}", *extra))
@@ -85,6 +97,18 @@ def main() -> int:
               f"{_interval(fair, 'context.counterfactual.p_lanes')} | "
               f"{_interval(fair, 'context.counterfactual.p_context')} | {fair['context.counterfactual_verdict']} | "
               f"{occlusion} |")
+    print("\nLinear probes on unbiased scenes: held-out accuracy per layer (95% interval over sequences); "
+          "chance = the commonest class")
+    for target in ("lane_class", "time_of_day", "scenery"):
+        layers = sorted({k.split(".")[3] for _, _, f in rows for k in f
+                         if k.startswith(f"context.probe.{target}.") and not k.endswith(("_lo", "_hi"))},
+                        key=lambda name: (name[:2], int("".join(ch for ch in name if ch.isdigit()) or 0)))
+        print(f"\n{target} (chance {rows[0][2].get(f'context.probe.chance.{target}', float('nan')):.2f})\n")
+        print("| net | " + " | ".join(layers) + " |")
+        print("| --- |" + " ---: |" * len(layers))
+        for label, _, fair in rows:
+            print(f"| {label} | " + " | ".join(_interval(fair, f"context.probe.{target}.{layer}")
+                                           for layer in layers) + " |")
     return 0
 
 

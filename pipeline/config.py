@@ -268,6 +268,7 @@ class CounterfactualSection(_Section):
     frames: Positive
     seed: Annotated[int, Field(ge=0)]
     resamples: Annotated[int, Field(ge=100)]
+    probe_sequences: Annotated[int, Field(ge=0)]
 
 
 class AuditSection(_Section):

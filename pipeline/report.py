@@ -303,9 +303,14 @@ def _run_line(r: StageRun) -> str:
     note = f"; {esc(r.note)}" if r.note else ""
     line = (f"<p class=\"meta\">run <b>{esc(info.run_name)}</b> <code>{esc(info.run_id)}</code>, {status}, "
             f"{esc(duration(info))}{note}</p>")
-    if info.status != "FINISHED":
+    skipped = r.run.data.tags.get("pipeline.skipped")
+    if info.status != "FINISHED" and skipped:
+        line += f"<p class=\"warn\">skipped for an empty split: {esc(skipped)}</p>"
+    elif info.status != "FINISHED":
         error = r.run.data.tags.get("error")
         line += f"<p class=\"warn\">this run is {esc(info.status)}" + (f": {esc(error)}" if error else "") + "</p>"
+    elif skipped:
+        line += f"<p class=\"warn\">left out for an empty split: {esc(skipped)}</p>"
     return line
 
 
@@ -733,7 +738,8 @@ def audit_section(found: Found, art: Artifacts) -> str:
     context = sorted((k[len("context."):], v) for k, v in m.items() if k.startswith("context."))
     if context:
         out.append(table(["context metric", "value"], context))
-    out.append(figures_html(figs, ("context_occlusion", "context_examples"), rest=False))
+    out.append(figures_html(figs, ("context_counterfactual", "context_layer_probes", "context_occlusion",
+                                   "context_examples"), rest=False))
     out.append("<h3>Is the test set independent of train?</h3>")
     said = tags.get("audit.independence_verdict")
     out.append(f"<p class=\"verdict\">{esc(said)}</p>" if said else "<p class=\"warn\">no independence verdict</p>")
@@ -741,7 +747,8 @@ def audit_section(found: Found, art: Artifacts) -> str:
     if independence:
         out.append(table(["independence metric", "value"], independence))
     out.append(figures_html(figs, ("independence",), rest=False))
-    rest = [n for n in figs if n not in ("context_occlusion", "context_examples", "independence")]
+    rest = [n for n in figs if n not in ("context_counterfactual", "context_layer_probes", "context_occlusion",
+                                         "context_examples", "independence")]
     if rest:
         out.append(figures_html({n: figs[n] for n in rest}))
     return "".join(out)
@@ -779,14 +786,24 @@ def stage_table(found: Found) -> str:
                     f"<td><code>{esc(info.run_id)}</code></td><td class=\"status-{esc(info.status)}\">"
                     f"{esc(info.status)}</td><td>{esc(_when(info.start_time))}</td>"
                     f"<td class=\"num\">{esc(duration(info))}</td><td><code>{esc(commit[:12])}</code></td>"
-                    f"<td>{esc(r.note)}</td></tr>")
+                    f"<td>{esc('; '.join(x for x in (r.note, skip_note(r.run)) if x))}</td></tr>")
     ran = {r.stage for r in found.runs}
+    tags = found.pipeline.data.tags if found.pipeline is not None else {}
     for stage in STAGE_NAMES:
         if stage not in ran:
-            rows.append(f"<tr><td>{esc(stage)}</td><td></td><td colspan=\"7\" class=\"notrun\">not run</td></tr>")
+            why = "; ".join(f"{k[len('pipeline.skipped.'):]} skipped: {v}" for k, v in sorted(tags.items())
+                            if k.split(".")[2:3] == [stage])
+            rows.append(f"<tr><td>{esc(stage)}</td><td></td><td colspan=\"7\" class=\"notrun\">"
+                        f"{esc(why or 'not run')}</td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("stage", "task", "run", "run id", "status", "started", "duration",
                                              "commit", "note"))
     return f"<div class=\"wide\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+
+
+def skip_note(run) -> str:
+    """What a stage run skipped for an empty split (the ``pipeline.skipped`` tag), or ""."""
+    text = run.data.tags.get("pipeline.skipped")
+    return f"skipped for an empty split: {text}" if text else ""
 
 
 def render(page: Page, found: Found, title_id: str, experiment: str, tracking_uri: str, commit: str,

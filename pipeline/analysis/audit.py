@@ -38,6 +38,13 @@ def context_audit(model, spec, conf: Config, split: str):
                  match_distance=conf.evaluate.match_distance, classes=list(spec.classes))
 
 
+def lp_min_sequences() -> int:
+    """The fewest sequences the layer probes take: one held-out sequence needs ``HOLDOUT`` of them."""
+    from pipeline.analysis.layer_probes import HOLDOUT
+
+    return HOLDOUT
+
+
 def counterfactual_skipped(spec, conf: Config) -> str:
     """Why the counterfactual test does not apply to this audit ("" when it does)."""
     from pipeline.data.synth import LANE_CLASSES
@@ -79,6 +86,21 @@ def counterfactual_audit(spark, model, spec, conf: Config):
     twins.sort(key=lambda t: (t.sequence, t.frame))
     return cf.measure(model, twins, list(spec.classes), resamples=c.resamples, seed=conf.audit.seed,
                       examples=min(conf.audit.examples, 4))
+
+
+def layer_probe_audit(spark, model, spec, conf: Config):
+    """Linear probes of every layer of ``model`` for the lane class, time of day and scenery, on fresh unbiased
+    synthetic scenes (:mod:`pipeline.analysis.layer_probes`), as one Spark job."""
+    from pipeline.analysis import layer_probes as lp
+    from pipeline.data.ingest import IngestOptions
+
+    c = conf.audit.counterfactual
+    synth = IngestOptions(conf.ingest, tuple(spec.classes)).synth_config()
+    frames = min(c.frames, synth.frames_per_sequence)
+    print(f"audit: linear probes of {', '.join(model.layer_names)} on {c.probe_sequences} sequences x {frames} "
+          f"frames of synthetic seed {c.seed + 1} (every 4th sequence held out)", flush=True)
+    return lp.probe_layers(spark, model, list(model.layer_names), seed=c.seed + 1, cfg=synth, hw=tuple(spec.in_hw),
+                           sequences=c.probe_sequences, frames=frames, resamples=c.resamples)
 
 
 def combined_verdict(occlusion, counterfactual) -> tuple[str, bool]:
@@ -192,14 +214,19 @@ def run(spark, conf: Config, tracker) -> dict:
         accuracy = grouped_accuracy(model, rows(LoaderSpec(spec.split_url(a.split), spec.kind, 64, aux="group")),
                                     resamples=a.counterfactual.resamples, seed=a.seed)
         metrics.update(triple_metrics("context.accuracy", accuracy))
+    probes = None
     if twins is not None:
         metrics.update({f"context.{k}": float(v) for k, v in twins.metrics.items() if v == v})
         mlflow.set_tag("audit.counterfactual_verdict", twins.verdict)
+        if a.counterfactual.probe_sequences >= lp_min_sequences():
+            probes = layer_probe_audit(spark, model, spec, conf)
+            metrics.update({f"context.{k}": float(v) for k, v in probes.metrics.items() if v == v})
     metrics["context.relies_on_context"] = float(relies)
     mlflow.log_metrics(metrics)
     mlflow.set_tag("audit.context_verdict", said_context[:5000])
     mlflow.log_text(said_context + "\n" + "".join(f"- {n}\n" for n in result.notes), "audit/context.txt")
-    for name, fig in {**result.figures, **(twins.figures if twins is not None else {})}.items():
+    extra = {**(twins.figures if twins is not None else {}), **(probes.figures if probes is not None else {})}
+    for name, fig in {**result.figures, **extra}.items():
         tracker.log_figure(fig, name)
     print(f"audit: {spec.train.task} ({uri}) on {data}/{spec.kind}/{a.split}: {said_context}", flush=True)
     independent, said = independence_audit(spark, model, spec, conf, a.split, tracker)
@@ -210,5 +237,5 @@ def run(spark, conf: Config, tracker) -> dict:
     return {"context.verdict": said_context, "context.relies_on_context": relies,
             "context.counterfactual_verdict": twins.verdict if twins is not None else None,
             **{k: v for k, v in metrics.items()
-               if k.split(".", 1)[1].startswith(("occlusion.", "attribution.", "counterfactual.", "accuracy"))},
+               if k.split(".", 1)[1].startswith(("occlusion.", "attribution.", "counterfactual.", "accuracy", "probe."))},
             "independence.verdict": said, **independent}

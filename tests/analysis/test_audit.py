@@ -59,6 +59,12 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
     assert "Occlusion (secondary" in results["context.verdict"]
     assert m["context.relies_on_context"] == float(words == "relies on context")
     assert "figures/context_counterfactual.png" in figures
+    # linear probes of every layer: 64 sequences, 16 held out, 2 frames each
+    assert "figures/context_layer_probes.png" in figures
+    for layer in ("conv1", "fc7", "fc8"):
+        for target in ("lane_class", "time_of_day", "scenery"):
+            key = f"context.probe.{target}.{layer}"
+            assert 0 <= m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"] <= 1, key
     # the split's accuracy again, now with its interval over sequences
     assert m["context.accuracy"] == pytest.approx(trained["test_accuracy"])
     assert m["context.accuracy_lo"] <= m["context.accuracy"] <= m["context.accuracy_hi"]

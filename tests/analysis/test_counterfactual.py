@@ -202,19 +202,26 @@ def train_lane_net(bias: float, lanes: bool, seed: int = 0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def measured(spark):
-    """Each net's counterfactual result: the four trainings as Spark tasks (two at a time on two cores)."""
+def trained(spark):
+    """The four nets, trained as Spark tasks (two at a time on two cores)."""
     from pipeline.models import build_model
 
     names = list(NETS)
     weights = dict(spark.sparkContext.parallelize(names, len(names))
                    .map(lambda n: (n, train_lane_net(*NETS[n]))).collect())
-    twins = cf.render_twins(1000003, range(60), SMALL, HW, 2)
-    out = {}
+    nets = {}
     for name in names:
-        net = build_model("lane_classifier", len(LANE_CLASSES), HW, width=0.25)
-        net.load_state_dict(weights[name])
-        out[name] = cf.measure(net.eval(), twins, LANE_CLASSES, seed=0)
+        nets[name] = build_model("lane_classifier", len(LANE_CLASSES), HW, width=0.25)
+        nets[name].load_state_dict(weights[name])
+        nets[name].eval()
+    return nets
+
+
+@pytest.fixture(scope="module")
+def measured(trained):
+    """Each net's counterfactual result."""
+    twins = cf.render_twins(1000003, range(60), SMALL, HW, 2)
+    out = {name: cf.measure(net, twins, LANE_CLASSES, seed=0) for name, net in trained.items()}
     for name, r in out.items():
         print(f"{name}: {r.text}")
     return out
@@ -231,3 +238,19 @@ def test_the_nets_learned_their_task_where_the_cues_agree(measured):
     """A verdict on a net that learned nothing would be empty: every net is well above chance on aligned frames."""
     for name, result in measured.items():
         assert result.metrics["counterfactual.aligned_accuracy_lo"] > 1 / 6, (name, result.text)
+
+
+def test_layer_probes_find_the_context_in_the_context_net_and_the_lanes_in_the_lane_net(trained):
+    """By construction the lanes-erased net's output is a function of the context alone and the bias-0 net's of
+    the lanes (on unbiased scenes the two are independent): the head (fc8) of the first must encode the time of
+    day better than the second's, and the second's the lane class better than the first's."""
+    from pipeline.analysis import layer_probes as lp
+
+    rendered = lp.render(range(80), 2000003, SMALL, HW, 2)
+    probes = {name: lp.score(lp.partial(trained[name], ["fc7", "fc8"], rendered), ["fc7", "fc8"], resamples=1000)
+              for name in ("bias 0", "lanes erased")}
+    for name, p in probes.items():
+        print(name, {f"{k[0]}/{k[1]}": tuple(round(v, 2) for v in t) for k, t in p.accuracy.items()})
+    lanes, context = probes["bias 0"].accuracy, probes["lanes erased"].accuracy
+    assert context[("fc8", "time_of_day")][1] > lanes[("fc8", "time_of_day")][2]
+    assert lanes[("fc8", "lane_class")][1] > context[("fc8", "lane_class")][2]

@@ -258,7 +258,7 @@ def test_analysis_sections_show_their_verdicts_tables_and_figures(tmp_path):
         with tracker.stage_run("audit"):
             mlflow.set_tags({"audit.context_verdict": verdict, "audit.independence_verdict": "independent"})
             mlflow.log_metrics({"context.occlusion.context_drop": 0.4375, "independence.whole": 0.5625})
-            for name in ("context_occlusion", "context_examples", "independence"):
+            for name in ("context_occlusion", "context_examples", "independence", "context_counterfactual"):
                 figure(tracker, name)
         report = run_stage(get_stage("report"), None, conf, tracker)
     text, page = read(report["report_path"])
@@ -269,7 +269,7 @@ def test_analysis_sections_show_their_verdicts_tables_and_figures(tmp_path):
         assert "not run" not in page.sections[name], name
     assert {k: page.section_images[k] for k in ("training", "test-tl_detector", "correlate", "visualize",
                                                  "transfer", "audit")} == {
-        "training": 1, "test-tl_detector": 2, "correlate": 2, "visualize": 3, "transfer": 3, "audit": 3}
+        "training": 1, "test-tl_detector": 2, "correlate": 2, "visualize": 3, "transfer": 3, "audit": 4}
     assert f'<p class="verdict">relies on &lt;context&gt; &amp; not the object</p>' in text and verdict not in text
     assert '<p class="verdict">independent</p>' in text
     detector = words(page.sections["test-tl_detector"])
@@ -281,5 +281,8 @@ def test_analysis_sections_show_their_verdicts_tables_and_figures(tmp_path):
     assert "baseB 0.8125 " in transfer and "AnB 0.5 0.25 " in transfer and "pretrained 0.625 " in transfer
     audit = words(page.sections["audit"])
     assert "occlusion.context_drop 0.4375 " in audit and "whole 0.5625 " in audit
+    # the counterfactual test leads the audit's figures (logged last here), occlusion after it
+    assert re.findall(r'alt="(context_\w+)"', text) == ["context_counterfactual", "context_occlusion",
+                                                          "context_examples"]
     order = re.findall(r'alt="(transfer_\w+)"', text)
     assert order == ["transfer_class", "transfer_sizes", "transfer_conv1"]     # curves, size curve, filters
