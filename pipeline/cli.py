@@ -3,6 +3,9 @@
     pipeline [-v] [--profile P] [--conf FILE] run [--force] [--only STAGE,...] [--from STAGE] [KEY=VALUE ...]
     pipeline [-v] [--profile P] [--conf FILE] <stage> [KEY=VALUE ...]
     spark-submit jobs/<stage>.py [--profile P] [--conf FILE] [KEY=VALUE ...]
+
+Exit codes: 0 done; 3 done, but a job (or part of one) was skipped for an empty split (:data:`SKIP_RULE`);
+2 an input or config error (:class:`~pipeline.errors.UserError`, one line); 1 a bug (its traceback).
 """
 from __future__ import annotations
 
@@ -13,9 +16,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from pipeline.config import CONF_DIR, Config, ConfigError, load_config, profiles
-from pipeline.errors import UserError
+from pipeline.errors import EmptySplit, UserError
 from pipeline.stages import STAGES, Job, get_stage, job_name, plan, run_stage, select, why_not_done
 
+EXIT_SKIPPED = 3
+SKIP_RULE = ("An empty split (one with no rows: a small ingest may place no group in val or test) never stops a "
+             "run: a job that reads one is skipped with one line naming the split, the dataset and kind, why and "
+             "the fix; so is every later job that needs a skipped job, but the report, which shows what ran. The "
+             "train stage trains on: it leaves out per-epoch validation when val is empty, and its test pass when "
+             "test is empty, each said in one line. Exit codes: 0 everything ran (or was up to date); 3 the run "
+             "finished but something was skipped for an empty split (a skipped job never counts as done: the "
+             "next run tries it again); 2 an input or config error stopped it (one line); 1 a bug (a traceback).")
 EPILOG = ("KEY=VALUE overrides any config key with a dotted name, e.g. train.epochs=5 ingest.num_frames=200. "
           f"Config files: {CONF_DIR}/base.yaml, then the profile, then --conf.")
 
@@ -47,7 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      "(pipeline/stages.py); train and evaluate once per task of run.tasks. A job "
                                      "is skipped when its config, the code and its inputs are unchanged since it "
                                      "last finished and its output is there; a failed job is where the next run "
-                                     "resumes. One run at a time per output (a lock; a killed run frees it).")
+                                     "resumes. One run at a time per output (a lock; a killed run frees it). "
+                                     + SKIP_RULE)
     run.add_argument("--force", action="store_true", help="rerun jobs even if their output is up to date")
     run.add_argument("--only", metavar="STAGE,...", type=lambda v: [x for x in v.split(",") if x],
                      help="only these stages (every task of train / evaluate); with --force even if up to date")
@@ -56,7 +68,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         sub.add_parser(stage.name, parents=[common], help=stage.help, epilog=EPILOG,
                        description=f"{stage.help} Reads: {', '.join(stage.reads) or '-'}. "
-                                   f"Writes: {', '.join(stage.writes) or '-'}.")
+                                   f"Writes: {', '.join(stage.writes) or '-'}."
+                                   + (f" Splits: {', '.join(stage.splits)}; one with no rows skips the stage with "
+                                      f"one line (exit 3)." if stage.splits else ""))
     return parser
 
 
@@ -87,21 +101,31 @@ def browse_hint(conf: Config, experiment_id: Optional[str] = None) -> str:
 
 
 def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force: bool = True,
-             conf_for=None) -> None:
+             conf_for=None) -> dict:
     """Run ``jobs`` in order under one MLflow parent run, holding the output's lock. ``conf_for(job)``: the
-    config of a per-task job (the invocation's with ``train.task=<task>``)."""
+    config of a per-task job (the invocation's with ``train.task=<task>``). Returns ``{job or part: line}`` of
+    what was skipped for an empty split (:data:`SKIP_RULE`)."""
+    from pipeline.data import splits
     from pipeline.lock import hold
     from pipeline.session import build_session
     from pipeline.tracking import Tracker
 
     times: list = []   # (job, seconds) of the jobs run
     report = None
+    skipped: dict = {}  # job name -> the line it was skipped with (an empty split, or a need that was skipped)
+    parts: dict = {}    # job name -> the lines of the parts it left out (train's validation / test pass)
     with hold(conf, f"pipeline {name}"):
         tracker = Tracker(conf)
         spark = build_session(conf, verbose=verbose)
         with tracker.pipeline_run(name) as parent:
             for i, job in enumerate(jobs, 1):
                 job_conf = conf_for(job) if conf_for and job.task else conf
+                blocked = [n for n in job.needs if n in skipped]
+                if blocked and not job.stage.partial:
+                    skipped[job.name] = f"it needs {', '.join(blocked)}, skipped above"
+                    print(f"-- [{i}/{len(jobs)}] {job.name} skipped: {skipped[job.name]}", flush=True)
+                    parent_tag(f"pipeline.skipped.{job.name}", skipped[job.name])
+                    continue
                 reason = "forced" if force else why_not_done(job_conf, job.stage, job.needs)
                 if reason is None:
                     print(f"[{i}/{len(jobs)}] {job.name}: up to date (same config, code and inputs), skipped; "
@@ -109,13 +133,21 @@ def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force:
                     continue
                 print(f"== [{i}/{len(jobs)}] {job.name}" + ("" if len(jobs) == 1 else f" ({reason})"), flush=True)
                 started = time.monotonic()
+                said = len(splits.PART_SKIPS)
                 try:
                     results = run_stage(job.stage, spark, job_conf, tracker, needs=job.needs)
+                    if len(splits.PART_SKIPS) > said:
+                        parts[job.name] = splits.PART_SKIPS[said:]
                     print_results(results)
                     report = results.get("report_path", report) if isinstance(results, dict) else report
                     times.append((job.name, time.monotonic() - started))
                     if len(jobs) > 1:
                         print(f"-- {job.name} done in {times[-1][1]:.0f} s", flush=True)
+                except EmptySplit as exc:
+                    skipped[job.name] = str(exc)
+                    if len(jobs) > 1:   # a stage run alone says it in its last line
+                        print(f"-- [{i}/{len(jobs)}] {job.name} skipped: {exc}", flush=True)
+                    parent_tag(f"pipeline.skipped.{job.name}", str(exc))
                 except UserError as exc:
                     if len(jobs) > 1:  # say which stage; a stage run alone says it in its command already
                         exc.args = (f"stage {job.name}: {exc}", *exc.args[1:])
@@ -131,6 +163,23 @@ def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force:
     if report:
         print(f"Report: {report}")
     print(browse_hint(conf, tracker.experiment_id))
+    left_out = {**skipped, **{f"{job} (part)": "; ".join(lines) for job, lines in parts.items()}}
+    if len(jobs) == 1 and skipped:
+        print(f"{name}: skipped (exit 3): {next(iter(skipped.values()))}", file=sys.stderr, flush=True)
+    elif left_out:
+        jobs_part = f"{len(skipped)} of {len(jobs)} jobs skipped" if skipped else "no job skipped"
+        print(f"{name}: finished, {jobs_part}" + (f", {len(parts)} left a part out" if parts else "")
+              + f" for an empty split (exit 3): {', '.join(left_out)}; the lines above say which split and "
+                f"what to do", file=sys.stderr, flush=True)
+    return left_out
+
+
+def parent_tag(key: str, value: str) -> None:
+    """A tag on the pipeline's parent run (the report reads what was skipped from it)."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.set_tag(key, value[:5000])
 
 
 def _run_pipeline(args: argparse.Namespace, conf: Config, verbose: bool) -> None:
@@ -144,7 +193,7 @@ def _run_pipeline(args: argparse.Namespace, conf: Config, verbose: bool) -> None
         return _resolve(args, [f"train.task={job.task}"])
 
     print(f"pipeline: {len(chosen)} of {len(jobs)} jobs: {' -> '.join(j.name for j in chosen)}", flush=True)
-    _execute(conf, chosen, "pipeline", verbose, force=args.force, conf_for=conf_for)
+    return _execute(conf, chosen, "pipeline", verbose, force=args.force, conf_for=conf_for)
 
 
 def _single(stage_name: str, conf: Config) -> list:
@@ -157,10 +206,11 @@ def _single(stage_name: str, conf: Config) -> list:
 
 def _guarded(prog: str, args: argparse.Namespace, work) -> int:
     """Run ``work(conf, verbose)``; a :class:`UserError` (fix your input or config) prints one line and exits 2
-    (the run is still marked FAILED; ``-v`` adds the traceback). Anything else is a bug: its traceback shows."""
+    (the run is still marked FAILED; ``-v`` adds the traceback). Anything else is a bug: its traceback shows.
+    ``work`` returns what it skipped for an empty split: anything makes the exit code 3 (:data:`SKIP_RULE`)."""
     verbose = bool(getattr(args, "verbose", False))
     try:
-        work(_resolve(args), verbose)
+        skipped = work(_resolve(args), verbose)
     except UserError as exc:
         if verbose:
             import traceback
@@ -168,7 +218,7 @@ def _guarded(prog: str, args: argparse.Namespace, work) -> int:
             traceback.print_exc()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return EXIT_SKIPPED if skipped else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -6,7 +6,9 @@ it, never listed twice), and the config sections its output depends on. A stage 
 task of ``run.tasks`` (a *job* ``train.lane_classifier``); the others run once, for ``train.task``.
 
 ``pipeline run`` skips a job only when its config, the code and every input's stamp (the jobs it needs) are what
-they were when it last finished, and its output is still there (:func:`why_not_done`).
+they were when it last finished, and its output is still there (:func:`why_not_done`). A job whose split is
+empty (``Stage.splits``, :mod:`pipeline.data.splits`) is skipped with one line and never marked done; so are
+the later jobs that need it, but for a ``partial`` stage (the report), which shows what ran (pipeline/cli.py).
 """
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ class Stage:
     needs: tuple[str, ...] = ()    # stages whose output it reads (a per-task stage: the same task's job, or with
                                    # "name*" every task's)
     per_task: bool = False         # pipeline run: one job per task of run.tasks
+    splits: tuple[str, ...] = ()   # the splits it reads: a split's name, or the config key naming one; of
+                                   # <stage>.data (else train.data), the kind of <stage>.task (else train.task).
+                                   # One with no rows skips the job (pipeline.data.splits.check_stage)
+    partial: bool = False          # pipeline run: it runs even when a job it needs was skipped (the report)
 
     def function(self) -> Callable:
         module, _, attr = self.entry.partition(":")
@@ -54,37 +60,42 @@ STAGES: tuple[Stage, ...] = (
           writes=("<augment.name>/<every kind>",), depends_on=("ingest", "augment"), needs=("ingest",)),
     Stage("train", "Train train.task with TorchDistributor on an ingested dataset; log metrics, checkpoints, model.",
           "pipeline.train.run:run", reads=("<train.data>/<the task's kind>",),
-          writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train"), needs=("ingest",), per_task=True),
+          writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train"), needs=("ingest",), per_task=True,
+          splits=("train",)),
     Stage("evaluate", "Evaluate a logged model (evaluate.model_uri, default: the newest of train.task) on a split.",
           "pipeline.train.evaluate:run", reads=("MLflow model", "<train.data>/<the task's kind>"),
-          writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate"), needs=("train",), per_task=True),
+          writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate"), needs=("train",), per_task=True,
+          splits=("evaluate.split",)),
     Stage("correlate", "Do nets trained from different seeds learn the same units? Exact correlation, matching, "
                        "CKA and SVCCA between two or more nets of train.task (Li et al. 2016), in one Spark pass.",
           "pipeline.analysis.correlate:run", reads=("MLflow models (or the train stage)", "<train.data>/<kind>/<split>"),
           writes=("metrics", "correlate/<layer>/*.npy", "figures"), depends_on=("ingest", "train", "correlate"),
-          needs=("ingest",)),
+          needs=("ingest",), splits=("train", "correlate.split")),
     Stage("visualize", "What each unit expects to see: activation maximization of a logged model's units "
                        "(batched, Fourier, colour-decorrelated on its own data), multifaceted and deep-dream, "
                        "beside the real images that excite each unit most (top-k in one Spark pass).",
           "pipeline.analysis.visualize:run", reads=("MLflow model", "<train.data>/<kind>/<split>"),
-          writes=("metrics", "figures"), depends_on=("ingest", "train", "visualize"), needs=("train",)),
+          writes=("metrics", "figures"), depends_on=("ingest", "train", "visualize"), needs=("train",),
+          splits=("train", "visualize.split")),
     Stage("transfer", "Which layers transfer, and does pre-training rescue small data? Halves A and B of the "
                       "data; baseA, baseB, BnB, AnB, BnB+, AnB+ at every chop layer (Yosinski et al. 2014), and "
                       "scratch vs pre-trained vs a second loss at several training-set sizes: parallel Spark "
                       "tasks, one training each, each its own MLflow run.",
           "pipeline.analysis.transfer:run", reads=("<train.data>/<the task's kind>",),
           writes=("<train.data>-transfer-<split>-<A|B>", "checkpoints", "metrics", "figures"),
-          depends_on=("ingest", "train", "transfer"), needs=("ingest",)),
+          depends_on=("ingest", "train", "transfer"), needs=("ingest",), splits=("train", "val", "test")),
     Stage("audit", "Does a net look at the object or only its context (occlusion of the object vs the context, "
                    "attribution mass on the object vs its area, a verdict in words)?",
           "pipeline.analysis.audit:run", reads=("MLflow model", "<audit.data>/<kind>/<audit.split>"),
-          writes=("metrics", "verdict", "figures"), depends_on=("ingest", "train", "audit"), needs=("train",)),
+          writes=("metrics", "verdict", "figures"), depends_on=("ingest", "train", "audit"), needs=("train",),
+          splits=("train", "audit.split")),
     Stage("report", "The inspection report: one self-contained HTML page of the pipeline run (data, training "
                     "curves, confusion matrices, detector PR and heat maps, correlation, unit visualizations, "
                     "transfer, audits), written locally and logged to MLflow.",
           "pipeline.report:run", reads=("the MLflow runs of this pipeline run",), writes=("<work_dir>/reports/*.html",
                                                                                       "MLflow artifact"),
-          depends_on=("report",), needs=("augment", "evaluate*", "correlate", "visualize", "transfer", "audit")),
+          depends_on=("report",), needs=("augment", "evaluate*", "correlate", "visualize", "transfer", "audit"),
+          partial=True),
 )
 
 
@@ -238,9 +249,21 @@ def mark_done(conf: Config, stage: Stage, results: dict, needs=()) -> None:
 
 def run_stage(stage: Stage, spark, conf: Config, tracker, needs=()) -> dict:
     """Run one stage in its own MLflow child run (named for the stage and, per task, the task); returns its key
-    results (with ``run_id``)."""
+    results (with ``run_id``). A split it reads (``stage.splits``) with no rows raises
+    :class:`~pipeline.errors.EmptySplit` inside that run (ended FAILED, tagged ``pipeline.skipped``) and
+    marks nothing done."""
+    from pipeline.data.splits import check_stage
+    from pipeline.errors import EmptySplit
+
     with tracker.stage_run(stage.name, conf, run_name=job_name(stage, conf).replace(".", " ")) as run:
-        results = dict(stage.function()(spark, conf, tracker) or {})
+        try:
+            check_stage(stage, conf)   # an empty split it reads: EmptySplit, before anything loads or trains
+            results = dict(stage.function()(spark, conf, tracker) or {})
+        except EmptySplit as exc:
+            import mlflow
+
+            mlflow.set_tag("pipeline.skipped", str(exc)[:5000])
+            raise
         results["run_id"] = run.info.run_id
     mark_done(conf, stage, results, needs)
     return results

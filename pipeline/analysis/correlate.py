@@ -248,8 +248,11 @@ def run(spark, conf: Config, tracker) -> dict:
     from pipeline.train.evaluate import load_model
     from pipeline.train.spec import make_spec
 
+    from pipeline.data.splits import require_split
+
     c = conf.correlate
     spec = make_spec(conf)
+    require_split(spec, c.split, "correlate.split")   # before any net trains
     uris = model_uris(spark, conf, tracker)
     if len(uris) < 2:
         raise ConfigError("correlate.models: give two or more model URIs (or leave it empty to train correlate.seeds)")

@@ -201,8 +201,14 @@ def derive(spark, conf: Config, spec) -> Plan:
                                    f"expected {expected}")
         missing = [s for s in EVAL_SPLITS if not splits.get(s)]
         if missing:
-            raise ConfigError(f"transfer: half {key[1]} of the {key[0]} split has no {' or '.join(missing)} rows in "
-                              f"{root}: ingest more frames (ingest.num_frames)")
+            from pipeline.data.splits import fix, rows_in
+            from pipeline.errors import EmptySplit
+
+            meta = store.read_meta(root)
+            held = " and ".join(f"{rows_in(meta, kind, s)} {s}" for s in missing)
+            raise EmptySplit(f"transfer: half {key[1]} of the {key[0]} split ({', '.join(plan.labels[key])}) has no "
+                             f"{' or '.join(missing)} rows: dataset {root.rsplit('/', 1)[-1]}, kind {kind}, holds "
+                             f"{held} rows, none of this half's; {fix(meta, missing[0])}", root, kind, missing[0])
         store.write_meta(tmp[key], {"datasets": {kind: {"rows": sum(splits.values()), "splits": splits,
                                                         "classes": classes, "labels": plan.labels[key]}},
                                     "kinds": [kind], "classes": plan.labels[key],
@@ -346,6 +352,10 @@ def run(spark, conf: Config, tracker) -> dict:
                                       "kind": None, "num_processes": 1, "augment_policy": None, "per_task": {}})
     conf = conf.model_copy(update={"train": t})
     spec = make_spec(conf)
+    from pipeline.data.splits import require_split
+
+    for split in EVAL_SPLITS:   # every cell validates on val and is scored on test
+        require_split(spec, split)
     if spec.task.detector:
         raise ConfigError("transfer.task: the grid compares classifiers (lane_classifier or tl_classifier)")
     if c.size_split not in c.splits:

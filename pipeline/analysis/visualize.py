@@ -62,11 +62,14 @@ def run(spark, conf: Config, tracker) -> dict:
     from pipeline.train.loader import rows
     from pipeline.train.spec import make_spec
 
+    from pipeline.data.splits import require_split
+
     v = conf.visualize
     torch.manual_seed(v.seed)
     uri = v.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
     net = load_model(uri, conf).eval()
     spec = make_spec(conf)
+    require_split(spec, v.split, "visualize.split")
     if type(net).__name__ != spec.task.net:
         raise ConfigError(f"visualize: {uri} is a {type(net).__name__}, not the {spec.task.net} of "
                           f"train.task={spec.task.name}: set train.task to the model's task")

@@ -690,6 +690,8 @@ def run(spark, conf: Config, tracker) -> dict:
     summary["near_duplicates_across_splits"] = pairs.count()
     summary["split_by"] = c.split_by
     summary["groups_across_splits"] = groups_across_splits(ledger)
+    summary["split_groups"] = split_groups(ledger)
+    summary["split_rule"] = split_rule(c, inputs)
     if c.group_near_duplicates:
         summary["near_duplicate_grouping"] = {
             "inputs_hashed": regrouping.inputs_hashed, "pairs_across_groups": regrouping.pairs_across_groups,
@@ -705,13 +707,52 @@ def run(spark, conf: Config, tracker) -> dict:
     store.swap_in(tmp, root)
     _log(tracker, conf, root, summary, samples, pairs)
     pairs.unpersist()
+    empty = say_empty_splits(root, summary)
     return {"rows_in": summary["rows_in"], "rows_written": summary["rows_written"],
             "rows_quarantined": summary["rows_quarantined"],
             "near_duplicates_across_splits": summary["near_duplicates_across_splits"],
-            "groups_across_splits": summary["groups_across_splits"],
+            "groups_across_splits": summary["groups_across_splits"], "empty_splits": len(empty),
             **({"near_duplicate_groups_merged": summary["near_duplicate_groups_merged"]}
                if "near_duplicate_groups_merged" in summary else {}),
             "dataset_url": root}
+
+
+def split_groups(ledger) -> dict:
+    """``{split: groups}``: the distinct ``split_group`` values (what each input's split was decided by) of the
+    written inputs in each split, 0 for a split that got none."""
+    from pyspark.sql import functions as F
+
+    found = {r["split"]: r["n"] for r in ledger.filter(F.col("status") == "written").groupBy("split")
+             .agg(F.countDistinct("split_group").alias("n")).collect()}
+    return {split: int(found.get(split, 0)) for split in ("train", "val", "test")}
+
+
+def split_rule(c: IngestSection, inputs: list) -> dict:
+    """What decided the splits, for the line a stage says when a split is empty (:mod:`pipeline.data.splits`)."""
+    fixed = sorted({i["record"].get("split") for i in inputs if "record" in i} & {"train", "val", "test"})
+    rule = {"source": c.source, "split_by": c.split_by, "inputs": len(inputs),
+            "shares": {"train": c.split.train, "val": c.split.val, "test": c.split.test}, "fixed_splits": fixed,
+            "val_from_train": c.val_share}
+    if c.source == "synthetic":
+        rule["frames_per_sequence"] = c.frames_per_sequence
+    return rule
+
+
+def say_empty_splits(root: str, summary: dict) -> list:
+    """One line per split of each kind that came out empty (said last, before anything trains), also as the run's
+    ``ingest.empty_splits`` tag. Returns ``[(kind, split)]``."""
+    import mlflow
+
+    from pipeline.data.splits import describe, empty_splits
+
+    empty = empty_splits(summary)
+    lines = [f"ingest: warning: {describe(root, summary, kind, split)}; the stages that read it will skip "
+             f"(pipeline run exits 3)" for kind, split in empty]
+    for line in lines:
+        print(line, flush=True)
+    if lines and mlflow.active_run() is not None:
+        mlflow.set_tag("ingest.empty_splits", "; ".join(f"{k}/{s}" for k, s in empty))
+    return empty
 
 
 def _partitions(spark, section: IngestSection, n: int) -> int:

@@ -307,12 +307,14 @@ def run(spark, conf, tracker) -> dict:
     """The evaluate stage: any logged model, on a split of an ingested dataset."""
     import mlflow
 
+    from pipeline.data.splits import require_split
     from pipeline.train.spec import make_spec
 
     e = conf.evaluate
     uri = e.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
     model = load_model(uri, conf)
     spec = make_spec(conf)
+    require_split(spec, e.split, "evaluate.split")
     mlflow.log_params({"evaluate.model_uri_resolved": uri, "evaluate.dataset_url": spec.split_url(e.split)})
     result = evaluate(model, spec.task, spec.loader(e.split), list(spec.classes), f"{e.split}_",
                       limit=e.max_batches or None, threshold=e.threshold, match_distance=e.match_distance)

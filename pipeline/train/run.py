@@ -18,6 +18,8 @@ import torch
 
 from pipeline.config import Config, ConfigError
 from pipeline.data import store
+from pipeline.data.splits import check_split, skip_part
+from pipeline.errors import EmptySplit
 from pipeline.tasks import is_key_metric
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loader import batches
@@ -206,7 +208,8 @@ def train_fn(spec: TrainSpec) -> None:
         if rank == 0:
             metrics = {"train_loss": total / max(seen, 1), "samples_per_s": seen * world / elapsed,
                        "lr": scheduler.get_last_lr()[0], **augment_counts(ops, epoch)}
-            metrics.update(_validate(model, spec, device))
+            if spec.validate:
+                metrics.update(_validate(model, spec, device))
             tracker.log(metrics, step=epoch)
             save_checkpoint(spec.checkpoint_url, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -356,6 +359,9 @@ def run(spark, conf: Config, tracker) -> dict:
 
     conf = resolve_devices(conf)
     spec = make_spec(conf, run_id=mlflow.active_run().info.run_id)
+    job = f"train.{spec.task.name}"
+    if not spec.validate:
+        skip_part(f"{job}: per-epoch validation", _empty(spec, "val"))
     mlflow.log_params({"train.steps_per_epoch_resolved": spec.steps_per_epoch, "train.classes": ",".join(spec.classes),
                        "train.in_hw": f"{spec.in_hw[0]}x{spec.in_hw[1]}", "train.dataset_url": spec.split_url("train")})
     tic = time.perf_counter()
@@ -367,17 +373,29 @@ def run(spark, conf: Config, tracker) -> dict:
     results = {"train_seconds": train_seconds}
     run = tracker.client.get_run(spec.run_id)
     results.update({k: v for k, v in run.data.metrics.items() if k.startswith("val_") and is_key_metric(k)})
-    split = "test" if spec.has_split("test") else "val"
-    result = evaluate(model, spec.task, spec.loader(split), list(spec.classes), f"{split}_",
-                      threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance)
-    mlflow.log_metrics(result.metrics)
-    for name, fig in result.figures.items():
-        tracker.log_figure(fig, name)
-    results.update({k: v for k, v in result.metrics.items() if is_key_metric(k)})
+    empty = _empty(spec, "test")
+    if empty is not None:
+        skip_part(f"{job}: the test pass", empty)
+    else:
+        result = evaluate(model, spec.task, spec.loader("test"), list(spec.classes), "test_",
+                          threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance)
+        mlflow.log_metrics(result.metrics)
+        for name, fig in result.figures.items():
+            tracker.log_figure(fig, name)
+        results.update({k: v for k, v in result.metrics.items() if is_key_metric(k)})
     if conf.mlflow.register_model:
         mlflow.register_model(model_uri, f"road-pipeline-{spec.task.name}")
     results["model_uri"] = model_uri
     return results
+
+
+def _empty(spec: TrainSpec, split: str) -> Optional[EmptySplit]:
+    """The :class:`EmptySplit` of ``split`` of the dataset ``spec`` trains on, or None when it has rows."""
+    try:
+        check_split(spec.data_root, spec.kind, split)
+    except EmptySplit as exc:
+        return exc
+    return None
 
 
 def load_trained(spec: TrainSpec):

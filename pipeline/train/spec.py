@@ -11,6 +11,7 @@ from typing import Optional
 
 from pipeline.config import Config, ConfigError, TrainSection
 from pipeline.data import store
+from pipeline.data.splits import check_split, rows_in
 from pipeline.tasks import Task, get_task, pick_kind
 from pipeline.train.loader import LoaderSpec
 
@@ -35,6 +36,7 @@ class TrainSpec:
     threads: int = 0                 # torch threads per rank; 0: the host's cores / ranks
     log_model: bool = True           # log the trained model to the run (a transfer grid's cells keep checkpoints)
     train_split: str = "train"       # the folder trained on (a transfer half's nested subsets: train_n<size>)
+    validate: bool = True            # validate every epoch (False: the val split is empty; the stage said so)
     augment: Optional[object] = None # train.augment_policy as a Policy, resolved on the driver (ranks read no conf/)
 
     @property
@@ -83,14 +85,11 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
     except ValueError as exc:
         raise ConfigError(f"train.data={t.data}: {exc}") from None
     info = meta["datasets"][kind]
-    train_rows = info["splits"].get("train", 0)
+    train_rows = check_split(root, kind, "train", meta=meta)   # none: EmptySplit, the one line
     processes = max(1, t.num_processes)  # (0, one per GPU, is resolved by the train stage; 1 for the rest)
     if train_rows < t.batch_size * processes:
         raise ConfigError(f"{root}/{kind}/train has {train_rows} rows, fewer than train.batch_size x "
                           f"train.num_processes = {t.batch_size * processes}: ingest more or lower the batch size")
-    if "val" not in info["splits"]:
-        raise ConfigError(f"{root}/{kind} has no val split: re-ingest with a val share (ingest.split.val > 0, or "
-                          f"for a source whose folders fix the splits, ingest.val_from_train > 0)")
     if not task.detector and len(info["labels"]) < 2:
         raise ConfigError(f"{root}/{kind} has one class ({', '.join(info['labels'])}): a classifier needs two or "
                           f"more; check the source's class folders or labels")
@@ -104,7 +103,8 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
         train=t, kind=kind, data_root=root, classes=tuple(info["labels"]), in_hw=in_hw,
         steps_per_epoch=t.steps_per_epoch or max(1, train_rows // (t.batch_size * processes)),
         checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/{t.data}/{t.task}",
-        run_id=run_id, tracking_uri=conf.mlflow.tracking_uri, augment=policy)
+        run_id=run_id, tracking_uri=conf.mlflow.tracking_uri, augment=policy,
+        validate=bool(rows_in(meta, kind, "val")))
 
 
 def _stored_hw(spec: LoaderSpec) -> tuple:
