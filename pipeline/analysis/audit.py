@@ -143,9 +143,40 @@ def independence_audit(spark, model, spec, conf: Config, split: str, tracker) ->
         root = f"{spec.data_root}-framesplit"
         examples = ind.example_pairs(spark, root, frame_twins)
     text = ind.verdict(result, twins, comparison, frame_twins)
+    gap = val_test_gap(model, spec, conf)
+    if gap is not None:
+        metrics.update(gap[0])
+        text += " " + gap[1]
     tracker.log_figure(ind.independence_figure(result, frame_twins or twins, examples, comparison), "independence")
     mlflow.log_dict({"pairs": [list(p) for p in twins.pairs[:500]]}, "audit/near_duplicates_of_train.json")
     return {k: float(v) for k, v in metrics.items()}, text
+
+
+def val_test_gap(model, spec, conf: Config):
+    """(metrics, sentence) of val accuracy - test accuracy with its 95% interval (each split's groups resampled
+    on their own), or None (the detector, or a split missing). The rule, stated before measuring: the interval
+    excluding 0 flags the dataset, since two splits drawn from one population by group score alike."""
+    from pipeline.analysis.counterfactual import gap as gap_of, grouped_counts, triple_metrics
+    from pipeline.train.loader import LoaderSpec, rows
+
+    if spec.task.detector or not (spec.has_split("val") and spec.has_split("test")):
+        return None
+    counts = [grouped_counts(model, rows(LoaderSpec(spec.split_url(s), spec.kind, 64, aux="group")))
+              for s in ("val", "test")]
+    if not all(t.sum() for _, t in counts):
+        return None
+    g = gap_of(counts[0], counts[1], conf.audit.counterfactual.resamples, conf.audit.seed)
+    flagged = g[1] > 0 or g[2] < 0
+    metrics = {**triple_metrics("independence.val_test_gap", g), "independence.val_test_gap_flagged": float(flagged)}
+    said = f"val accuracy - test accuracy {g[0]:+.2f} [{g[1]:+.2f}, {g[2]:+.2f}] (95%, over groups)"
+    if g[1] > 0:
+        said = (f"Flagged: {said} excludes 0: val scores above test beyond chance, as when val frames share "
+                f"sequences or near-duplicates with train (or test is harder); trust neither split's number alone.")
+    elif g[2] < 0:
+        said = f"Flagged: {said} excludes 0: test scores above val beyond chance (val is harder or not alike)."
+    else:
+        said = f"{said}: the two splits agree."
+    return metrics, said
 
 
 def frame_split_comparison(spark, conf: Config, spec, model, tracker):

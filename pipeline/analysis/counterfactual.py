@@ -43,7 +43,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = ["VARIANTS", "TWINS", "CONFIDENCE", "Twins", "CounterfactualResult", "other_class", "render_sequence",
-           "render_twins", "measure", "bootstrap", "verdict", "grouped_accuracy", "triple_metrics"]
+           "render_twins", "measure", "bootstrap", "verdict", "grouped_accuracy", "grouped_counts", "gap",
+           "triple_metrics"]
 
 VARIANTS = ("aligned", "context_twin", "lanes_twin")
 TWINS = ("context_twin", "lanes_twin")
@@ -212,6 +213,13 @@ def grouped_accuracy(model, rows: Iterable[dict], *, batch_size: int = 64, devic
                      seed: int = 0) -> tuple[float, float, float]:
     """(accuracy, lo, hi) of a classifier on labelled ``rows`` (decoded rows with ``image``, ``label`` and
     ``group``, the sequence or group the split rule placed whole), the interval a bootstrap over groups."""
+    hits, totals = grouped_counts(model, rows, batch_size=batch_size, device=device)
+    return bootstrap(hits, totals, resamples, seed)
+
+
+def grouped_counts(model, rows: Iterable[dict], *, batch_size: int = 64, device="cpu") -> tuple[np.ndarray,
+                                                                                                np.ndarray]:
+    """(correct, rows) per group (sorted by group) of a classifier on labelled ``rows`` with a ``group``."""
     from pipeline.train.loader import to_tensor
 
     model.eval()
@@ -238,7 +246,25 @@ def grouped_accuracy(model, rows: Iterable[dict], *, batch_size: int = 64, devic
     if batch:
         flush()
     groups = sorted(totals)
-    return bootstrap(np.array([hits[g] for g in groups]), np.array([totals[g] for g in groups]), resamples, seed)
+    return np.array([hits[g] for g in groups], np.float64), np.array([totals[g] for g in groups], np.float64)
+
+
+def gap(a: tuple, b: tuple, resamples: int = 2000, seed: int = 0,
+        confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(difference, lo, hi): share(a) - share(b) for two independent samples of clusters, ``a`` and ``b`` each
+    ``(hits, totals)`` per cluster, the interval from resampling each sample's clusters independently."""
+    (ha, ta), (hb, tb) = ((np.asarray(h, np.float64), np.asarray(t, np.float64)) for h, t in (a, b))
+    if ta.sum() <= 0 or tb.sum() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    pa = rng.integers(0, len(ha), (resamples, len(ha)))
+    pb = rng.integers(0, len(hb), (resamples, len(hb)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diffs = ha[pa].sum(1) / ta[pa].sum(1) - hb[pb].sum(1) / tb[pb].sum(1)
+    diffs = diffs[np.isfinite(diffs)]
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
+    return float(ha.sum() / ta.sum() - hb.sum() / tb.sum()), float(lo), float(hi)
 
 
 def triple_metrics(name: str, triple) -> dict:

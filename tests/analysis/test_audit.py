@@ -65,6 +65,11 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
         for target in ("lane_class", "time_of_day", "scenery"):
             key = f"context.probe.{target}.{layer}"
             assert 0 <= m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"] <= 1, key
+    # val - test with its interval; the verdict says whether it excludes 0 (a group split of one population)
+    assert m["independence.val_test_gap_lo"] <= m["independence.val_test_gap"] <= m["independence.val_test_gap_hi"]
+    flagged = m["independence.val_test_gap_lo"] > 0 or m["independence.val_test_gap_hi"] < 0
+    assert m["independence.val_test_gap_flagged"] == float(flagged)
+    assert ("Flagged: val accuracy - test accuracy" in results["independence.verdict"]) == flagged
     # the split's accuracy again, now with its interval over sequences
     assert m["context.accuracy"] == pytest.approx(trained["test_accuracy"])
     assert m["context.accuracy_lo"] <= m["context.accuracy"] <= m["context.accuracy_hi"]
