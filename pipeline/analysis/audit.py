@@ -4,13 +4,21 @@ honest?
 extract   : a logged model (``audit.model_uri``, default: the newest train run of ``train.task`` on
             ``train.data``) and one split of ``audit.data`` (default ``train.data``) with what the rows carry
             about the object: lane masks, light boxes, the light's place in a crop;
-transform : the context audit (:mod:`pipeline.analysis.context`): accuracy with the object filled against
-            with the context filled, the share of input-gradient (or integrated-gradient) mass on the object
-            against the object's share of the image, and a verdict in words;
+transform : the context audit. For lane classifiers on the synthetic lane classes, first the counterfactual
+            test (:mod:`pipeline.analysis.counterfactual`: twins of fresh scenes with the lanes of one class in
+            the context of another, ``p_lanes`` / ``p_context`` with intervals over sequences, the verdict on
+            intervals) and linear probes of every layer (:mod:`pipeline.analysis.layer_probes`); for every
+            classifier the split's accuracy with its interval, and on road frames and light crops the
+            backgrounds protocol (:mod:`pipeline.analysis.backgrounds`: only-FG, only-BG, mixed-same /
+            mixed-rand, BG-Gap); then occlusion (:mod:`pipeline.analysis.context`): accuracy with the object
+            filled against with the context filled, the share of input-gradient (or integrated-gradient) mass on
+            the object against the object's share of the image, its verdict secondary where the counterfactual
+            test ran (reported as agreeing or not);
             and the independence audit (:mod:`pipeline.analysis.independence`): the split's accuracy on every row
             and on the rows with no near-duplicate in train (perceptual hash within
             ``ingest.near_duplicate_bits``), side by side; with ``audit.frame_split``, the same source ingested
-            frame by frame and trained on, its val accuracy (inflated) beside the group split's;
+            frame by frame and trained on, its val accuracy (inflated) beside the group split's; and val - test
+            accuracy with its interval over groups, flagged when it excludes 0;
 load      : metrics (``context.*``, ``independence.*``), both verdicts as tags and text, figures with overlays and
             the near-duplicate pairs.
 """
@@ -43,6 +51,30 @@ def lp_min_sequences() -> int:
     from pipeline.analysis.layer_probes import HOLDOUT
 
     return HOLDOUT
+
+
+def split_evidence(model, spec, conf: Config, notes: list) -> dict:
+    """Classifiers: the audited split's accuracy with its interval over groups (sequences); on rows that say where
+    the object is (road frames, light crops), Xiao et al.'s backgrounds protocol (:mod:`pipeline.analysis.
+    backgrounds`), its sentence added to ``notes``."""
+    from pipeline.analysis.backgrounds import measure as backgrounds
+    from pipeline.analysis.counterfactual import grouped_accuracy, triple_metrics
+    from pipeline.train.loader import LoaderSpec, rows
+
+    a = conf.audit
+    if spec.task.detector:
+        return {}
+    url = spec.split_url(a.split)
+    accuracy = grouped_accuracy(model, rows(LoaderSpec(url, spec.kind, 64, extra=("group",))),
+                                resamples=a.counterfactual.resamples, seed=a.seed)
+    metrics = triple_metrics("context.accuracy", accuracy)
+    if spec.kind in ("road_frames", "tl_crops"):
+        extra = ("group", "lane_mask") if spec.kind == "road_frames" else ("group", "label_name")
+        bg = backgrounds(model, rows(LoaderSpec(url, spec.kind, 64, extra=extra)), spec.kind, list(spec.classes),
+                         dilate=a.dilate, max_rows=a.max_rows, resamples=a.counterfactual.resamples, seed=a.seed)
+        metrics.update({f"context.{k}": float(v) for k, v in bg.metrics.items() if v == v})
+        notes.append(bg.text)
+    return metrics
 
 
 def counterfactual_skipped(spec, conf: Config) -> str:
@@ -226,10 +258,9 @@ def run(spark, conf: Config, tracker) -> dict:
     model = load_model(uri, conf).eval()
     data = a.data or conf.train.data
     spec = make_spec(conf.model_copy(update={"train": conf.train.model_copy(update={"data": data})}))
-    if not spec.has_split(a.split):
-        from pipeline.config import ConfigError
+    from pipeline.data.splits import require_split
 
-        raise ConfigError(f"audit.split={a.split}: {spec.data_root}/{spec.kind} has no {a.split} split")
+    require_split(spec, a.split, "audit.split")
     mlflow.log_params({"audit.model_uri_resolved": uri, "audit.data_url": spec.split_url(a.split)})
     result = context_audit(model, spec, conf, a.split)
     skipped = counterfactual_skipped(spec, conf)
@@ -238,13 +269,7 @@ def run(spark, conf: Config, tracker) -> dict:
         result.notes.append(f"no counterfactual test: {skipped}")
     said_context, relies = combined_verdict(result, twins)
     metrics = {f"context.{k}": float(v) for k, v in result.metrics.items() if v == v}
-    if not spec.task.detector:               # the split's accuracy with its interval over groups (sequences)
-        from pipeline.analysis.counterfactual import grouped_accuracy, triple_metrics
-        from pipeline.train.loader import LoaderSpec, rows
-
-        accuracy = grouped_accuracy(model, rows(LoaderSpec(spec.split_url(a.split), spec.kind, 64, aux="group")),
-                                    resamples=a.counterfactual.resamples, seed=a.seed)
-        metrics.update(triple_metrics("context.accuracy", accuracy))
+    metrics.update(split_evidence(model, spec, conf, result.notes))
     probes = None
     if twins is not None:
         metrics.update({f"context.{k}": float(v) for k, v in twins.metrics.items() if v == v})
@@ -268,5 +293,6 @@ def run(spark, conf: Config, tracker) -> dict:
     return {"context.verdict": said_context, "context.relies_on_context": relies,
             "context.counterfactual_verdict": twins.verdict if twins is not None else None,
             **{k: v for k, v in metrics.items()
-               if k.split(".", 1)[1].startswith(("occlusion.", "attribution.", "counterfactual.", "accuracy", "probe."))},
+               if k.split(".", 1)[1].startswith(("occlusion.", "attribution.", "counterfactual.", "accuracy",
+                                                 "probe.", "backgrounds."))},
             "independence.verdict": said, **independent}

@@ -69,13 +69,15 @@ class LoaderSpec:
     policy: Optional[object] = None  # a pipeline.augment.Policy applied online to training batches
     aux: Optional[str] = None        # an auxiliary target field (AUX_TARGETS): batches carry it third
     pin_memory: bool = False         # page-locked batches (training on CUDA: the copy to the GPU overlaps)
+    extra: tuple = ()                # more stored fields the rows carry (analyses: e.g. group, lane_mask)
 
     @property
     def fields(self) -> tuple:
         """What this loader reads: the kind's training fields, plus the masks and names ops use (context paste
         keeps the lane markings) when a policy is applied, plus the auxiliary target."""
         fields = KIND_FIELDS[self.kind] + (AUGMENT_FIELDS[self.kind] if self.policy is not None else ())
-        return fields + ((self.aux,) if self.aux and self.aux not in fields else ())
+        fields = fields + ((self.aux,) if self.aux and self.aux not in fields else ())
+        return fields + tuple(f for f in self.extra if f not in fields)
 
 
 def decode_workers(loader_workers: int, processes: int) -> int:

@@ -59,12 +59,18 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
     assert "Occlusion (secondary" in results["context.verdict"]
     assert m["context.relies_on_context"] == float(words == "relies on context")
     assert "figures/context_counterfactual.png" in figures
-    # linear probes of every layer: 64 sequences, 16 held out, 2 frames each
+    # linear probes of every layer: 128 sequences, 32 held out, 2 frames each
     assert "figures/context_layer_probes.png" in figures
     for layer in ("conv1", "fc7", "fc8"):
         for target in ("lane_class", "time_of_day", "scenery"):
             key = f"context.probe.{target}.{layer}"
             assert 0 <= m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"] <= 1, key
+    # the backgrounds protocol on the same rows
+    for v in ("original", "only_fg", "only_bg", "mixed_same", "mixed_rand"):
+        key = f"context.backgrounds.{v}_accuracy"
+        assert 0 <= m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"] <= 1, key
+    assert 0 < m["context.backgrounds.rows"] <= m["context.rows"] - m["context.rows_without_object"]  # with lanes
+    assert "context.backgrounds.bg_gap_lo" in m
     # val - test with its interval; the verdict says whether it excludes 0 (a group split of one population)
     assert m["independence.val_test_gap_lo"] <= m["independence.val_test_gap"] <= m["independence.val_test_gap_hi"]
     flagged = m["independence.val_test_gap_lo"] > 0 or m["independence.val_test_gap_hi"] < 0

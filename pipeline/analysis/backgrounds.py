@@ -1,0 +1,170 @@
+"""The context question on data nobody rendered: the background protocol of Xiao et al. 2020 (*Noise or Signal:
+the role of image backgrounds in object recognition*), for any classifier dataset whose rows say where the
+object is (lane masks, the light's place in a crop; :func:`pipeline.analysis.context.object_mask`).
+
+For every labelled row with an object, four variants:
+
+* ``only_fg``: the object on a neutral background (the normalisation mean, a zero input);
+* ``only_bg``: the object removed by inpainting (OpenCV's Telea method over the dilated object region), not grey;
+* ``mixed_same``: the object pasted onto the ``only_bg`` of another row of the **same** class;
+* ``mixed_rand``: the object pasted onto the ``only_bg`` of a row of **another** class, drawn at random.
+
+Accuracy (against the object's label) on each, and ``bg_gap = acc(mixed_same) - acc(mixed_rand)``: how much a
+background of the right class helps. A net that reads only the object has a gap near 0; a net that reads the
+background loses on ``mixed_rand``. For ``mixed_rand`` the share predicted as the *background's* class is given
+too, per object class (does a light crop's ``off`` follow its background?). Intervals are 95% bootstrap intervals
+over groups (sequences), paired where two variants share rows (the gap).
+
+A pure library (numpy, OpenCV, torch): the caller passes decoded rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["VARIANTS", "Backgrounds", "inpaint", "variants", "measure"]
+
+VARIANTS = ("original", "only_fg", "only_bg", "mixed_same", "mixed_rand")
+
+
+def inpaint(images: np.ndarray, masks: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Each image with its mask's pixels filled from around them (Telea inpainting)."""
+    import cv2
+
+    return np.stack([cv2.inpaint(np.ascontiguousarray(im), m.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+                     if m.any() else im.copy() for im, m in zip(images, masks)])
+
+
+def variants(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> dict:
+    """The four variants of each image (and ``original``), plus ``bg_label``: the class of the background each
+    ``mixed_rand`` image got (-1 where no row of another class exists) and ``same_ok`` / ``rand_ok``: whether a
+    partner was found."""
+    from pipeline.train.loader import MEAN
+
+    n = len(images)
+    bg = inpaint(images, masks)
+    grey = np.full_like(images, round(MEAN * 255))
+    only_fg = np.where(masks[..., None], images, grey)
+    same = np.full(n, -1)
+    rand = np.full(n, -1)
+    for i in range(n):
+        pool_same = np.flatnonzero((labels == labels[i]) & (np.arange(n) != i))
+        pool_rand = np.flatnonzero(labels != labels[i])
+        if len(pool_same):
+            same[i] = pool_same[rng.integers(len(pool_same))]
+        if len(pool_rand):
+            rand[i] = pool_rand[rng.integers(len(pool_rand))]
+
+    def mixed(partner):
+        out = images.copy()
+        for i, j in enumerate(partner):
+            if j >= 0:
+                out[i] = np.where(masks[i][..., None], images[i], bg[j])
+        return out
+
+    return {"original": images, "only_fg": only_fg, "only_bg": bg, "mixed_same": mixed(same),
+            "mixed_rand": mixed(rand), "bg_label": np.where(rand >= 0, labels[np.maximum(rand, 0)], -1),
+            "same_ok": same >= 0, "rand_ok": rand >= 0}
+
+
+@dataclass
+class Backgrounds:
+    metrics: dict
+    text: str
+    follows_background: dict = field(default_factory=dict)   # object class -> (share, lo, hi) on mixed_rand
+    rows: int = 0
+
+
+def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, dilate: int = 2,
+            batch_size: int = 64, max_rows: int = 0, resamples: int = 2000, seed: int = 0,
+            device="cpu", light_aspect: Optional[float] = None) -> Backgrounds:
+    """The protocol of the module docstring on ``rows`` (decoded rows of ``kind`` with ``image``, ``label`` and
+    ``group``; road frames also ``lane_mask``). Variants pair rows within batches of ``batch_size``, so the
+    partner rows are drawn from the same batch."""
+    from pipeline.analysis.context import LIGHT_ASPECT, object_mask
+    from pipeline.analysis.counterfactual import bootstrap, triple_metrics
+    from pipeline.train.loader import to_tensor
+
+    model.eval()
+    rng = np.random.default_rng([seed, 3])
+    groups: list = []
+    hits = {v: [] for v in VARIANTS}
+    follow: list = []          # (object label, predicted == background label) on mixed_rand
+    used = {"same": [], "rand": []}
+    batch: list = []
+    aspect = LIGHT_ASPECT if light_aspect is None else light_aspect
+
+    def flush():
+        images = np.stack([np.asarray(r["image"], np.uint8) for r in batch])
+        masks = np.stack([object_mask(kind, r, dilate, aspect) for r in batch])
+        labels = np.array([int(r["label"]) for r in batch])
+        keep = masks.reshape(len(batch), -1).any(1) & (labels >= 0)
+        if keep.sum() < 2:
+            batch.clear()
+            return
+        images, masks, labels = images[keep], masks[keep], labels[keep]
+        made = variants(images, masks, labels, rng)
+        for v in VARIANTS:
+            with torch.no_grad():
+                pred = model(to_tensor(made[v]).to(device)).float().argmax(1).cpu().numpy()
+            hits[v] += (pred == labels).tolist()
+            if v == "mixed_rand":
+                follow.extend((int(lab), bool(p == b)) for lab, p, b, ok in
+                              zip(labels, pred, made["bg_label"], made["rand_ok"]) if ok)
+        used["same"] += made["same_ok"].tolist()
+        used["rand"] += made["rand_ok"].tolist()
+        groups.extend(str(r.get("group", r.get("id", i))) for i, r in enumerate(np.array(batch, object)[keep]))
+        batch.clear()
+
+    for k, row in enumerate(rows):
+        if max_rows and k >= max_rows:
+            break
+        batch.append(row)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not groups:
+        raise ValueError("no labelled row with an object to paste: the background protocol needs rows whose "
+                         "object region is known (lane masks, light crops)")
+    names = sorted(set(groups))
+    index = np.searchsorted(names, groups)
+    k = len(names)
+
+    def per_group(values, where=None):
+        values = np.asarray(values, np.float64)
+        where = np.ones(len(values), bool) if where is None else np.asarray(where, bool)
+        return (np.bincount(index[where], values[where], k), np.bincount(index[where], None, k))
+
+    metrics: dict = {"backgrounds.rows": float(len(groups)), "backgrounds.groups": float(k)}
+    triples = {}
+    for v in VARIANTS:
+        where = used["same"] if v == "mixed_same" else used["rand"] if v == "mixed_rand" else None
+        triples[v] = bootstrap(*per_group(hits[v], where), resamples, seed)
+        metrics.update(triple_metrics(f"backgrounds.{v}_accuracy", triples[v]))
+    both = np.asarray(used["same"]) & np.asarray(used["rand"])
+    diff = np.asarray(hits["mixed_same"], np.float64) - np.asarray(hits["mixed_rand"], np.float64)
+    gap = bootstrap(*per_group(diff, both), resamples, seed)
+    metrics.update(triple_metrics("backgrounds.bg_gap", gap))
+    result = Backgrounds(metrics, "", rows=len(groups))
+    labels_seen = sorted({lab for lab, _ in follow})
+    for lab in labels_seen:
+        sel = [i for i, (x, _) in enumerate(follow) if x == lab]
+        rows_idx = np.flatnonzero(used["rand"])[sel]
+        h = np.bincount(index[rows_idx], np.array([follow[i][1] for i in sel], np.float64), k)
+        t = np.bincount(index[rows_idx], None, k)
+        name = classes[lab] if 0 <= lab < len(classes) else str(lab)
+        result.follows_background[name] = bootstrap(h, t, resamples, seed)
+        metrics.update(triple_metrics(f"backgrounds.follows_background.{name}", result.follows_background[name]))
+
+    def fmt(t):
+        return f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
+
+    result.text = (f"backgrounds (Xiao et al. 2020) on {len(groups)} rows of {k} groups: accuracy original "
+                   f"{fmt(triples['original'])}, object only {fmt(triples['only_fg'])}, object inpainted away "
+                   f"{fmt(triples['only_bg'])}, on a background of its class {fmt(triples['mixed_same'])}, of another "
+                   f"class {fmt(triples['mixed_rand'])}; BG-Gap {fmt(gap)}")
+    return result
