@@ -15,6 +15,7 @@ experiment (``<work-dir>/mlflow.db``). Prints one markdown table.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ NETS = (  # (row, training data, extra train overrides)
     ("context_bias 1.0", "tied", ()),
     ("0.95 + context augmentation, offline", "biased-context", ()),
     ("0.95 + context augmentation, online", "biased", ("train.augment_policy=context",)),
+    # offline, every train row is there 3 times (the original and augment.copies=2 copies), so an epoch is 3x the
+    # optimizer steps of an online epoch: the same policy online with the offline run's steps
+    ("0.95 + context augmentation, online, 3x epochs", "biased", ("train.augment_policy=context", "EPOCHS*3")),
 )
 
 
@@ -48,6 +52,11 @@ def main() -> int:
     parser.add_argument("--work-dir", default="/tmp/context_failure")
     parser.add_argument("--fresh", action="store_true", help="ingest and augment again even where a previous "
                         "run left the datasets in --work-dir")
+    parser.add_argument("--nets", type=lambda v: [int(i) for i in v.split(",")], default=[],
+                        help="only these rows (0-5: the lane nets of the table, 6: the traffic-light classifier), "
+                        "e.g. --nets 5")
+    parser.add_argument("--reuse", action="store_true", help="audit the nets an earlier run trained (their URIs "
+                        "in <work-dir>/models.json) instead of training them again")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     common = [f"paths.work_dir={args.work_dir}", f"ingest.num_frames={args.frames}", "ingest.frames_per_sequence=4",
@@ -78,9 +87,19 @@ def main() -> int:
     if not made("biased-context"):
         stage("augment", conf("augment.source=biased", "augment.policy=context", "augment.name=biased-context"))
     rows = []
-    for label, data, extra in NETS:
-        trained = stage("train", conf(f"train.data={data}", *extra))
-        uri = trained["model_uri"]
+    known = Path(args.work_dir) / "models.json"      # row -> model URI of the nets trained so far
+    models = json.loads(known.read_text()) if known.exists() else {}
+    for n, (label, data, extra) in enumerate(NETS):
+        if args.nets and n not in args.nets:
+            continue
+        extra = [f"train.epochs={args.epochs * 3}" if e == "EPOCHS*3" else e for e in extra]
+        uri = models.get(label) if args.reuse else None
+        if uri:
+            print(f"== {label}: the net trained before, {uri} (--reuse)", flush=True)
+        else:
+            uri = stage("train", conf(f"train.data={data}", *extra))["model_uri"]
+            models[label] = uri
+            known.write_text(json.dumps(models, indent=1))
         own = data.split("-")[0]
         inside = stage("audit", conf(f"train.data={own}", f"audit.model_uri={uri}", "audit.counterfactual.sequences=0"))
         fair = stage("audit", conf(f"train.data={own}", "audit.data=fair", f"audit.model_uri={uri}"))
@@ -88,15 +107,38 @@ def main() -> int:
     print(f"\n{args.frames} frames per dataset (4 per sequence), {args.epochs} epochs, "
           f"{time.perf_counter() - tic:.0f} s\n")
     print("| net | test accuracy, in distribution | test accuracy, independent scenes | p_lanes | p_context | "
-          "verdict (counterfactual) | occlusion says |")
-    print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
+          "BG-Gap, in distribution | BG-Gap, independent | verdict (counterfactual) | occlusion says |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for label, inside, fair in rows:
         text = fair["context.verdict"]
         occlusion = text.split("Occlusion (secondary: fills are out of distribution) ", 1)[-1].split(":", 1)[0]
         print(f"| {label} | {_interval(inside, 'context.accuracy')} | {_interval(fair, 'context.accuracy')} | "
               f"{_interval(fair, 'context.counterfactual.p_lanes')} | "
-              f"{_interval(fair, 'context.counterfactual.p_context')} | {fair['context.counterfactual_verdict']} | "
+              f"{_interval(fair, 'context.counterfactual.p_context')} | {_interval(inside, 'context.backgrounds.bg_gap')} | "
+              f"{_interval(fair, 'context.backgrounds.bg_gap')} | "
+              f"{fair['context.counterfactual_verdict']} | "
               f"{occlusion} |")
+    if not args.nets or 6 in args.nets:   # the traffic-light classifier: no context tie, the backgrounds protocol
+        label = "tl_classifier"
+        uri = models.get(label) if args.reuse else None
+        if not uri:
+            uri = stage("train", conf("train.data=fair", "train.task=tl_classifier"))["model_uri"]
+            models[label] = uri
+            known.write_text(json.dumps(models, indent=1))
+        tl = stage("audit", conf("train.data=fair", "train.task=tl_classifier", f"audit.model_uri={uri}"))
+        print("\nTraffic-light classifier (trained on the unbiased crops; its test crops), backgrounds protocol:\n")
+        print("| accuracy | object only | object inpainted away | mixed-same | mixed-rand | BG-Gap | "
+              "mixed-rand: predicted as the background's class, per light class |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        follows = "; ".join(f"{k.rsplit('.', 1)[1]} {_interval(tl, k)}" for k in sorted(tl)
+                            if k.startswith("context.backgrounds.follows_background.") and not k.endswith(("_lo", "_hi")))
+        print(f"| {_interval(tl, 'context.accuracy')} | {_interval(tl, 'context.backgrounds.only_fg_accuracy')} | "
+              f"{_interval(tl, 'context.backgrounds.only_bg_accuracy')} | "
+              f"{_interval(tl, 'context.backgrounds.mixed_same_accuracy')} | "
+              f"{_interval(tl, 'context.backgrounds.mixed_rand_accuracy')} | "
+              f"{_interval(tl, 'context.backgrounds.bg_gap')} | {follows} |")
+    if not rows:
+        return 0
     print("\nLinear probes on unbiased scenes: held-out accuracy per layer (95% interval over sequences); "
           "chance = the commonest class")
     for target in ("lane_class", "time_of_day", "scenery"):

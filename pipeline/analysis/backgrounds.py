@@ -7,10 +7,14 @@ For every labelled row with an object, four variants:
 * ``only_fg``: the object on a neutral background (the normalisation mean, a zero input);
 * ``only_bg``: the object removed by inpainting (OpenCV's Telea method over the dilated object region), not grey;
 * ``mixed_same``: the object pasted onto the ``only_bg`` of another row of the **same** class;
-* ``mixed_rand``: the object pasted onto the ``only_bg`` of a row of **another** class, drawn at random.
+* ``mixed_rand``: the object pasted onto the ``only_bg`` of a row of **another** class, drawn at random;
+
+partners drawn from the same batch, never from the row's own group (sequence).
 
 Accuracy (against the object's label) on each, and ``bg_gap = acc(mixed_same) - acc(mixed_rand)``: how much a
-background of the right class helps. A net that reads only the object has a gap near 0; a net that reads the
+background of the right class helps. That needs data whose backgrounds go with the classes (Xiao et al.'s
+ImageNet, or the training distribution of a biased set): on scenes where context and class are independent a
+"background of the same class" says nothing of the class, and the gap is 0 for any net. A net that reads only the object has a gap near 0; a net that reads the
 background loses on ``mixed_rand``. For ``mixed_rand`` the share predicted as the *background's* class is given
 too, per object class (does a light crop's ``off`` follow its background?). Intervals are 95% bootstrap intervals
 over groups (sequences), paired where two variants share rows (the gap).
@@ -38,10 +42,12 @@ def inpaint(images: np.ndarray, masks: np.ndarray, radius: int = 3) -> np.ndarra
                      if m.any() else im.copy() for im, m in zip(images, masks)])
 
 
-def variants(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> dict:
+def variants(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+             groups: Optional[Sequence] = None) -> dict:
     """The four variants of each image (and ``original``), plus ``bg_label``: the class of the background each
     ``mixed_rand`` image got (-1 where no row of another class exists) and ``same_ok`` / ``rand_ok``: whether a
-    partner was found."""
+    partner was found. With ``groups``, a partner is never of the row's own group (another frame of the same
+    sequence would give it back nearly its own background): rows with no partner outside their group get none."""
     from pipeline.train.loader import MEAN
 
     n = len(images)
@@ -50,9 +56,11 @@ def variants(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, rng: np.
     only_fg = np.where(masks[..., None], images, grey)
     same = np.full(n, -1)
     rand = np.full(n, -1)
+    group = np.asarray(list(groups) if groups is not None else range(n), object)
     for i in range(n):
-        pool_same = np.flatnonzero((labels == labels[i]) & (np.arange(n) != i))
-        pool_rand = np.flatnonzero(labels != labels[i])
+        other = group != group[i]
+        pool_same = np.flatnonzero((labels == labels[i]) & other)
+        pool_rand = np.flatnonzero((labels != labels[i]) & other)
         if len(pool_same):
             same[i] = pool_same[rng.integers(len(pool_same))]
         if len(pool_rand):
@@ -106,7 +114,8 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
             batch.clear()
             return
         images, masks, labels = images[keep], masks[keep], labels[keep]
-        made = variants(images, masks, labels, rng)
+        kept = [str(r.get("group", r.get("id", i))) for i, r in enumerate(np.array(batch, object)[keep])]
+        made = variants(images, masks, labels, rng, kept)
         for v in VARIANTS:
             with torch.no_grad():
                 pred = model(to_tensor(made[v]).to(device)).float().argmax(1).cpu().numpy()
@@ -116,7 +125,7 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
                               zip(labels, pred, made["bg_label"], made["rand_ok"]) if ok)
         used["same"] += made["same_ok"].tolist()
         used["rand"] += made["rand_ok"].tolist()
-        groups.extend(str(r.get("group", r.get("id", i))) for i, r in enumerate(np.array(batch, object)[keep]))
+        groups.extend(kept)
         batch.clear()
 
     for k, row in enumerate(rows):
