@@ -90,6 +90,16 @@ def counterfactual_skipped(spec, conf: Config) -> str:
     if not set(LANE_CLASSES) <= set(spec.classes):
         return (f"the net's classes ({', '.join(spec.classes)}) are not the synthetic lane classes: no twin can be "
                 f"rendered for them")
+    if spec.kind != "road_frames":
+        return f"the audited rows are {spec.kind}, not synthetic road frames"
+    from pipeline.train.loader import LoaderSpec, rows
+
+    first = next(rows(LoaderSpec(spec.split_url(conf.audit.split), spec.kind, 1, extra=("source",))), {})
+    source = str(first.get("source", ""))
+    if not source.startswith("synthetic"):
+        return (f"the audited data comes from {source or 'an unknown source'}, not the synthetic generator: twins of "
+                f"synthetic scenes would test the net outside its distribution (the backgrounds protocol is the "
+                f"evidence for such data)")
     return ""
 
 
