@@ -148,13 +148,16 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
         where = np.ones(len(values), bool) if where is None else np.asarray(where, bool)
         return (np.bincount(index[where], values[where], k), np.bincount(index[where], None, k))
 
-    metrics: dict = {"backgrounds.rows": float(len(groups)), "backgrounds.groups": float(k)}
+    metrics: dict = {"backgrounds.rows": float(len(groups)), "backgrounds.groups": float(k),
+                     "backgrounds.mixed_same_rows": float(sum(used["same"])),
+                     "backgrounds.mixed_rand_rows": float(sum(used["rand"]))}
     triples = {}
     for v in VARIANTS:
         where = used["same"] if v == "mixed_same" else used["rand"] if v == "mixed_rand" else None
         triples[v] = bootstrap(*per_group(hits[v], where), resamples, seed)
         metrics.update(triple_metrics(f"backgrounds.{v}_accuracy", triples[v]))
     both = np.asarray(used["same"]) & np.asarray(used["rand"])
+    metrics["backgrounds.paired_rows"] = float(both.sum())        # rows in the gap: both partners found
     diff = np.asarray(hits["mixed_same"], np.float64) - np.asarray(hits["mixed_rand"], np.float64)
     gap = bootstrap(*per_group(diff, both), resamples, seed)
     metrics.update(triple_metrics("backgrounds.bg_gap", gap))
@@ -176,4 +179,8 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
                    f"{fmt(triples['original'])}, object only {fmt(triples['only_fg'])}, object inpainted away "
                    f"{fmt(triples['only_bg'])}, on a background of its class {fmt(triples['mixed_same'])}, of another "
                    f"class {fmt(triples['mixed_rand'])}; BG-Gap {fmt(gap)}")
+    missing = len(groups) - int(sum(used["same"]))
+    if missing:
+        result.text += (f" ({missing} rows found no row of their class outside their own sequence in their batch: "
+                        f"left out of mixed-same and the gap)")
     return result
