@@ -21,7 +21,8 @@ def audited(spark, tiny_data):
     conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=3")
     trained = stage(spark, conf, "train")
     conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=3",
-                     "audit.counterfactual.sequences=12", f"audit.model_uri={trained['model_uri']}")
+                     "audit.counterfactual.sequences=12", "audit.counterfactual.probe_sequences=32",
+                     f"audit.model_uri={trained['model_uri']}")
     return conf, trained, stage(spark, conf, "audit")
 
 
@@ -59,7 +60,7 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
     assert "Occlusion (secondary" in results["context.verdict"]
     assert m["context.relies_on_context"] == float(words == "relies on context")
     assert "figures/context_counterfactual.png" in figures
-    # linear probes of every layer: 128 sequences, 32 held out, 2 frames each
+    # linear probes of every layer: 32 sequences, 8 held out, 2 frames each
     assert "figures/context_layer_probes.png" in figures
     for layer in ("conv1", "fc7", "fc8"):
         for target in ("lane_class", "time_of_day", "scenery"):
