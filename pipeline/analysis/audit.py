@@ -24,6 +24,8 @@ load      : metrics (``context.*``, ``independence.*``), both verdicts as tags a
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from pipeline.config import Config
 
 
@@ -46,27 +48,30 @@ def context_audit(model, spec, conf: Config, split: str):
                  match_distance=conf.evaluate.match_distance, classes=list(spec.classes))
 
 
-def lp_min_sequences() -> int:
-    """The fewest sequences the layer probes take: one held-out sequence needs ``HOLDOUT`` of them."""
-    from pipeline.analysis.layer_probes import HOLDOUT
+def split_counts(model, spec, split: str, cache: dict) -> tuple:
+    """(correct, rows) per group of a classifier on one split, read once per audit (``cache``: split -> counts)."""
+    from pipeline.analysis.intervals import grouped_counts
+    from pipeline.train.loader import LoaderSpec, rows
 
-    return HOLDOUT
+    if split not in cache:
+        cache[split] = grouped_counts(model, rows(LoaderSpec(spec.split_url(split), spec.kind, 64,
+                                                             extra=("group",))))
+    return cache[split]
 
 
-def split_evidence(model, spec, conf: Config, notes: list) -> dict:
+def split_evidence(model, spec, conf: Config, notes: list, counts: dict) -> dict:
     """Classifiers: the audited split's accuracy with its interval over groups (sequences); on rows that say where
     the object is (road frames, light crops), Xiao et al.'s backgrounds protocol (:mod:`pipeline.analysis.
     backgrounds`), its sentence added to ``notes``."""
     from pipeline.analysis.backgrounds import measure as backgrounds
-    from pipeline.analysis.counterfactual import grouped_accuracy, triple_metrics
+    from pipeline.analysis.intervals import bootstrap, triple_metrics
     from pipeline.train.loader import LoaderSpec, rows
 
     a = conf.audit
     if spec.task.detector:
         return {}
     url = spec.split_url(a.split)
-    accuracy = grouped_accuracy(model, rows(LoaderSpec(url, spec.kind, 64, extra=("group",))),
-                                resamples=a.counterfactual.resamples, seed=a.seed)
+    accuracy = bootstrap(*split_counts(model, spec, a.split, counts), a.counterfactual.resamples, a.seed)
     metrics = triple_metrics("context.accuracy", accuracy)
     if spec.kind in ("road_frames", "tl_crops"):
         extra = ("group", "lane_mask") if spec.kind == "road_frames" else ("group", "label_name")
@@ -159,9 +164,11 @@ def combined_verdict(occlusion, counterfactual) -> tuple[str, bool]:
             f"{occlusion.verdict}"), counterfactual.relies_on_context
 
 
-def independence_audit(spark, model, spec, conf: Config, split: str, tracker) -> tuple[dict, str]:
+def independence_audit(spark, model, spec, conf: Config, split: str, tracker,
+                       counts: Optional[dict] = None) -> tuple[dict, str]:
     """Accuracy with and without the near-duplicates of train; with ``audit.frame_split``, the frame-split
-    comparison. Returns metrics and the verdict."""
+    comparison; the val - test gap (``counts``: per-group counts of splits already scored). Returns metrics and
+    the verdict."""
     import mlflow
 
     from pipeline.analysis import independence as ind
@@ -185,7 +192,7 @@ def independence_audit(spark, model, spec, conf: Config, split: str, tracker) ->
         root = f"{spec.data_root}-framesplit"
         examples = ind.example_pairs(spark, root, frame_twins)
     text = ind.verdict(result, twins, comparison, frame_twins)
-    gap = val_test_gap(model, spec, conf)
+    gap = val_test_gap(model, spec, conf, {} if counts is None else counts)
     if gap is not None:
         metrics.update(gap[0])
         text += " " + gap[1]
@@ -194,20 +201,18 @@ def independence_audit(spark, model, spec, conf: Config, split: str, tracker) ->
     return {k: float(v) for k, v in metrics.items()}, text
 
 
-def val_test_gap(model, spec, conf: Config):
+def val_test_gap(model, spec, conf: Config, counts: dict):
     """(metrics, sentence) of val accuracy - test accuracy with its 95% interval (each split's groups resampled
     on their own), or None (the detector, or a split missing). The rule, stated before measuring: the interval
     excluding 0 flags the dataset, since two splits drawn from one population by group score alike."""
-    from pipeline.analysis.counterfactual import gap as gap_of, grouped_counts, triple_metrics
-    from pipeline.train.loader import LoaderSpec, rows
+    from pipeline.analysis.intervals import gap as gap_of, triple_metrics
 
     if spec.task.detector or not (spec.has_split("val") and spec.has_split("test")):
         return None
-    counts = [grouped_counts(model, rows(LoaderSpec(spec.split_url(s), spec.kind, 64, aux="group")))
-              for s in ("val", "test")]
-    if not all(t.sum() for _, t in counts):
+    val, test = (split_counts(model, spec, s, counts) for s in ("val", "test"))
+    if not (val[1].sum() and test[1].sum()):
         return None
-    g = gap_of(counts[0], counts[1], conf.audit.counterfactual.resamples, conf.audit.seed)
+    g = gap_of(val, test, conf.audit.counterfactual.resamples, conf.audit.seed)
     flagged = g[1] > 0 or g[2] < 0
     metrics = {**triple_metrics("independence.val_test_gap", g), "independence.val_test_gap_flagged": float(flagged)}
     said = f"val accuracy - test accuracy {g[0]:+.2f} [{g[1]:+.2f}, {g[2]:+.2f}] (95%, over groups)"
@@ -279,12 +284,15 @@ def run(spark, conf: Config, tracker) -> dict:
         result.notes.append(f"no counterfactual test: {skipped}")
     said_context, relies = combined_verdict(result, twins)
     metrics = {f"context.{k}": float(v) for k, v in result.metrics.items() if v == v}
-    metrics.update(split_evidence(model, spec, conf, result.notes))
+    counts: dict = {}                        # per-group counts of each split scored, read once
+    metrics.update(split_evidence(model, spec, conf, result.notes, counts))
     probes = None
     if twins is not None:
         metrics.update({f"context.{k}": float(v) for k, v in twins.metrics.items() if v == v})
         mlflow.set_tag("audit.counterfactual_verdict", twins.verdict)
-        if a.counterfactual.probe_sequences >= lp_min_sequences():
+        from pipeline.analysis.layer_probes import HOLDOUT
+
+        if a.counterfactual.probe_sequences >= HOLDOUT:        # one held-out sequence needs HOLDOUT of them
             probes = layer_probe_audit(spark, model, spec, conf)
             metrics.update({f"context.{k}": float(v) for k, v in probes.metrics.items() if v == v})
     metrics["context.relies_on_context"] = float(relies)
@@ -295,7 +303,7 @@ def run(spark, conf: Config, tracker) -> dict:
     for name, fig in {**result.figures, **extra}.items():
         tracker.log_figure(fig, name)
     print(f"audit: {spec.train.task} ({uri}) on {data}/{spec.kind}/{a.split}: {said_context}", flush=True)
-    independent, said = independence_audit(spark, model, spec, conf, a.split, tracker)
+    independent, said = independence_audit(spark, model, spec, conf, a.split, tracker, counts)
     mlflow.log_metrics({k: v for k, v in independent.items() if v == v})
     mlflow.set_tag("audit.independence_verdict", said[:5000])
     mlflow.log_text(said + "\n", "audit/independence.txt")

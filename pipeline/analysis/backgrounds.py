@@ -14,8 +14,8 @@ partners drawn from the same batch, never from the row's own group (sequence).
 Accuracy (against the object's label) on each, and ``bg_gap = acc(mixed_same) - acc(mixed_rand)``: how much a
 background of the right class helps. That needs data whose backgrounds go with the classes (Xiao et al.'s
 ImageNet, or the training distribution of a biased set): on scenes where context and class are independent a
-"background of the same class" says nothing of the class, and the gap is 0 for any net. A net that reads only the object has a gap near 0; a net that reads the
-background loses on ``mixed_rand``. For ``mixed_rand`` the share predicted as the *background's* class is given
+"background of the same class" says nothing of the class, and the gap is 0 for any net. On such data a net
+that reads only the object has a gap near 0; a net that reads the background loses on ``mixed_rand``. For ``mixed_rand`` the share predicted as the *background's* class is given
 too, per object class (does a light crop's ``off`` follow its background?). Intervals are 95% bootstrap intervals
 over groups (sequences), paired where two variants share rows (the gap).
 
@@ -93,14 +93,15 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
     ``group``; road frames also ``lane_mask``). Variants pair rows within batches of ``batch_size``, so the
     partner rows are drawn from the same batch."""
     from pipeline.analysis.context import LIGHT_ASPECT, object_mask
-    from pipeline.analysis.counterfactual import bootstrap, triple_metrics
+    from pipeline.analysis.intervals import bootstrap, per_group, triple_metrics
     from pipeline.train.loader import to_tensor
 
     model.eval()
     rng = np.random.default_rng([seed, 3])
     groups: list = []
     hits = {v: [] for v in VARIANTS}
-    follow: list = []          # (object label, predicted == background label) on mixed_rand
+    labels_all: list = []      # every kept row's label
+    follows: list = []         # mixed_rand predicted as the background's class (False where no partner)
     used = {"same": [], "rand": []}
     batch: list = []
     aspect = LIGHT_ASPECT if light_aspect is None else light_aspect
@@ -121,11 +122,11 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
                 pred = model(to_tensor(made[v]).to(device)).float().argmax(1).cpu().numpy()
             hits[v] += (pred == labels).tolist()
             if v == "mixed_rand":
-                follow.extend((int(lab), bool(p == b)) for lab, p, b, ok in
-                              zip(labels, pred, made["bg_label"], made["rand_ok"]) if ok)
+                follows.extend((pred == made["bg_label"]) & made["rand_ok"])
         used["same"] += made["same_ok"].tolist()
         used["rand"] += made["rand_ok"].tolist()
         groups.extend(kept)
+        labels_all.extend(labels.tolist())
         batch.clear()
 
     for k, row in enumerate(rows):
@@ -139,37 +140,26 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
     if not groups:
         raise ValueError("no labelled row with an object to paste: the background protocol needs rows whose "
                          "object region is known (lane masks, light crops)")
-    names = sorted(set(groups))
-    index = np.searchsorted(names, groups)
-    k = len(names)
-
-    def per_group(values, where=None):
-        values = np.asarray(values, np.float64)
-        where = np.ones(len(values), bool) if where is None else np.asarray(where, bool)
-        return (np.bincount(index[where], values[where], k), np.bincount(index[where], None, k))
-
+    k = len(set(groups))
     metrics: dict = {"backgrounds.rows": float(len(groups)), "backgrounds.groups": float(k),
                      "backgrounds.mixed_same_rows": float(sum(used["same"])),
                      "backgrounds.mixed_rand_rows": float(sum(used["rand"]))}
     triples = {}
     for v in VARIANTS:
         where = used["same"] if v == "mixed_same" else used["rand"] if v == "mixed_rand" else None
-        triples[v] = bootstrap(*per_group(hits[v], where), resamples, seed)
+        triples[v] = bootstrap(*per_group(groups, hits[v], where), resamples, seed)
         metrics.update(triple_metrics(f"backgrounds.{v}_accuracy", triples[v]))
     both = np.asarray(used["same"]) & np.asarray(used["rand"])
     metrics["backgrounds.paired_rows"] = float(both.sum())        # rows in the gap: both partners found
     diff = np.asarray(hits["mixed_same"], np.float64) - np.asarray(hits["mixed_rand"], np.float64)
-    gap = bootstrap(*per_group(diff, both), resamples, seed)
+    gap = bootstrap(*per_group(groups, diff, both), resamples, seed)
     metrics.update(triple_metrics("backgrounds.bg_gap", gap))
     result = Backgrounds(metrics, "", rows=len(groups))
-    labels_seen = sorted({lab for lab, _ in follow})
-    for lab in labels_seen:
-        sel = [i for i, (x, _) in enumerate(follow) if x == lab]
-        rows_idx = np.flatnonzero(used["rand"])[sel]
-        h = np.bincount(index[rows_idx], np.array([follow[i][1] for i in sel], np.float64), k)
-        t = np.bincount(index[rows_idx], None, k)
+    labels_all = np.asarray(labels_all)
+    for lab in sorted(set(labels_all[np.asarray(used["rand"], bool)].tolist())):
         name = classes[lab] if 0 <= lab < len(classes) else str(lab)
-        result.follows_background[name] = bootstrap(h, t, resamples, seed)
+        where = np.asarray(used["rand"], bool) & (labels_all == lab)
+        result.follows_background[name] = bootstrap(*per_group(groups, follows, where), resamples, seed)
         metrics.update(triple_metrics(f"backgrounds.follows_background.{name}", result.follows_background[name]))
 
     def fmt(t):

@@ -15,8 +15,8 @@ On the two twins the lanes' class and the context's class differ, so a predictio
 followed: ``p_lanes`` is the share of twins predicted as their lanes' class, ``p_context`` the share predicted as
 their context's class (both twins pooled; each twin kind is reported too). Frames of one sequence share
 everything but camera jitter, motion and cars, so they are not independent: the 95% intervals are percentile
-bootstrap intervals over **sequences** (:func:`bootstrap`: sequences drawn with replacement, each with all its
-frames).
+bootstrap intervals over **sequences** (:func:`pipeline.analysis.intervals.bootstrap`: sequences drawn with
+replacement, each with all its frames).
 
 **Verdict** (:func:`verdict`), stated before any net was measured and never moved: with ``[lo, hi]`` the 95%
 intervals and ``chance = 1 / classes``,
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import matplotlib
 
@@ -42,13 +42,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["VARIANTS", "TWINS", "CONFIDENCE", "Twins", "CounterfactualResult", "other_class", "render_sequence",
-           "render_twins", "measure", "bootstrap", "verdict", "grouped_accuracy", "grouped_counts", "gap",
-           "triple_metrics"]
+__all__ = ["VARIANTS", "TWINS", "Twins", "CounterfactualResult", "other_class", "render_sequence",
+           "render_twins", "measure", "verdict"]
 
 VARIANTS = ("aligned", "context_twin", "lanes_twin")
 TWINS = ("context_twin", "lanes_twin")
-CONFIDENCE = 0.95
 _SALT_OTHER = 41          # the stream that draws a sequence's other class C
 
 
@@ -94,25 +92,6 @@ def render_twins(seed: int, sequences: Iterable[int], cfg, hw: tuple, frames: in
     return [t for s in sequences for t in render_sequence(seed, s, cfg, hw, frames)]
 
 
-def bootstrap(hits: np.ndarray, totals: np.ndarray, resamples: int = 2000, seed: int = 0,
-              confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(share, lo, hi): ``sum(hits) / sum(totals)`` and its percentile bootstrap interval over clusters (rows of
-    ``hits``/``totals``: one per sequence), resampling clusters with replacement ``resamples`` times."""
-    hits, totals = np.asarray(hits, np.float64), np.asarray(totals, np.float64)
-    if hits.shape != totals.shape or hits.ndim != 1:
-        raise ValueError(f"hits and totals must be 1-d and of one shape, got {hits.shape} and {totals.shape}")
-    if totals.sum() <= 0:
-        return float("nan"), float("nan"), float("nan")
-    share = float(hits.sum() / totals.sum())
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(hits), (resamples, len(hits)))
-    h, t = hits[pick].sum(1), totals[pick].sum(1)
-    shares = h[t > 0] / t[t > 0]
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(shares, [alpha, 1 - alpha])
-    return share, float(lo), float(hi)
-
-
 def verdict(p_lanes: tuple, p_context: tuple, chance: float) -> str:
     """The rule of the module docstring on ``(share, lo, hi)`` triples: one of "relies on context", "looks at
     the lanes", "uses both", "inconclusive"."""
@@ -149,6 +128,7 @@ def measure(model, twins: Sequence[Twins], classes: Sequence[str], *, batch_size
     """Predict every variant of every :class:`Twins` with ``model`` (class index ``i`` = ``classes[i]``) and
     measure ``p_lanes`` / ``p_context`` (both twins pooled, and per twin kind) and the aligned accuracy, each
     with its bootstrap interval over sequences; the verdict of :func:`verdict`."""
+    from pipeline.analysis.intervals import bootstrap, triple_metrics
     from pipeline.train.loader import to_tensor
 
     if not twins:
@@ -207,69 +187,6 @@ def measure(model, twins: Sequence[Twins], classes: Sequence[str], *, batch_size
     result.examples = [(twins[j], {v: classes[preds[v][j]] for v in VARIANTS}) for j in sorted(pick)]
     result.figures = {"context_counterfactual": _figure(result, p_lanes, p_context, aligned, chance)}
     return result
-
-
-def grouped_accuracy(model, rows: Iterable[dict], *, batch_size: int = 64, device="cpu", resamples: int = 2000,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """(accuracy, lo, hi) of a classifier on labelled ``rows`` (decoded rows with ``image``, ``label`` and
-    ``group``, the sequence or group the split rule placed whole), the interval a bootstrap over groups."""
-    hits, totals = grouped_counts(model, rows, batch_size=batch_size, device=device)
-    return bootstrap(hits, totals, resamples, seed)
-
-
-def grouped_counts(model, rows: Iterable[dict], *, batch_size: int = 64, device="cpu") -> tuple[np.ndarray,
-                                                                                                np.ndarray]:
-    """(correct, rows) per group (sorted by group) of a classifier on labelled ``rows`` with a ``group``."""
-    from pipeline.train.loader import to_tensor
-
-    model.eval()
-    hits: dict = {}
-    totals: dict = {}
-    batch: list = []
-
-    def flush():
-        images = np.stack([np.asarray(r["image"], np.uint8) for r in batch])
-        with torch.no_grad():
-            pred = model(to_tensor(images).to(device)).float().argmax(1).cpu().numpy()
-        for r, p in zip(batch, pred):
-            g = str(r["group"])
-            hits[g] = hits.get(g, 0) + int(p == int(r["label"]))
-            totals[g] = totals.get(g, 0) + 1
-        batch.clear()
-
-    for row in rows:
-        if int(row["label"]) < 0:
-            continue
-        batch.append(row)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    groups = sorted(totals)
-    return np.array([hits[g] for g in groups], np.float64), np.array([totals[g] for g in groups], np.float64)
-
-
-def gap(a: tuple, b: tuple, resamples: int = 2000, seed: int = 0,
-        confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(difference, lo, hi): share(a) - share(b) for two independent samples of clusters, ``a`` and ``b`` each
-    ``(hits, totals)`` per cluster, the interval from resampling each sample's clusters independently."""
-    (ha, ta), (hb, tb) = ((np.asarray(h, np.float64), np.asarray(t, np.float64)) for h, t in (a, b))
-    if ta.sum() <= 0 or tb.sum() <= 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    pa = rng.integers(0, len(ha), (resamples, len(ha)))
-    pb = rng.integers(0, len(hb), (resamples, len(hb)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        diffs = ha[pa].sum(1) / ta[pa].sum(1) - hb[pb].sum(1) / tb[pb].sum(1)
-    diffs = diffs[np.isfinite(diffs)]
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
-    return float(ha.sum() / ta.sum() - hb.sum() / tb.sum()), float(lo), float(hi)
-
-
-def triple_metrics(name: str, triple) -> dict:
-    s, lo, hi = triple
-    return {name: s, f"{name}_lo": lo, f"{name}_hi": hi}
 
 
 def _figure(result: CounterfactualResult, p_lanes, p_context, aligned, chance):

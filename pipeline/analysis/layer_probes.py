@@ -176,7 +176,7 @@ class LayerProbes:
 def score(state: dict, layers: Sequence[str], resamples: int = 2000, seed: int = 0,
           alpha: float = ALPHA) -> LayerProbes:
     """Fit every probe on the summed moments and score it on the held-out frames of ``state``."""
-    from pipeline.analysis.counterfactual import bootstrap, triple_metrics
+    from pipeline.analysis.intervals import bootstrap, triple_metrics
 
     seqs = np.asarray(state["sequence"])
     groups = sorted(set(seqs.tolist()))

@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.analysis import counterfactual as cf
+from pipeline.analysis.intervals import bootstrap
 from pipeline.data.synth import LANE_CLASSES, SynthConfig, context_class, render_frame, tied_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/analysis/conftest.py)
@@ -101,7 +102,7 @@ def test_the_bootstrap_counts_sequences_not_frames():
     not the 0.11 a frame-level interval would give."""
     rng = np.random.default_rng(0)
     hit = rng.random(40) < 0.5
-    share, lo, hi = cf.bootstrap(hit * 8.0, np.full(40, 8.0), resamples=4000)
+    share, lo, hi = bootstrap(hit * 8.0, np.full(40, 8.0), resamples=4000)
     p = hit.mean()
     assert share == pytest.approx(p)
     expected = 2 * 1.96 * np.sqrt(p * (1 - p) / 40)
@@ -109,7 +110,7 @@ def test_the_bootstrap_counts_sequences_not_frames():
     assert lo < share < hi
     # independent frames (the same 320 hits spread evenly): a narrower interval
     spread = rng.permutation(np.repeat(hit, 8)).reshape(40, 8).sum(1)
-    _, lo2, hi2 = cf.bootstrap(spread, np.full(40, 8.0), resamples=4000)
+    _, lo2, hi2 = bootstrap(spread, np.full(40, 8.0), resamples=4000)
     assert hi2 - lo2 < 0.6 * (hi - lo)
 
 
@@ -121,7 +122,7 @@ def test_the_bootstrap_interval_covers_the_truth_about_95_percent_of_the_time():
         per_seq = rng.beta(3, 2, 50)                         # each sequence has its own rate; the truth is 0.6
         frames = rng.integers(1, 6, 50).astype(float)
         hits = rng.binomial(frames.astype(int), per_seq).astype(float)
-        _, lo, hi = cf.bootstrap(hits, frames, resamples=1000, seed=int(rng.integers(1 << 30)))
+        _, lo, hi = bootstrap(hits, frames, resamples=1000, seed=int(rng.integers(1 << 30)))
         covered += lo <= 0.6 <= hi
     assert 0.88 <= covered / trials <= 0.99
 

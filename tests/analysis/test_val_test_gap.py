@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.analysis.counterfactual import gap, grouped_counts
+from pipeline.analysis.intervals import gap, grouped_counts
 from pipeline.data.images import resize
 from pipeline.data.synth import LANE_CLASSES, SynthConfig, render_frame
 from pipeline.train.loader import to_tensor
