@@ -203,3 +203,139 @@ def test_bad_transfer_settings_are_named(spark, tiny_data):
         transfer.run(spark, tiny_data("transfer.task=tl_classifier", "transfer.layers=[conv1,fc5]",
                                       "transfer.splits=[day_night]",
                                       "transfer.size_split=day_night", "transfer.batch_size=8"), None)
+
+
+# ----------------------------------------------------------------------------------------- planted truths
+
+PLANTED = {"baseB": 0.90, "baseA": 0.85, "BnB": 0.80, "AnB": 0.60, "BnB+": 0.88, "AnB+": 0.84,
+           "scratch": 0.50, "pretrained": 0.70, "aux": 0.55}
+SPREAD = (-0.02, 0.0, 0.02)       # seed s adds SPREAD[s]: the mean is the planted value, min and max +- 0.02
+
+
+def test_summarize_gives_planted_means_spreads_and_gaps():
+    """Accuracies planted per variant, layer and size: every grid point's mean, min and max, the co-adaptation gap
+    (baseB - BnB) and the specificity gap (BnB - AnB) are known before the stage computes them."""
+    from pipeline.config import load_config
+
+    c = load_config(overrides=["transfer.layers=[conv1,fc7]", "transfer.seeds=3", "transfer.sizes=[10,20]",
+                               "transfer.splits=[class,day_night]"]).transfer
+    first, second = plan_cells(c)
+    layer_step = {"conv1": 0.0, "fc7": -0.1}        # deeper chops transfer worse
+    size_step = {10: 0.0, 20: 0.05}
+
+    def planted(cell):
+        return PLANTED[cell.variant] + (layer_step[cell.layer] if cell.layer and cell.variant[0] == "A" else 0.0) \
+            + (size_step[cell.size] if cell.size else 0.0) + SPREAD[cell.seed]
+    results = {cell.key: {"key": cell.key, "test_accuracy": planted(cell)} for cell in first + second}
+    out = transfer.summarize(results, first + second, c)
+    expected = {}
+    for split in c.splits:
+        for name, value in (("baseB", 0.90), ("baseA_on_A", 0.85)):
+            expected[f"{split}.{name}"] = value
+        for n in c.layers:
+            for v in transfer.GRID_VARIANTS:
+                expected[f"{split}.{transfer.metric_key(v)}.{n}"] = PLANTED[v] + (layer_step[n] if v[0] == "A" else 0)
+    for size in c.sizes:
+        for v in transfer.SIZE_VARIANTS:
+            expected[f"sizes.{v}.n{size}"] = PLANTED[v] + size_step[size]
+    for name, value in expected.items():
+        assert out.pop(f"{name}.mean") == pytest.approx(value), name
+        assert out.pop(f"{name}.min") == pytest.approx(value - 0.02), name
+        assert out.pop(f"{name}.max") == pytest.approx(value + 0.02), name
+    gaps = {f"{split}.{gap}.{n}": value for split in c.splits for n in c.layers for gap, value in (
+        ("coadaptation_gap", 0.90 - 0.80), ("specificity_gap", 0.80 - 0.60 - layer_step[n]))}
+    assert out.keys() == gaps.keys()
+    for name, value in gaps.items():
+        assert out[name] == pytest.approx(value), name
+
+
+def _cells_logged(conf) -> list:
+    """Every cell's child run: ``(split, variant, layer, size, seed, test accuracy)`` from its tags and metric."""
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(conf.mlflow.experiment).experiment_id],
+                              "tags.`pipeline.kind` = 'transfer-cell'")
+    return [(r.data.tags["transfer.split"], r.data.tags["transfer.variant"], r.data.tags["transfer.layer"],
+             r.data.tags["transfer.size"], int(r.data.tags["transfer.seed"]), r.data.metrics["test_accuracy"])
+            for r in runs]
+
+
+def test_the_logged_summary_is_recomputed_from_the_cells_logged_accuracies(grid):
+    """A direct implementation on what the cells logged (tags and test accuracy), against the stage's metrics."""
+    conf, results = grid
+    cells = _cells_logged(conf)
+    logged = MlflowClient(conf.mlflow.tracking_uri).get_run(results["run_id"]).data.metrics
+
+    def mean(**match):
+        values = [acc for s, v, n, z, _, acc in cells
+                  if all(dict(split=s, variant=v, layer=n, size=z)[k] == x for k, x in match.items())]
+        assert values, match
+        return float(np.mean(values)), float(np.min(values)), float(np.max(values))
+    expected = {}
+    for split in ("class", "day_night"):
+        expected[f"{split}.baseB"] = mean(split=split, variant="baseB")
+        expected[f"{split}.baseA_on_A"] = mean(split=split, variant="baseA")
+        for n in ("conv1", "fc7"):
+            for v in transfer.GRID_VARIANTS:
+                expected[f"{split}.{transfer.metric_key(v)}.{n}"] = mean(split=split, variant=v, layer=n)
+            bnb, anb = mean(split=split, variant="BnB", layer=n)[0], mean(split=split, variant="AnB", layer=n)[0]
+            assert logged[f"{split}.specificity_gap.{n}"] == pytest.approx(bnb - anb)
+            assert logged[f"{split}.coadaptation_gap.{n}"] == pytest.approx(expected[f"{split}.baseB"][0] - bnb)
+    for size in ("16", "1000"):
+        for v in transfer.SIZE_VARIANTS:
+            expected[f"sizes.{v}.n{size}"] = mean(variant=v, size=size)
+    for name, (m, lo, hi) in expected.items():
+        assert (logged[f"{name}.mean"], logged[f"{name}.min"], logged[f"{name}.max"]) == \
+            pytest.approx((m, lo, hi)), name
+
+
+def _spec_of(checkpoint: dict, url: str, **changes):
+    """The :class:`TrainSpec` a cell trained with, from what its checkpoint records."""
+    from pipeline.config import TrainSection
+    from pipeline.train.spec import TrainSpec
+
+    a = checkpoint["args"]
+    return TrainSpec(train=TrainSection.model_validate(a["train"]), kind=a["kind"], data_root=a["data_root"],
+                     classes=tuple(a["classes"]), in_hw=tuple(a["in_hw"]), steps_per_epoch=a["steps_per_epoch"],
+                     checkpoint_url=url, init_url=a["init_url"] or None, init_layers=tuple(a["init_layers"]),
+                     freeze=a["freeze"], init_lr_scale=a["init_lr_scale"], aux=a["aux"] or None,
+                     aux_weight=a["aux_weight"], **changes)
+
+
+@pytest.mark.parametrize("key, base, copied", [("class/AnB+/fc7/seed0", "class/baseA/seed0", 7),
+                                               ("class/BnB+/conv1/seed0", "class/baseB/seed0", 1),
+                                               ("day_night/AnB+/conv1/seed0", "day_night/baseA/seed0", 1)])
+def test_fine_tuned_cells_start_from_the_copied_weights(grid, one_thread, key, base, copied):
+    """The net a fine-tuned cell's training builds at step 0: its first ``copied`` layers hold the base's trained
+    weights, the layers above are fresh; the trained cell has moved away from them, but only by small steps."""
+    conf, _ = grid
+    root = f"{conf.paths.checkpoint_url}/transfer/synthetic"
+    cell, source = load_checkpoint(f"{root}/{key}"), load_checkpoint(f"{root}/{base}")["model"]
+    start, *_ = build(_spec_of(cell, f"{root}/{key}"))
+    names = start.layer_names
+    for name in names[:copied]:
+        for part in ("weight", "bias"):
+            assert torch.equal(getattr(start, name).state_dict()[part], source[f"{name}.{part}"]), (name, part)
+    assert not torch.equal(start.state_dict()[f"{names[copied]}.weight"], source[f"{names[copied]}.weight"])
+    assert all(p.requires_grad for p in start.parameters())                     # fine-tuned, not frozen
+    moved = (cell["model"]["conv1.weight"] - source["conv1.weight"]).abs()
+    assert 0 < moved.max() < 0.01
+
+
+@pytest.mark.parametrize("key", ["class/AnB/fc7/seed0", "class/BnB+/conv1/seed0", "day_night/AnB+/fc7/seed0",
+                                 "class/pretrained/n16/seed0"])
+def test_every_cell_is_scored_on_b_s_test_split(grid, one_thread, key):
+    """Re-evaluate a cell's checkpoint on half B's test split: the accuracy its run logged."""
+    from pipeline.analysis.transfer import dataset_name
+    from pipeline.train.evaluate import evaluate
+    from pipeline.train.run import load_trained
+
+    conf, _ = grid
+    url = f"{conf.paths.checkpoint_url}/transfer/synthetic/{key}"
+    spec = _spec_of(load_checkpoint(url), url)
+    split = key.split("/")[0]
+    assert spec.data_root == dataset_root(conf.paths.data_url, dataset_name("synthetic", split, "B"))
+    model = load_trained(spec).eval()
+    accuracy = evaluate(model, spec.task, spec.loader("test"), list(spec.classes), "test_").metrics["test_accuracy"]
+    logged = {(s, v, n or z, seed): acc for s, v, n, z, seed, acc in _cells_logged(conf)}
+    _, variant, where, seed = key.split("/")
+    assert accuracy == pytest.approx(logged[(split, variant, where.lstrip("n"), int(seed[4:]))], abs=1e-9)
