@@ -6,7 +6,10 @@ to the driver, and torch runs one thread per task (Spark already runs one task p
 Rows are spread over partitions by a hash of their id, in buckets: every bucket is handled whole by one task,
 streamed in id-hash order (sorted by Spark, a batch at a time, so a task's memory does not grow with the data), and
 a row's *partner* (the next row of its bucket, used for permuted-image baselines) does not depend on the number of
-partitions, and neither does any sum (up to float64 rounding).
+partitions, and neither does any sum (up to float64 rounding). A bucket that the hash leaves with a single row (a
+small split: 12 rows in 16 buckets) would give that row itself as its partner, so before partitioning, consecutive
+buckets are joined until each holds two or more rows: a partner is always another image (unless the probe set has
+one row).
 """
 from __future__ import annotations
 
@@ -56,25 +59,47 @@ def samples(act: np.ndarray, unit: str) -> np.ndarray:
     return act.transpose(0, 2, 3, 1).reshape(-1, act.shape[1])
 
 
-def _rows(spark, probe: Probe):
+def joined_buckets(counts: dict) -> dict:
+    """``{bucket: the bucket it joins}`` from ``{bucket: rows}``: consecutive buckets (in bucket order) are joined
+    into the last of them until each group holds two or more rows; a group left with one row at the end joins
+    the first group. Depends only on the counts, so neither the partners nor the sums depend on the partitions."""
+    joined, group, held = {}, [], 0
+    for bucket in sorted(counts):
+        group.append(bucket)
+        held += counts[bucket]
+        if held >= 2:
+            joined.update({b: bucket for b in group})
+            group, held = [], 0
+    if group:
+        target = joined[min(joined)] if joined else group[-1]
+        joined.update({b: target for b in group})
+    return joined
+
+
+def _rows(spark, probe: Probe, partners: bool):
     from pyspark.sql import functions as F
 
     df = spark.read.parquet(probe.url).select("id", "image").withColumn("h", F.xxhash64("id"))
     if probe.max_rows:
         df = df.orderBy("h", "id").limit(probe.max_rows)
     df = df.withColumn("bucket", F.pmod(F.col("h"), F.lit(BUCKETS)))
+    if partners:
+        joined = joined_buckets({r["bucket"]: r["count"] for r in df.groupBy("bucket").count().collect()})
+        pairs = [F.lit(x) for item in sorted(joined.items()) for x in item]
+        df = df.withColumn("bucket", F.element_at(F.create_map(*pairs), F.col("bucket")))
     parts = probe.partitions or spark.sparkContext.defaultParallelism
     return df.repartition(parts, "bucket").sortWithinPartitions("bucket", "h", "id").rdd
 
 
-def fold(spark, probe: Probe, nets: dict, zero: Callable, add: Callable, merge: Callable):
+def fold(spark, probe: Probe, nets: dict, zero: Callable, add: Callable, merge: Callable, partners: bool = True):
     """Run ``nets`` over the probe rows: per partition ``state = zero()``, then ``add(state, acts, partner, ids)``
     per batch (``acts`` as :func:`activations` returns; ``partner(names)`` gives the same for the named nets on
     each row's partner row, computed only when asked; ``ids`` the batch's row ids); the partition states are
-    merged with ``merge(a, b) -> a``. Returns the merged state."""
+    merged with ``merge(a, b) -> a``. Returns the merged state. ``partners=False`` (a pass that never asks for
+    partners) skips counting the buckets' rows, so a single-row bucket's row may then be its own partner."""
     shared = spark.sparkContext.broadcast(nets)
     try:
-        return _rows(spark, probe).mapPartitions(
+        return _rows(spark, probe, partners).mapPartitions(
             lambda rows: _task(rows, probe, shared, zero, add)).treeReduce(merge, depth=2)
     finally:
         shared.unpersist()
