@@ -15,7 +15,8 @@ In the style of lucent (Olah et al. 2017, "Feature Visualization"), cut to small
   :func:`center_bias`, :func:`tether`) and **random transforms** ``fn(x, generator) -> x`` applied before the net
   (:func:`jitter`, :func:`scale`, :func:`rotate`, :func:`compose`), with shifts given as fractions of the input
   size so a 32x32 crop and a 128x128 frame get the same relative robustness.
-* :func:`optimize`: Adam on the parameterization against the frozen net; :func:`dream`; :func:`filter_grid`.
+* :func:`optimize`: Adam on the parameterization against the frozen net (optionally on the pre-ReLU values for the
+  first steps, so units that are off on the start still rise); :func:`dream`; :func:`filter_grid`.
 
 Every image tensor here is normalised, ``(pixel - MEAN) / STD`` with pixels in [0, 1]: 0 is mid grey.
 """
@@ -36,8 +37,9 @@ from pipeline.train.loader import MEAN, STD, from_tensor, to_tensor
 
 __all__ = [
     "Objective", "unit", "channel", "layer", "class_logit", "heatmap", "diversity", "batched", "head_of",
-    "evaluate", "ColorStats", "Pixels", "Fourier", "l2", "total_variation", "center_bias", "tether", "blur",
-    "clip_small", "jitter", "scale", "rotate", "compose", "optimize", "dream", "filter_grid", "frozen",
+    "evaluate", "evaluate_pre", "ColorStats", "Pixels", "Fourier", "l2", "total_variation", "center_bias",
+    "tether", "blur", "clip_small", "jitter", "scale", "rotate", "compose", "optimize", "dream", "filter_grid",
+    "frozen",
 ]
 
 Acts = dict  # {layer name: activation tensor}
@@ -195,6 +197,20 @@ def head_of(net) -> str:
 def evaluate(net, objective: Objective, x: Tensor) -> Tensor:
     """``objective`` on normalised input ``x``: (batch,). Runs ``net.features_at`` as is (mode, grad)."""
     return objective(net.features_at(x, objective.layers))
+
+
+def evaluate_pre(net, objective: Objective, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(objective, the same objective on its layers' outputs before their ReLU)`` on ``x``, in one pass: a
+    forward hook on a named layer sees its pre-ReLU output (the head has no ReLU: both are its logits)."""
+    found: dict = {}
+    hooks = [getattr(net, name).register_forward_hook(lambda module, args, out, name=name: found.__setitem__(name, out))
+             for name in objective.layers]
+    try:
+        acts = net.features_at(x, objective.layers)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return objective(acts), objective(found)
 
 
 # ------------------------------------------------------------------------------------------- parameterizations
@@ -533,13 +549,17 @@ Projection = Callable[[Tensor, Tensor], Tensor]
 def optimize(net, objective: Objective, param: _Parameterization, steps: int, lr: float = 0.05,
              transforms: Union[Transform, Sequence[Transform]] = (),
              penalties: Sequence[tuple[float, Penalty]] = (), blur_every: int = 0, blur_sigma: float = 0.5,
-             generator: Seed = None, projections: Sequence[tuple[int, Projection]] = ()
+             generator: Seed = None, projections: Sequence[tuple[int, Projection]] = (), pre_steps: int = 0
              ) -> tuple[np.ndarray, np.ndarray]:
     """Maximize ``objective`` over ``param`` with Adam; returns (uint8 images (B, H, W, 3), history (steps, B)).
 
     Each step: ``x = param.image()``; the net (eval mode, weights frozen) sees ``transforms(x, generator)``;
     the maximised quantity is ``objective - sum(weight * penalty(x))`` summed over the batch. ``history[t]`` is
     the objective (without penalties) at step ``t`` before its update, on that step's transformed input.
+    For the first ``pre_steps`` steps the maximised objective reads its layers before their ReLU
+    (:func:`evaluate_pre`; Lucid redirects the ReLU's gradient for its first steps to the same end): a unit that
+    is off everywhere on the near-grey start has zero activation and zero gradient, and would never rise; its
+    pre-activation does. ``history`` is always the objective itself, after the ReLU.
     After the update, every ``blur_every`` steps the parameter image is replaced by ``blur(x, blur_sigma)``, and
     every ``every`` steps by ``fn(x, grad)`` for each ``(every, fn)`` of ``projections`` (``grad``: the
     gradient of the maximised quantity at ``x`` of that step), e.g.
@@ -554,10 +574,13 @@ def optimize(net, objective: Objective, param: _Parameterization, steps: int, lr
         for step in range(steps):
             x = param.image()
             x.retain_grad()
-            value = evaluate(net, objective, transform(x, generator))
+            seen = transform(x, generator)
+            if step < pre_steps:
+                value, total = evaluate_pre(net, objective, seen)
+            else:
+                value = total = evaluate(net, objective, seen)
             if value.shape != (x.shape[0],):
                 raise ValueError(f"{objective} gave shape {tuple(value.shape)}, expected ({x.shape[0]},)")
-            total = value
             for weight, penalty in penalties:
                 total = total - weight * penalty(x)
             opt.zero_grad()

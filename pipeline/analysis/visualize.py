@@ -8,6 +8,14 @@ transform : one Spark job (:mod:`pipeline.analysis.probe`) keeps the top-k real 
             multifaceted start from each k-means cluster of a unit's top images, a deep dream of a real image;
 load      : per layer one grid (synthetic | facets | top real patches), the first-layer filters, the dream; each
             synthetic image's activation as a ratio to the best real image's; ``name value`` lines.
+
+The ratio's denominator is the objective's own statistic over every probe image (:func:`real_best`): for a conv
+channel the best spatial mean (``TopK.best_mean``), not the spatial mean of the images ranked first by their peak.
+A unit is *faithful* when its synthetic image drives it at least as much as its best real image does
+(``faithful.<layer>.<unit>``, the layer's pass rate ``faithful_share.<layer>``). The first ``PRE_STEPS`` steps of
+every optimisation maximise the unit before its ReLU (:func:`pipeline.analysis.render.optimize`), so a unit that
+is off on the grey start still rises; ``off_start.<layer>`` and ``off_end.<layer>`` are the shares of a hidden
+layer's units at activation 0 on the start and on the synthetic image.
 """
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ from pipeline.analysis import render
 from pipeline.analysis.evidence import TopK, patch, receptive_field
 from pipeline.analysis.probe import Probe, fetch_rows, fold, layer_shapes
 from pipeline.config import Config, ConfigError
+
+PRE_STEPS = 16      # optimisation steps on the pre-ReLU value first (Lucid redirects the ReLU's gradient for 16)
 
 
 def default_layers(net, in_hw: tuple) -> tuple:
@@ -53,6 +63,37 @@ def best_value(net, objective, images: list) -> float:
     return float(measure(net, [objective] * len(images), np.stack(images)).max())
 
 
+def real_best(net, layer: str, u: int, objective, top: TopK, images: dict, detector: bool) -> float:
+    """The best real value of unit ``u``'s own objective: for a channel (its spatial mean), a linear unit or a
+    class logit, ``top.best_mean`` over every probe image; the detector's heat-map centre cell is no statistic
+    :class:`TopK` keeps: the best over the unit's top images (ranked by their peak cell). NaN when unknown."""
+    if detector and layer == render.head_of(net):
+        return best_value(net, objective, [images[i] for i in top.ids[layer][u] if i in images])
+    value = float(top.best_mean[layer][u])
+    return value if np.isfinite(value) else float("nan")
+
+
+def layer_metrics(layer: str, reached: np.ndarray, best_real: np.ndarray, history: np.ndarray,
+                  hidden: bool) -> dict:
+    """Per unit the ratio of the synthetic image's value to the best real image's and whether it is at least 1
+    (faithful); per layer the median ratio, the pass rate, the mean gain of the objective over the optimisation
+    and, for a hidden layer (``hidden``: activations after a ReLU), the shares of units at 0 on the start image
+    (the first step's value) and on the synthetic image."""
+    metrics = {}
+    known = np.isfinite(best_real) & (np.abs(best_real) > 1e-9)
+    ratio = np.where(known, reached / np.where(known, best_real, 1.0), np.nan)
+    for u in np.flatnonzero(known):
+        metrics[f"ratio.{layer}.{u}"] = float(ratio[u])
+        metrics[f"faithful.{layer}.{u}"] = float(reached[u] >= best_real[u])
+    metrics[f"ratio_median.{layer}"] = float(np.median(ratio[known])) if known.any() else 0.0
+    metrics[f"faithful_share.{layer}"] = float(np.mean(reached[known] >= best_real[known])) if known.any() else 0.0
+    metrics[f"objective_gain.{layer}"] = float(np.mean(history[-1] - history[0])) if len(history) else 0.0
+    if hidden and len(history):
+        metrics[f"off_start.{layer}"] = float(np.mean(history[0] <= 0))
+        metrics[f"off_end.{layer}"] = float(np.mean(reached <= 0))
+    return metrics
+
+
 def run(spark, conf: Config, tracker) -> dict:
     """The visualize stage (registered in pipeline.stages)."""
     import mlflow
@@ -84,7 +125,8 @@ def run(spark, conf: Config, tracker) -> dict:
 
     probe = Probe(spec.split_url(v.split), spec.kind, layers, "mean", 32, v.max_rows, v.partitions)
     top = fold(spark, probe, {"model": net}, zero=lambda: TopK({l: s[0] for l, s in shapes.items()}, v.top_k),
-               add=lambda t, acts, _, ids: _add_all(t, acts, ids, layers), merge=lambda a, b: a.merge(b))
+               add=lambda t, acts, _, ids: _add_all(t, acts, ids, layers), merge=lambda a, b: a.merge(b),
+               partners=False)
     wanted = {i for l in layers for u in range(units[l]) for i in top.ids[l][u] if i is not None}
     images = fetch_rows(spark, probe.url, spec.kind, wanted)
     colors = None
@@ -94,17 +136,13 @@ def run(spark, conf: Config, tracker) -> dict:
     results, metrics = {}, {}
     for layer in layers:
         objectives = [unit_objective(net, layer, u, shapes[layer], spec.task.detector) for u in range(units[layer])]
-        best_real = np.array([best_value(net, o, [images[i] for i in top.ids[layer][u] if i in images])
+        best_real = np.array([real_best(net, layer, u, o, top, images, spec.task.detector)
                               for u, o in enumerate(objectives)])
         synthetic, history = synthesize(net, objectives, best_real, v, spec.in_hw, colors)
         reached = measure(net, objectives, synthetic)
-        ratio = np.where(np.abs(best_real) > 1e-9, reached / np.where(best_real == 0, 1, best_real), np.nan)
-        for u, r in enumerate(ratio):
-            if np.isfinite(r):
-                metrics[f"ratio.{layer}.{u}"] = float(r)
-        finite = ratio[np.isfinite(ratio)]
-        metrics[f"ratio_median.{layer}"] = float(np.median(finite)) if finite.size else 0.0
-        metrics[f"objective_gain.{layer}"] = float(np.mean(history[-1] - history[0])) if len(history) else 0.0
+        found = layer_metrics(layer, reached, best_real, history, hidden=layer != render.head_of(net))
+        metrics.update(found)
+        ratio = np.array([found.get(f"ratio.{layer}.{u}", np.nan) for u in range(units[layer])])
         facets = multifaceted(net, layer, objectives, best_real, top, images, v, colors)
         field = receptive_field(net, layer)
         patches = [[patch(images[i], field, *top.where[layer][u][j]) for j, i in enumerate(top.ids[layer][u])
@@ -116,7 +154,8 @@ def run(spark, conf: Config, tracker) -> dict:
         if start is not None and v.dream_steps else None
     mlflow.log_metrics(metrics)
     _figures(tracker, net, results, start, dreamed, dream_layer)
-    return {**{k: v_ for k, v_ in metrics.items() if k.startswith(("ratio_median", "objective_gain"))},
+    return {**{k: v_ for k, v_ in metrics.items()
+               if k.startswith(("ratio_median", "objective_gain", "faithful_share", "off_start", "off_end"))},
             "model_uri": uri}
 
 
@@ -131,7 +170,8 @@ def regularized(v):
 def synthesize(net, objectives: list, scales: np.ndarray, v, hw: tuple, colors=None, starts=None):
     """Activation maximization of ``objectives`` as one batch (element i, objective i). Each objective is divided
     by ``scales[i]`` (the best real image's value of it, where known), so the penalties weigh the same against a
-    logit of 15 and a channel mean of 0.5. ``starts``: uint8 images to start from (multifaceted), else noise."""
+    logit of 15 and a channel mean of 0.5. ``starts``: uint8 images to start from (multifaceted), else noise. The
+    first ``PRE_STEPS`` steps maximise the objectives before their layer's ReLU."""
     safe = [abs(s) if np.isfinite(s) and abs(s) > 1e-6 else 1.0 for s in scales]
     objective = render.batched([o / s for o, s in zip(objectives, safe)])
     if starts is not None:
@@ -142,7 +182,8 @@ def synthesize(net, objectives: list, scales: np.ndarray, v, hw: tuple, colors=N
         param = render.Pixels(len(objectives), hw, decorrelated=colors, seed=v.seed)
     transforms, penalties = regularized(v)
     images, history = render.optimize(net, objective, param, v.steps if starts is None else max(1, v.steps // 2),
-                                      v.lr, transforms, penalties, v.blur_every, v.blur_sigma, generator=v.seed)
+                                      v.lr, transforms, penalties, v.blur_every, v.blur_sigma, generator=v.seed,
+                                      pre_steps=PRE_STEPS)
     return images, history * np.array(safe)[None, :]
 
 

@@ -45,6 +45,13 @@ def test_visualize_logs_a_grid_per_layer_filters_dream_and_ratios(visualized):
     ratios = [v for k, v in run.data.metrics.items() if k.startswith("ratio.fc6.")]
     assert len(ratios) == 4 and all(np.isfinite(ratios))
     assert run.data.metrics["objective_gain.conv4"] > 0 and run.data.metrics["objective_gain.fc6"] > 0
+    for layer in ("conv4", "fc6"):                     # the pass rate is the share of units whose ratio is >= 1
+        ratio = [v for k, v in run.data.metrics.items() if k.startswith(f"ratio.{layer}.")]
+        passed = [v for k, v in run.data.metrics.items() if k.startswith(f"faithful.{layer}.")]
+        assert len(passed) == len(ratio) == 4 and sum(passed) == sum(r >= 1 for r in ratio)
+        assert run.data.metrics[f"faithful_share.{layer}"] == pytest.approx(np.mean(passed))
+    assert 0 <= run.data.metrics["off_end.conv4"] <= run.data.metrics["off_start.conv4"] <= 1
+    assert "off_start.fc6" not in run.data.metrics                     # logits are never "off"
 
 
 def _near(images: np.ndarray, centre: float, within: float = 45.0) -> float:
@@ -84,3 +91,124 @@ def test_the_red_logit_wants_red_and_the_green_logit_green(lights):
     red_img, green_img = images
     assert _near(red_img, hue["red"]) > 0.5 > _near(red_img, hue["green"])
     assert _near(green_img, hue["green"]) > 0.5 > _near(green_img, hue["red"])
+
+
+# ----------------------------------------------------------------------------------------- planted truths
+#
+# A traffic-light classifier wired by hand: conv1 unit 0 is a red detector that is off on grey (a negative bias),
+# conv1 unit 1 a vertical-edge filter (Sobel in x on every channel), conv2 unit 0 the sum of unit 1 over its
+# 3x3 window. What each unit wants is known, and so are the real images that excite it.
+
+SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+RED, EDGE = 0, 1
+
+
+@pytest.fixture(scope="module")
+def wired():
+    import torch
+
+    from pipeline.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("tl_classifier", 4, (32, 32), 0.25).eval()
+    with torch.no_grad():
+        for layer in (net.conv1, net.conv2):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        net.conv1.weight[RED, 0] = 1.0
+        net.conv1.weight[RED, 1:] = -0.5
+        net.conv1.bias[RED] = -1.0                  # off on mid grey (a normalised 0) and on white or black
+        net.conv1.weight[EDGE] = torch.tensor(SOBEL_X / 3, dtype=torch.float32)
+        net.conv2.weight[0, EDGE] = 1.0
+    return net
+
+
+def _real_images() -> dict:
+    """Grey images with a red, green or blue square, and black-and-white vertical or horizontal stripes."""
+    out = {}
+    for k in range(6):
+        for name, colour in (("red", (230, 20, 20)), ("green", (20, 230, 20)), ("blue", (20, 20, 230))):
+            image = np.full((32, 32, 3), 128, np.uint8)
+            image[4 + 2 * k:16 + 2 * k, 3 + 3 * k:15 + 3 * k] = colour
+            out[f"{name}{k}"] = image
+        stripes = ((np.arange(32) + k) // 2 % 2 * 255).astype(np.uint8)
+        out[f"vertical{k}"] = np.repeat(np.broadcast_to(stripes[None, :], (32, 32))[..., None], 3, axis=2)
+        out[f"horizontal{k}"] = np.repeat(np.broadcast_to(stripes[:, None], (32, 32))[..., None], 3, axis=2)
+    return out
+
+
+def _settings():
+    from pipeline.config import load_config
+
+    return load_config(overrides=["visualize.steps=48"]).visualize
+
+
+def _gradient_energy(image: np.ndarray) -> tuple:
+    """Mean squared difference of horizontally adjacent pixels (vertical edges) and of vertically adjacent ones."""
+    grey = image.astype(float).mean(2)
+    return float(np.mean(np.diff(grey, axis=1) ** 2)), float(np.mean(np.diff(grey, axis=0) ** 2))
+
+
+def test_the_wired_units_top_real_images_are_the_ones_with_their_feature(wired, one_thread):
+    from pipeline.analysis.evidence import TopK
+    from pipeline.analysis.probe import activations
+
+    real = _real_images()
+    ids = list(real)
+    acts = activations({"net": wired}, np.stack([real[i] for i in ids]), ("conv1", "conv2"))
+    top = TopK({"conv1": 8, "conv2": 8}, 6)
+    for layer in ("conv1", "conv2"):
+        top.add(layer, acts[("net", layer)], ids)
+    assert sorted(top.ids["conv1"][RED]) == [f"red{k}" for k in range(6)]
+    assert sorted(top.ids["conv2"][0]) == [f"vertical{k}" for k in range(6)]
+
+
+def test_a_red_detector_off_on_grey_still_gets_a_red_image_that_beats_the_real_ones(wired, one_thread):
+    """The unit is 0 on the grey start (so its gradient is 0 there): only the pre-activation steps let it rise.
+    Its synthetic image is red, and drives it harder than the best real image (a red square) does."""
+    from pipeline.analysis import render, visualize
+    from pipeline.analysis.evidence import TopK
+    from pipeline.analysis.probe import activations
+
+    real = _real_images()
+    colors = render.ColorStats.fit(np.stack(list(real.values())))
+    top = TopK({"conv1": 8}, 6).add("conv1", activations({"net": wired}, np.stack(list(real.values())),
+                                                          ("conv1",))[("net", "conv1")], list(real))
+    objective = render.channel("conv1", RED)
+    best = np.array([visualize.real_best(wired, "conv1", RED, objective, top, real, False)])
+    images, history = visualize.synthesize(wired, [objective], best, _settings(), (32, 32), colors)
+    reached = visualize.measure(wired, [objective], images)
+    metrics = visualize.layer_metrics("conv1", reached, best, history, hidden=True)
+    assert metrics["off_start.conv1"] == 1.0 and metrics["off_end.conv1"] == 0.0
+    assert metrics["faithful.conv1.0"] == 1.0 and metrics["faithful_share.conv1"] == 1.0
+    r, g, b = images[0].reshape(-1, 3).astype(float).mean(0)
+    assert r > g + 60 and r > b + 60, (r, g, b)
+
+
+def test_a_channel_summing_a_vertical_edge_filter_gets_vertical_edges(wired, one_thread):
+    from pipeline.analysis import render, visualize
+
+    objective = render.channel("conv2", 0)
+    images, history = visualize.synthesize(wired, [objective], np.array([1.0]), _settings(), (32, 32))
+    assert history[-1, 0] > history[0, 0]
+    across, along = _gradient_energy(images[0])
+    assert across > 3 * along, (across, along)
+
+
+def test_the_ratio_is_against_the_objective_s_own_statistic(wired, one_thread):
+    """A red dot has the highest peak, a wash of red the highest spatial mean: the channel objective is the mean,
+    so its reference is the wash's, though the dot ranks first among the top images."""
+    from pipeline.analysis import render, visualize
+    from pipeline.analysis.evidence import TopK
+    from pipeline.analysis.probe import activations
+
+    dot = np.full((32, 32, 3), 128, np.uint8)
+    dot[14:17, 14:17] = (255, 0, 0)
+    real = {"dot": dot, "wash": np.full((32, 32, 3), (200, 90, 90), np.uint8)}
+    acts = activations({"net": wired}, np.stack([real["dot"], real["wash"]]), ("conv1",))[("net", "conv1")]
+    top = TopK({"conv1": 8}, 1).add("conv1", acts, ["dot", "wash"])
+    assert list(top.ids["conv1"][RED]) == ["dot"]                       # ranked by its peak
+    objective = render.channel("conv1", RED)
+    every = visualize.measure(wired, [objective] * 2, np.stack([real["dot"], real["wash"]]))
+    assert every[1] > 10 * every[0]
+    assert visualize.real_best(wired, "conv1", RED, objective, top, real, False) == pytest.approx(every.max())
