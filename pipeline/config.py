@@ -78,7 +78,37 @@ class MlflowSection(_Section):
     tracking_uri: str
     artifact_location: Optional[str]
     experiment: str
-    register_model: bool
+    system_metrics_s: Annotated[float, Field(ge=0.0)]
+
+
+class GateSection(_Section):
+    accuracy: Fraction           # a classifier's accuracy on the audited split reaches this
+    detector_recall: Fraction    # the detector's recall at precision 0.9 on the audited split reaches this
+
+
+class RegistrySection(_Section):
+    enabled: bool
+    names: dict[str, str]
+    alias: str
+    gate: GateSection
+
+    @field_validator("names")
+    @classmethod
+    def _every_task(cls, v: dict) -> dict:
+        missing = [t for t in TASKS if not v.get(t)]
+        unknown = [t for t in v if t not in TASKS]
+        if missing or unknown:
+            raise ValueError(f"registry.names must name a registered model for each task of {', '.join(TASKS)} "
+                             f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})")
+        return v
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", v) or re.fullmatch(r"[vV]\d+|latest", v):
+            raise ValueError(f"registry.alias must be a name (letters, digits, _ and -), not a version like v1 or "
+                             f"'latest'; got {v!r}")
+        return v
 
 
 class PathsSection(_Section):
@@ -305,6 +335,7 @@ class RunSection(_Section):
 class Config(_Section):
     spark: SparkSection
     mlflow: MlflowSection
+    registry: RegistrySection
     paths: PathsSection
     ingest: IngestSection
     augment: AugmentSection

@@ -31,7 +31,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ARTIFACT = "report/index.html"
 # The stages a report shows, in pipeline order (report itself excluded).
 STAGE_NAMES = ("ingest", "augment", "train", "evaluate", "correlate", "visualize", "transfer", "audit")
-PER_TASK = ("train", "evaluate")
+PER_TASK = ("train", "evaluate", "audit")
 DISTANCE_ROWS = ("all", "near", "medium", "far")
 
 CSS = """
@@ -721,14 +721,24 @@ def transfer_section(found: Found, art: Artifacts) -> str:
 
 
 def audit_section(found: Found, art: Artifacts) -> str:
-    r = found.get("audit")
-    if r is None:
+    """Each net's audit (one per task in a pipeline run), the registry gate's decision first."""
+    runs = sorted(found.all("audit"), key=lambda r: _task_order(r.task))
+    if not runs:
         return _not_run("audit", found.mode)
+    return "".join((f"<h3>{esc(r.task or 'audit')}</h3>" if len(runs) > 1 else "") + _audit_one(r, art)
+                   for r in runs)
+
+
+def _audit_one(r: StageRun, art: Artifacts) -> str:
     m, p, tags = _metrics(r), _params(r), r.run.data.tags
     out = [_run_line(r), f"<p>Model <code>{esc(p.get('audit.model_uri_resolved', '?'))}</code> on "
                          f"<code>{esc(p.get('audit.data_url', '?'))}</code>.</p>"]
+    gate = tags.get("gate.line")
+    if gate:
+        passed = tags.get("gate.passed") == "true"
+        out.append(f"<h4>Registry gate</h4><p class=\"{'verdict' if passed else 'warn'}\">{esc(gate)}</p>")
     figs = art.figures(r.id)
-    out.append("<h3>Does the net look at the object or at its context?</h3>")
+    out.append("<h4>Does the net look at the object or at its context?</h4>")
     verdict = tags.get("audit.context_verdict")
     out.append(f"<p class=\"verdict\">{esc(verdict)}</p>" if verdict else "<p class=\"warn\">no context verdict</p>")
     text = art.read(r.id, "audit/context.txt")
@@ -740,7 +750,7 @@ def audit_section(found: Found, art: Artifacts) -> str:
         out.append(table(["context metric", "value"], context))
     out.append(figures_html(figs, ("context_counterfactual", "context_layer_probes", "context_occlusion",
                                    "context_examples"), rest=False))
-    out.append("<h3>Is the test set independent of train?</h3>")
+    out.append("<h4>Is the test set independent of train?</h4>")
     said = tags.get("audit.independence_verdict")
     out.append(f"<p class=\"verdict\">{esc(said)}</p>" if said else "<p class=\"warn\">no independence verdict</p>")
     independence = sorted((k[len("independence."):], v) for k, v in m.items() if k.startswith("independence."))

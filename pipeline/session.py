@@ -59,4 +59,5 @@ def build_session(conf: Config, verbose: bool = False):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("INFO" if verbose else conf.spark.log_level)
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.INFO if verbose else logging.WARNING)
     return spark

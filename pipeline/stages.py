@@ -84,17 +84,19 @@ STAGES: tuple[Stage, ...] = (
           "pipeline.analysis.transfer:run", reads=("<train.data>/<the task's kind>",),
           writes=("<train.data>-transfer-<split>-<A|B>", "checkpoints", "metrics", "figures"),
           depends_on=("ingest", "train", "transfer"), needs=("ingest",), splits=("train", "val", "test")),
-    Stage("audit", "Does a net look at the object or only its context (occlusion of the object vs the context, "
-                   "attribution mass on the object vs its area, a verdict in words)?",
+    Stage("audit", "Does a net look at the object or only its context (counterfactual twins, backgrounds, "
+                   "occlusion, attribution; a verdict in words), is its test set independent, and does its "
+                   "registered version earn the alias registry.alias (the gate)?",
           "pipeline.analysis.audit:run", reads=("MLflow model", "<audit.data>/<kind>/<audit.split>"),
-          writes=("metrics", "verdict", "figures"), depends_on=("ingest", "train", "audit"), needs=("train",),
+          writes=("metrics", "verdicts", "figures", "the gate's tags and alias"),
+          depends_on=("ingest", "train", "audit", "registry"), needs=("train",), per_task=True,
           splits=("train", "audit.split")),
     Stage("report", "The inspection report: one self-contained HTML page of the pipeline run (data, training "
                     "curves, confusion matrices, detector PR and heat maps, correlation, unit visualizations, "
                     "transfer, audits), written locally and logged to MLflow.",
           "pipeline.report:run", reads=("the MLflow runs of this pipeline run",), writes=("<work_dir>/reports/*.html",
                                                                                       "MLflow artifact"),
-          depends_on=("report",), needs=("augment", "evaluate*", "correlate", "visualize", "transfer", "audit"),
+          depends_on=("report",), needs=("augment", "evaluate*", "correlate", "visualize", "transfer", "audit*"),
           partial=True),
 )
 
@@ -230,12 +232,16 @@ def _missing_output(results: dict, conf: Config) -> Optional[str]:
     if url and not store.exists(f"{url}/{store.META}"):
         return url
     uri = results.get("model_uri")
-    if uri and uri.startswith("runs:/"):
+    if uri and uri.startswith(("runs:/", "models:/")):
         from mlflow.tracking import MlflowClient
 
+        client = MlflowClient(conf.mlflow.tracking_uri)
         try:
-            MlflowClient(conf.mlflow.tracking_uri).get_run(uri.split("/")[1])
-        except Exception:  # noqa: BLE001  (the run cannot be found: it must be made again)
+            if uri.startswith("runs:/"):
+                client.get_run(uri.split("/")[1])
+            else:
+                client.get_logged_model(uri[len("models:/"):])
+        except Exception:  # noqa: BLE001  (the run or model cannot be found: it must be made again)
             return uri
     return None
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import socket
@@ -245,13 +246,21 @@ class Tracker:
         tags = {"pipeline.kind": "stage", "pipeline.stage": stage}
         if per_task:
             tags["pipeline.task"] = conf_.train.task
-        with self._run(name, nested=True, tags=tags, conf=conf) as run:
+        with self._run(name, nested=True, tags=tags, conf=conf, system=stage == "train") as run:
             yield run
 
     @contextlib.contextmanager
-    def _run(self, name: str, nested: bool, tags: dict, conf: Optional[Config] = None) -> Iterator[mlflow.ActiveRun]:
+    def _run(self, name: str, nested: bool, tags: dict, conf: Optional[Config] = None,
+             system: bool = False) -> Iterator[mlflow.ActiveRun]:
+        """A run; ``system``: with MLflow's system metrics (CPU, memory, GPU where pynvml sees one) every
+        ``mlflow.system_metrics_s`` seconds (0: none)."""
+        every = (conf or self.conf).mlflow.system_metrics_s if system else 0
+        if every:
+            mlflow.set_system_metrics_sampling_interval(every)
+            mlflow.set_system_metrics_samples_before_logging(1)
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=nested,
-                               tags={**tags, "mlflow.source.git.commit": git_commit(), **_process_tags()})
+                               tags={**tags, "mlflow.source.git.commit": git_commit(), **_process_tags()},
+                               log_system_metrics=bool(every))
         try:
             self.log_config(conf or self.conf)
             yield run
@@ -323,6 +332,28 @@ class Tracker:
         mlflow.log_input(dataset, context=context)
         mlflow.log_params({f"dataset.{name}.url": url[:MAX_PARAM_LEN], f"dataset.{name}.fingerprint": fingerprint})
         mlflow.log_metric(f"dataset.{name}.rows", rows)
+
+
+    @staticmethod
+    def dataset_of(name: str, url: str):
+        """An MLflow dataset for ``url``, to link a model's training input and metrics to; its digest is the
+        files' names and sizes (listed, not read). None when nothing is there."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        from pipeline.data.store import filesystem
+
+        fs, root = filesystem(url)
+        try:
+            files = sorted((p, fs.size(p)) for p in fs.find(root) if "/_" not in p[len(root):] and "/." not in p)
+        except FileNotFoundError:
+            return None
+        if not files:
+            return None
+        digest = hashlib.sha256(json.dumps([(p[len(root):], n) for p, n in files]).encode()).hexdigest()
+        with warnings.catch_warnings():  # file:// matches two equivalent source kinds; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            return MetaDataset(source=resolve_dataset_source(url), name=name, digest=digest[:36])
 
 
 def _local_artifact_dir() -> Optional[Path]:

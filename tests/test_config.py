@@ -52,7 +52,7 @@ def test_cluster_profile_without_environment_names_the_variable(monkeypatch):
 
 @pytest.mark.parametrize("override, pattern", [
     ("train.epoch=3", r"unknown key 'train.epoch' \(from override 'train.epoch=3'\); valid keys under 'train': task, data, kind, epochs"),
-    ("nope.x=1", r"unknown key 'nope' .* valid keys: spark, mlflow, paths, ingest, augment, train, evaluate"),
+    ("nope.x=1", r"unknown key 'nope' .* valid keys: spark, mlflow, registry, paths, ingest, augment, train, evaluate"),
     ("train.task=foo", r"bad value for 'train.task' .*got 'foo'; valid choices: lane_classifier, tl_classifier, tl_detector"),
     ("train.epochs=abc", r"bad value for 'train.epochs' \(from override 'train.epochs=abc'\): .*integer"),
     ("train.epochs=0", r"'train.epochs'.*greater than or equal to 1; got 0"),

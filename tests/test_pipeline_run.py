@@ -28,7 +28,9 @@ def test_the_order_is_derived_from_what_each_stage_needs():
     assert {s.name for s in STAGES} == {j.stage.name for j in jobs}
     report = next(j for j in jobs if j.name == "report")
     assert {f"evaluate.{t}" for t in ALL} <= set(report.needs)       # "evaluate*": every task's
-    assert next(j for j in jobs if j.name == "audit").needs == ("train.lane_classifier",)
+    for t in ALL:                                                      # every net is audited (and gated)
+        assert next(j for j in jobs if j.name == f"audit.{t}").needs == (f"train.{t}",)
+    assert {f"audit.{t}" for t in ALL} <= set(report.needs)
     # the analysis stages study train.task's net: it is trained even when run.tasks leaves it out
     assert "train.lane_classifier" in [j.name for j in plan(["tl_detector"], "lane_classifier")]
     assert [j.name for j in select(jobs, only=["evaluate"])] == [f"evaluate.{t}" for t in ALL]

@@ -261,6 +261,38 @@ def frame_split_comparison(spark, conf: Config, spec, model, tracker):
     return ind.SplitComparison(group=scores[0], frame=scores[1], split="val", metric=metric[4:]), twins
 
 
+def gate(model, spec, conf: Config, uri: str, said_context: str, relies: bool, metrics: dict, independent: dict,
+         said: str) -> dict:
+    """The registry's gate on this audit's findings (:mod:`pipeline.registry`): the held-out score (a classifier's
+    accuracy on the audited split, measured above; the detector's recall at precision 0.9, measured here), the
+    decision as tags of the audit run and of the model's version, the alias moved only when it passed."""
+    import mlflow
+
+    from pipeline import registry
+
+    a = conf.audit
+    if spec.task.detector:
+        from pipeline.train.evaluate import evaluate
+
+        result = evaluate(model, spec.task, spec.loader(a.split), list(spec.classes), f"{a.split}_",
+                          threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance)
+        score = result.metrics.get(f"{a.split}_recall_at_p90")
+        for fig in result.figures.values():
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    else:
+        score = metrics.get("context.accuracy")
+    flagged = bool(independent.get("independence.val_test_gap_flagged", 0.0))
+    decided = registry.decide(conf, spec.task.detector, said_context, relies, score, flagged, said)
+    run_id = mlflow.active_run().info.run_id
+    decision = registry.apply(conf, spec.train.task, uri, decided, {"audit.context_verdict": said_context,
+                                                                    "audit.independence_verdict": said}, run_id)
+    mlflow.set_tags({k: v for k, v in decision.items() if k.startswith("gate.") and k != "gate.audit_run"})
+    mlflow.log_metric("gate.passed", float(decided.passed))
+    return {k: decision[k] for k in ("gate.passed", "gate.line", "gate.version")}
+
+
 def run(spark, conf: Config, tracker) -> dict:
     """The audit stage (registered in pipeline.stages)."""
     import mlflow
@@ -270,7 +302,7 @@ def run(spark, conf: Config, tracker) -> dict:
 
     a = conf.audit
     uri = a.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
-    model = load_model(uri, conf).eval()
+    model = load_model(uri, conf, "audit.model_uri").eval()
     data = a.data or conf.train.data
     spec = make_spec(conf.model_copy(update={"train": conf.train.model_copy(update={"data": data})}))
     from pipeline.data.splits import require_split
@@ -308,7 +340,8 @@ def run(spark, conf: Config, tracker) -> dict:
     mlflow.set_tag("audit.independence_verdict", said[:5000])
     mlflow.log_text(said + "\n", "audit/independence.txt")
     print(f"audit: independence: {said}", flush=True)
-    return {"context.verdict": said_context, "context.relies_on_context": relies,
+    decision = gate(model, spec, conf, uri, said_context, relies, metrics, independent, said)
+    return {"context.verdict": said_context, "context.relies_on_context": relies, **decision,
             "context.counterfactual_verdict": twins.verdict if twins is not None else None,
             **{k: v for k, v in metrics.items()
                if k.split(".", 1)[1].startswith(("occlusion.", "attribution.", "counterfactual.", "accuracy",

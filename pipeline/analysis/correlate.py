@@ -187,6 +187,7 @@ def model_uris(spark, conf: Config, tracker) -> list:
     import mlflow
 
     from pipeline.stages import get_stage
+    from pipeline.train.evaluate import model_of
 
     c = conf.correlate
     if c.models:
@@ -205,7 +206,7 @@ def model_uris(spark, conf: Config, tracker) -> list:
             order_by=["attributes.start_time DESC"], max_results=1)
         if found:
             print(f"correlate: net {seed}: reusing train run {found[0].info.run_id}", flush=True)
-            uris.append(f"runs:/{found[0].info.run_id}/model")
+            uris.append(model_of(found[0]))
             continue
         print(f"correlate: net {seed}: training {train.task} (seed {seed}, width {train.width}, "
               f"{train.epochs} epochs)", flush=True)

@@ -108,7 +108,7 @@ def run(spark, conf: Config, tracker) -> dict:
     v = conf.visualize
     torch.manual_seed(v.seed)
     uri = v.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
-    net = load_model(uri, conf).eval()
+    net = load_model(uri, conf, "visualize.model_uri").eval()
     spec = make_spec(conf)
     require_split(spec, v.split, "visualize.split")
     if type(net).__name__ != spec.task.net:

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from pipeline.data.records import DISTANCES  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
+from pipeline.models.stored import ModelNotFound  # noqa: E402,F401  (raised here; callers import it from here)
 from pipeline.tasks import Task, is_key_metric  # noqa: E402
 from pipeline.train.loader import DETECTOR_STRIDE, LoaderSpec, eval_batches, from_tensor  # noqa: E402
 
@@ -266,8 +266,7 @@ def evaluate(model, task: Task, spec: LoaderSpec, classes: list, prefix: str, li
 
 # ------------------------------------------------------------------------------------------ stage
 
-class ModelNotFound(UserError, LookupError):
-    """No logged model where the config points."""
+MODEL_TAG = "pipeline.model_uri"       # a train run's tag: the URI of the model it logged (models:/<model_id>)
 
 
 def latest_model_uri(tracker, task: str, data: str) -> str:
@@ -282,25 +281,30 @@ def latest_model_uri(tracker, task: str, data: str) -> str:
     if not runs:
         raise ModelNotFound(f"no finished train run of train.task={task} on train.data={data} in experiment "
                             f"'{tracker.conf.mlflow.experiment}': run `pipeline train` first, or set "
-                            f"evaluate.model_uri=runs:/<run id>/model")
-    return f"runs:/{runs[0].info.run_id}/model"
+                            f"evaluate.model_uri=models:/<model id> (or models:/<name>@<alias>)")
+    return model_of(runs[0])
 
 
-def load_model(uri: str, conf):
-    """A logged model by URI (``runs:/``, ``models:/``); a URI that names nothing is a :class:`ModelNotFound`
-    naming the URI and how to list the logged models."""
-    import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
+def model_of(run) -> str:
+    """The URI of the model a finished train run logged (a run of an earlier version: its ``runs:/`` URI, which
+    :func:`load_model` refuses with the line that says how to re-log it)."""
+    return run.data.tags.get(MODEL_TAG) or f"runs:/{run.info.run_id}/model"
+
+
+def load_model(uri: str, conf, key: str = "the model URI"):
+    """A logged model by URI (``models:/<model id>``, ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
+    ``runs:/<run id>/<name>``), rebuilt from the project's code with its stored weights (nothing in its files
+    runs: :mod:`pipeline.models.stored`). A URI that names nothing is a :class:`ModelNotFound` naming the URI and
+    how to list the logged models (``key``: the config key that named it)."""
+    from pipeline.models import stored
 
     try:
-        return mlflow.pytorch.load_model(uri, map_location="cpu")
-    except (MlflowException, OSError) as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return stored.load(uri)
+    except ModelNotFound as exc:
         raise ModelNotFound(
-            f"cannot load the model {uri} ({reason}); list the logged models with "
-            f"`mlflow runs list --experiment-id <id>` or in `mlflow ui --backend-store-uri "
-            f"{conf.mlflow.tracking_uri}` (each train run logs one under runs:/<run id>/model), or leave "
-            f"evaluate.model_uri unset for the newest") from None
+            f"{exc}; list the logged models on the experiment's Models page of `mlflow ui --backend-store-uri "
+            f"{conf.mlflow.tracking_uri}` (each train run logs one, models:/<model id>) or with "
+            f"mlflow.search_logged_models(), or leave {key} unset for the newest") from None
 
 
 def run(spark, conf, tracker) -> dict:
@@ -312,7 +316,7 @@ def run(spark, conf, tracker) -> dict:
 
     e = conf.evaluate
     uri = e.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
-    model = load_model(uri, conf)
+    model = load_model(uri, conf, "evaluate.model_uri")
     spec = make_spec(conf)
     require_split(spec, e.split, "evaluate.split")
     mlflow.log_params({"evaluate.model_uri_resolved": uri, "evaluate.dataset_url": spec.split_url(e.split)})

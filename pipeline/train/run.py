@@ -2,7 +2,9 @@
 
 The driver resolves everything a rank needs into a picklable :class:`TrainSpec` (dataset URLs, classes,
 steps per epoch, the MLflow run id) so ranks never read the config or build a SparkSession. Rank 0 logs
-params, per-epoch metrics, checkpoints and the final model into the driver's run.
+params, per-epoch metrics and checkpoints into the driver's run. The driver then logs the final weights as the
+run's LoggedModel, named for the task (:mod:`pipeline.models.stored`: safetensors and a net card, nothing
+pickled), links its dataset and its held-out metrics to it, and registers it (``registry.enabled``).
 """
 from __future__ import annotations
 
@@ -217,8 +219,6 @@ def train_fn(spec: TrainSpec) -> None:
                 "args": spec.checkpoint_args(), **({"aux": joint.head.state_dict()} if spec.aux else {})})
         if world > 1:
             dist.barrier()
-    if rank == 0 and spec.log_model:
-        tracker.finish(model.cpu())
     if world > 1:
         dist.destroy_process_group()
 
@@ -288,25 +288,6 @@ class _RankTracker:
             self.client.log_batch(self.spec.run_id, metrics=[Metric(k, float(v), now, step)
                                                              for k, v in metrics.items() if v == v])
 
-    def finish(self, model) -> None:
-        """Log the trained model (input example + signature) into the run."""
-        if not self.client:
-            return
-        import mlflow
-        import mlflow.pytorch
-        from mlflow.models import infer_signature
-
-        example = np.zeros((1, 3, *self.spec.in_hw), np.float32)
-        model.eval()
-        with torch.no_grad():
-            output = model(torch.from_numpy(example)).numpy()
-        mlflow.set_tracking_uri(self.spec.tracking_uri)
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # pickle is deliberate: any input size
-        with mlflow.start_run(run_id=self.spec.run_id):
-            mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                     signature=infer_signature(example, output), serialization_format="pickle",
-                                     pip_requirements=_requirements())
-
 
 def _requirements() -> list:
     """The installed package's own pins (setup.py reads them from requirements.txt), for the logged model."""
@@ -368,8 +349,8 @@ def run(spark, conf: Config, tracker) -> dict:
     distribute(spec, conf.train.num_processes, conf.train.local_mode, conf.train.use_gpu)
     train_seconds = time.perf_counter() - tic
     mlflow.log_metric("train_seconds", train_seconds)
-    model_uri = f"runs:/{spec.run_id}/model"
     model = load_trained(spec)
+    logged = log_trained(model, spec, conf, tracker) if spec.log_model else None
     results = {"train_seconds": train_seconds}
     run = tracker.client.get_run(spec.run_id)
     results.update({k: v for k, v in run.data.metrics.items() if k.startswith("val_") and is_key_metric(k)})
@@ -379,14 +360,42 @@ def run(spark, conf: Config, tracker) -> dict:
     else:
         result = evaluate(model, spec.task, spec.loader("test"), list(spec.classes), "test_",
                           threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance)
-        mlflow.log_metrics(result.metrics)
+        mlflow.log_metrics(result.metrics, model_id=logged.model_id if logged else None,   # the Models page's
+                           dataset=tracker.dataset_of(f"{spec.train.data}/{spec.kind}/test", spec.split_url("test")))
         for name, fig in result.figures.items():
             tracker.log_figure(fig, name)
         results.update({k: v for k, v in result.metrics.items() if is_key_metric(k)})
-    if conf.mlflow.register_model:
-        mlflow.register_model(model_uri, f"road-pipeline-{spec.task.name}")
-    results["model_uri"] = model_uri
+    if logged is not None:
+        results["model_uri"] = logged.model_uri
+        if conf.registry.enabled and not run.data.tags.get("pipeline.role"):   # not a net of an analysis
+            from pipeline.registry import register
+
+            version = register(conf, spec.task.name, logged.model_id, spec.run_id)
+            results["model_version"] = f"models:/{version.name}/{version.version}"
     return results
+
+
+def log_trained(model, spec: TrainSpec, conf: Config, tracker):
+    """Log the trained net as this run's LoggedModel named for its task (weights and a net card: nothing
+    pickled), with the train split as its dataset; tag the run with its URI. Returns MLflow's ModelInfo."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    from pipeline.models import stored
+    from pipeline.train.evaluate import MODEL_TAG
+
+    info = stored.card(spec.task.name, spec.classes, spec.in_hw, spec.train.width, spec.kind,
+                       data=spec.train.data, seed=spec.train.seed, epochs=spec.train.epochs)
+    logged = stored.log_model(model, info, spec.task.name, _requirements(),
+                              params={"task": spec.task.name, "data": spec.train.data, "kind": spec.kind,
+                                      "classes": ",".join(spec.classes), "in_hw": "x".join(map(str, spec.in_hw)),
+                                      "width": spec.train.width, "seed": spec.train.seed})
+    dataset = tracker.dataset_of(f"{spec.train.data}/{spec.kind}/{spec.train_split}", spec.split_url("train"))
+    if dataset is not None:
+        mlflow.log_input(dataset, context="training", model=LoggedModelInput(logged.model_id))
+    mlflow.set_tag(MODEL_TAG, logged.model_uri)
+    print(f"train: logged {logged.model_uri} ({spec.task.name})", flush=True)
+    return logged
 
 
 def _empty(spec: TrainSpec, split: str) -> Optional[EmptySplit]:

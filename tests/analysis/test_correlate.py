@@ -23,16 +23,16 @@ def correlated(spark, tiny_data):
 
 def _materialised(conf, uris, layer):
     """Every probe image through both nets, in memory: what the stage must reproduce without doing it."""
-    import mlflow.pytorch
     import torch
 
+    from pipeline.models import stored
     from pipeline.train.loader import rows, to_tensor
 
     spec = make_spec(conf)
     images = np.stack([r["image"] for r in rows(spec.loader("val"))])
     out = []
     for uri in uris:
-        net = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
+        net = stored.load(uri)
         with torch.no_grad():
             out.append(net.features_at(to_tensor(images), [layer])[layer].double().mean((2, 3)).numpy())
     return out
@@ -44,7 +44,7 @@ def test_correlate_trains_two_seeds_and_logs_matrices_equal_to_numpy(correlated)
     run = client.get_run(results["run_id"])
     uris = run.data.params["correlate.model_uris"].split(",")
     assert len(uris) == 2 and uris[0] != uris[1]
-    trained = [client.get_run(u.split("/")[1]) for u in uris]
+    trained = [client.get_run(client.get_logged_model(u[len("models:/"):]).source_run_id) for u in uris]
     assert [t.data.params["train.seed"] for t in trained] == ["0", "1"]
     assert all(t.info.status == "FINISHED" and t.data.tags["mlflow.parentRunId"] == results["run_id"] for t in trained)
     from pipeline.train.evaluate import ModelNotFound, latest_model_uri
@@ -87,10 +87,10 @@ def test_a_rerun_reuses_the_trained_nets(spark, correlated, capsys):
 @pytest.mark.parametrize("unit", ["mean", "position"])
 def test_the_sums_do_not_depend_on_the_number_of_partitions(spark, correlated, unit):
     conf, results = correlated
-    import mlflow.pytorch
+    from pipeline.models import stored
 
     uris = MlflowClient(conf.mlflow.tracking_uri).get_run(results["run_id"]).data.params["correlate.model_uris"]
-    models = [mlflow.pytorch.load_model(u, map_location="cpu").eval() for u in uris.split(",")]
+    models = [stored.load(u) for u in uris.split(",")]
     spec = make_spec(conf)
     layers = ("conv1", "conv3")
     shapes = layer_shapes(models[0], spec.in_hw, layers)
@@ -125,10 +125,10 @@ LAYERS = ("conv1", "conv3")
 
 
 def _nets_of(conf, results) -> dict:
-    import mlflow.pytorch
+    from pipeline.models import stored
 
     uris = MlflowClient(conf.mlflow.tracking_uri).get_run(results["run_id"]).data.params["correlate.model_uris"]
-    models = [mlflow.pytorch.load_model(u, map_location="cpu").eval() for u in uris.split(",")]
+    models = [stored.load(u) for u in uris.split(",")]
     return {"net0": models[0], "net1": models[1], "random": correlate.random_net(models[0], conf.correlate.random_seed)}
 
 

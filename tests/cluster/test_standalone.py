@@ -328,9 +328,11 @@ def test_train_runs_two_ranks_on_two_executors_and_logs_to_the_server(cluster, c
     assert run.data.params["train.local_mode"] == "False" and run.data.params["train.num_processes"] == "2"
     assert run.data.params["train.dataset_url"].startswith(f"{cluster.data_url}/synthetic/")
     assert "train_loss" in run.data.metrics and "val_accuracy" in run.data.metrics, run.data.metrics
-    assert train["model_uri"] == f"runs:/{run.info.run_id}/model"
-    models = [client.get_logged_model(m.model_id) for m in run.outputs.model_outputs]   # rank 0 logged it
-    assert [m.name for m in models] == ["model"] and "READY" in str(models[0].status), models
+    models = [client.get_logged_model(m.model_id) for m in run.outputs.model_outputs]   # the driver logged it
+    assert [m.name for m in models] == ["lane_classifier"] and "READY" in str(models[0].status), models
+    assert train["model_uri"] == f"models:/{models[0].model_id}" == run.data.tags["pipeline.model_uri"]
+    version = client.get_model_version(*train["model_version"][len("models:/"):].split("/"))   # registered there
+    assert version.source == train["model_uri"]
     assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(models[0].model_id)}
     assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri    # through the server
     assert list((cluster.root / "artifacts").rglob("MLmodel"))                            # ... into its store

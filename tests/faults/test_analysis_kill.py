@@ -13,7 +13,8 @@ from PIL import Image
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 from tests.conftest import TINY, make_conf
-from tests.faults.util import PIPELINE, TINY_ARGS, Proc, record, runs_by_status, wait_for
+from tests.faults.util import (PIPELINE, TINY_ARGS, Proc, log_untrained_lane_net, record, runs_by_status,
+                               wait_for)
 
 QUICK = ["visualize.units=2", "visualize.steps=8", "visualize.facet_units=0", "visualize.dream_steps=2",
          "visualize.color_images=16", "visualize.top_k=2"]
@@ -22,17 +23,9 @@ QUICK = ["visualize.units=2", "visualize.steps=8", "visualize.facet_units=0", "v
 @pytest.fixture
 def logged_net(tiny_data, tmp_path):
     """The tiny dataset and a logged lane net (untrained: its numbers are as deterministic as a trained one's)."""
-    import mlflow
-    import mlflow.pytorch
-
-    from pipeline.models import build_model
-
     shutil.copytree(Path(tiny_data().paths.data_url[len("file://"):]) / "synthetic", tmp_path / "data" / "synthetic")
     tracker = Tracker(make_conf(tmp_path))
-    with tracker.stage_run("train") as run:
-        mlflow.pytorch.log_model(build_model("lane_classifier", 6, (64, 64), 0.25), name="model",
-                                 serialization_format="pickle")
-    return tmp_path, f"runs:/{run.info.run_id}/model"
+    return tmp_path, log_untrained_lane_net(tracker)
 
 
 def _whole(path: Path) -> bool:

@@ -19,7 +19,7 @@ from pipeline.cli import job_main, main
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 from tests.conftest import TINY, make_conf
-from tests.faults.util import REPO, record
+from tests.faults.util import REPO, log_untrained_lane_net, record
 
 MISSING_RUN = "runs:/0123456789abcdef0123456789abcdef/model"
 
@@ -27,11 +27,6 @@ MISSING_RUN = "runs:/0123456789abcdef0123456789abcdef/model"
 @pytest.fixture(scope="module")
 def inputs(spark, tiny_data, tmp_path_factory):
     """A work folder with the tiny dataset, an ingested one-class ImageFolder, an empty folder, a logged model."""
-    import mlflow
-    import mlflow.pytorch
-
-    from pipeline.models import build_model
-
     work = tmp_path_factory.mktemp("bad")
     shutil.copytree(Path(tiny_data().paths.data_url[len("file://"):]) / "synthetic", work / "data" / "synthetic")
     one = work / "one" / "solid"
@@ -43,10 +38,7 @@ def inputs(spark, tiny_data, tmp_path_factory):
                      "ingest.class_hw=[32,32]")
     run_stage(get_stage("ingest"), spark, conf, Tracker(conf))
     tracker = Tracker(make_conf(work))
-    with tracker.stage_run("train") as run:         # an (untrained) lane net: enough to name its layers
-        mlflow.pytorch.log_model(build_model("lane_classifier", 6, (64, 64), 0.25), name="model",
-                                 serialization_format="pickle")
-    return work, f"runs:/{run.info.run_id}/model"
+    return work, log_untrained_lane_net(tracker)
 
 
 def cases(work: Path, model: str) -> dict:
@@ -61,7 +53,7 @@ def cases(work: Path, model: str) -> dict:
         "one class": ("train", ["train.data=oneclass", "train.batch_size=2"],
                       ["has one class (solid)", "a classifier needs two or more", "check the source's class"]),
         "model URI names nothing": ("evaluate", [*TINY, f"evaluate.model_uri={MISSING_RUN}"],
-                                    [MISSING_RUN, "not found", "mlflow runs list", "leave evaluate.model_uri unset"]),
+                                    [MISSING_RUN, "cannot find", "Models page", "leave evaluate.model_uri unset"]),
         "layer the net lacks": ("visualize", [*TINY, f"visualize.model_uri={model}", "visualize.layers=[conv9]"],
                                 ["visualize.layers", "no layer conv9", "its layers: conv1"]),
     }

@@ -82,42 +82,190 @@ def test_stored_arrays_are_read_without_pickle(tmp_path):
     assert not marker.exists()
 
 
-FORBIDDEN = {("pickle", "load"), ("pickle", "loads"), ("cloudpickle", "load"), ("cloudpickle", "loads"),
-             ("dill", "load"), ("dill", "loads"), ("joblib", "load"), ("marshal", "loads"), ("yaml", "unsafe_load"),
-             ("shelve", "open")}
+# ------------------------------------------------------------------------------------------ logged models
+
+def _artifacts(model_uri: str) -> Path:
+    """The local folder of a LoggedModel's files (the tests' artifact store is a folder)."""
+    import mlflow
+
+    location = mlflow.get_logged_model(model_uri[len("models:/"):]).artifact_location
+    return Path(location[len("file://"):] if location.startswith("file://") else location)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Logged models whose files carry a payload that creates ``marker`` when unpickled: {case: (uri, marker)}."""
+    import mlflow
+    import mlflow.pytorch
+
+    from pipeline.models import build_model
+    from pipeline.tracking import Tracker
+    from tests.conftest import make_conf
+    from tests.faults.util import log_untrained_lane_net
+
+    work = tmp_path_factory.mktemp("planted")
+    tracker = Tracker(make_conf(work))
+    cases = {}
+    # 1. a model as earlier versions logged it (mlflow.pytorch, a pickled module), its pickle replaced by a payload
+    with tracker.stage_run("train"):
+        old = mlflow.pytorch.log_model(build_model("lane_classifier", 6, (64, 64), 0.25), name="model",
+                                       serialization_format="pickle").model_uri
+    marker = work / "ran-old"
+    torch.save(Payload(marker), _artifacts(old) / "data" / "model.pth")
+    cases["an earlier version's pickled module"] = (old, marker)
+    # 2. the pipeline's form, with a pickled payload beside it and a pytorch flavour in MLmodel pointing at it
+    uri = log_untrained_lane_net(tracker)
+    marker = work / "ran-beside"
+    (_artifacts(uri) / "data" / "model.pth").write_bytes(pickle.dumps(Payload(marker)))
+    mlmodel = _artifacts(uri) / "MLmodel"
+    mlmodel.write_text(mlmodel.read_text().replace("flavors:\n", "flavors:\n  pytorch:\n    model_data: data\n"
+                                                   "    pickle_module_name: mlflow.pytorch.pickle_module\n", 1))
+    cases["a payload beside the weights"] = (uri, marker)
+    # 3. the weights file replaced by a torch.save pickle that carries the payload
+    uri = log_untrained_lane_net(tracker)
+    marker = work / "ran-weights"
+    buf = io.BytesIO()
+    torch.save({"conv1.weight": Payload(marker)}, buf)
+    next((_artifacts(uri) / "data").rglob("weights.safetensors")).write_bytes(buf.getvalue())
+    cases["weights replaced by a pickle"] = (uri, marker)
+    return work, cases
+
+
+def test_no_loader_runs_a_payload_planted_in_a_logged_model(planted, capsys):
+    """Every stage loads models through pipeline.train.evaluate.load_model (the scan below shows no other
+    loader exists): a planted pickle never runs; the earlier form and a foreign weights file are refused with one
+    line, a pickle beside the pipeline's files is ignored. The evaluate command says so and exits 2."""
+    from pipeline.cli import main
+    from pipeline.models.stored import UnsafeModel
+    from pipeline.train.evaluate import load_model
+    from tests.conftest import TINY, make_conf
+
+    work, cases = planted
+    conf = make_conf(work)
+    old, marker = cases["an earlier version's pickled module"]
+    with pytest.raises(UnsafeModel, match="earlier version of the pipeline as a pickled torch module.*train it "
+                                          "again with `pipeline train`"):
+        load_model(old, conf)
+    assert main(["evaluate", f"paths.work_dir={work}", *TINY, f"evaluate.model_uri={old}"]) == 2
+    said = capsys.readouterr().err
+    assert "pickled torch module" in said and len(said.strip().splitlines()) == 1, said
+    assert not marker.exists(), "loading a model logged in the earlier form ran its pickle"
+    uri, marker = cases["a payload beside the weights"]
+    net = load_model(uri, conf)
+    assert type(net).__name__ == "LaneNet" and not marker.exists()
+    uri, marker = cases["weights replaced by a pickle"]
+    with pytest.raises(UnsafeModel, match="weights.safetensors is not a safetensors file"):
+        load_model(uri, conf)
+    assert not marker.exists()
+    record("untrusted: logged models carrying a pickled payload", "an earlier version's pickled module and a "
+           "pickle in place of the weights are refused with one line, a pickle beside the weights is ignored; "
+           "no payload ran")
+
+
+def test_the_safe_form_loads_with_mlflows_own_api_too(planted):
+    """What a user outside the pipeline does: mlflow.pyfunc.load_model imports pipeline.models.stored (the
+    installed package, not code from the store) and predicts the same logits as the pipeline's loader."""
+    import mlflow.pyfunc
+
+    from pipeline.train.evaluate import load_model
+    from tests.conftest import make_conf
+
+    work, cases = planted
+    uri, marker = cases["a payload beside the weights"]
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        ours = load_model(uri, make_conf(work))(torch.from_numpy(x)).numpy()
+    assert np.allclose(mlflow.pyfunc.load_model(uri).predict(x), ours, atol=1e-6)
+    assert not marker.exists()
+
+
+FORBIDDEN = {"pickle.load", "pickle.loads", "pickle.Unpickler", "_pickle.load", "_pickle.loads", "cloudpickle.load",
+             "cloudpickle.loads", "dill.load", "dill.loads", "joblib.load", "marshal.load", "marshal.loads",
+             "yaml.unsafe_load", "yaml.full_load", "shelve.open", "pandas.read_pickle", "torch.jit.load",
+             "mlflow.pytorch.load_model", "mlflow.pyfunc.load_model", "mlflow.sklearn.load_model"}
+
+
+def _dotted(node) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return f"{head}.{node.attr}" if head else ""
+    return ""
+
+
+def deserializers(source: str, where: str) -> list:
+    """Calls in ``source`` that may run code from what they read, named by what they resolve to through the
+    module's imports (``import pickle as p``, ``from pickle import loads as l``, ``import numpy as np``)."""
+    tree = ast.parse(source, where)
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                names[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                names[a.asname or a.name] = f"{node.module}.{a.name}"
+    problems = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not _dotted(node.func):
+            continue
+        head, _, rest = _dotted(node.func).partition(".")
+        called = names.get(head, head) + (f".{rest}" if rest else "")
+        kwargs = {k.arg: k.value for k in node.keywords}
+        at = f"{where}:{node.lineno}"
+
+        def constant(key):
+            return kwargs[key].value if isinstance(kwargs.get(key), ast.Constant) else None
+
+        if called in FORBIDDEN:
+            problems.append(f"{at}: {called}")
+        elif called == "torch.load" and constant("weights_only") is not True:
+            problems.append(f"{at}: torch.load without weights_only=True")
+        elif called == "numpy.load" and "allow_pickle" in kwargs and constant("allow_pickle") is not False:
+            problems.append(f"{at}: numpy.load(allow_pickle=...)")
+        elif called == "yaml.load" and "Loader" not in kwargs:
+            problems.append(f"{at}: yaml.load without a Loader")
+    return problems
+
+
+def test_the_scan_sees_through_aliases_and_from_imports():
+    flagged = {
+        "from pickle import loads as l\nl(b'')": "pickle.loads",
+        "import pickle as p\np.loads(b'')": "pickle.loads",
+        "from mlflow.pytorch import load_model\nload_model('runs:/x/model')": "mlflow.pytorch.load_model",
+        "import mlflow.pyfunc\nmlflow.pyfunc.load_model('models:/m')": "mlflow.pyfunc.load_model",
+        "import torch as t\nt.load('f')": "torch.load without weights_only=True",
+        "from torch import load\nload('f', weights_only=False)": "torch.load without weights_only=True",
+        "import numpy as n\nn.load('f', allow_pickle=True)": "numpy.load(allow_pickle=...)",
+        "from yaml import load\nload('a: 1')": "yaml.load without a Loader",
+    }
+    for source, what in flagged.items():
+        assert [p.split(": ", 1)[1] for p in deserializers(source, "x.py")] == [what], source
+    assert deserializers("import torch\ntorch.load('f', weights_only=True)\nimport numpy as np\nnp.load('f')",
+                         "x.py") == []
 
 
 def test_no_code_path_deserializes_with_pickle_outside_the_safe_loaders():
-    """Every torch.load passes weights_only=True; no pickle-family loader, np.load(allow_pickle=True) or
-    yaml.load without our safe Loader; Petastorm readers only in the loader, inside store.schemas_from_code."""
+    """Every torch.load passes weights_only=True; no pickle-family loader, MLflow model loader (models load
+    through pipeline.models.stored: weights and a card), numpy.load(allow_pickle=True) or yaml.load without our
+    safe Loader anywhere in pipeline/, schemas/ or jobs/; Petastorm readers only in the loader, inside
+    store.schemas_from_code."""
     problems = []
-    for path in sorted((REPO / "pipeline").rglob("*.py")) + sorted((REPO / "schemas").rglob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
-                continue
-            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
-            name, kwargs = node.func.attr, {k.arg: k.value for k in node.keywords}
-            where = f"{path.relative_to(REPO)}:{node.lineno}"
-            if (owner, name) in FORBIDDEN:
-                problems.append(f"{where}: {owner}.{name}")
-            if (owner, name) == ("torch", "load") and not (isinstance(kwargs.get("weights_only"), ast.Constant)
-                                                           and kwargs["weights_only"].value is True):
-                problems.append(f"{where}: torch.load without weights_only=True")
-            if (owner, name) == ("np", "load") and isinstance(kwargs.get("allow_pickle"), ast.Constant) \
-                    and kwargs["allow_pickle"].value:
-                problems.append(f"{where}: np.load(allow_pickle=True)")
-            if (owner, name) == ("yaml", "load") and "Loader" not in kwargs:
-                problems.append(f"{where}: yaml.load without a Loader")
+    for folder in ("pipeline", "schemas", "jobs"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            problems += deserializers(path.read_text(), str(path.relative_to(REPO)))
     assert problems == []
     readers_of_petastorm = sorted(str(p.relative_to(REPO)) for p in (REPO / "pipeline").rglob("*.py")
                                   if "make_batch_reader(" in p.read_text() or "make_reader(" in p.read_text())
     assert readers_of_petastorm == ["pipeline/train/loader.py"]
     assert "store.schemas_from_code(" in (REPO / "pipeline" / "train" / "loader.py").read_text()
     assert "Loader = CSafeLoader" in (REPO / "pipeline" / "yamltext.py").read_text()
+    assert "stored.load(uri)" in (REPO / "pipeline" / "train" / "evaluate.py").read_text()
     record("untrusted: checkpoints, models and stored values", "checkpoints load with weights_only=True (a pickled "
-           "payload is refused), models through mlflow.pytorch.load_model, stored arrays with allow_pickle=False; "
-           "no other deserializer in pipeline/ or schemas/")
+           "payload is refused), models as safetensors weights and a JSON card rebuilt by the project's code, "
+           "stored arrays with allow_pickle=False; no other deserializer in pipeline/, schemas/ or jobs/ (aliases "
+           "and from-imports resolved)")
 
 
 def test_annotation_paths_cannot_escape_the_root_through_a_symlink(tmp_path):

@@ -243,3 +243,15 @@ def record(fault: str, happened: str, lost: int = 0, duplicated: int = 0, left_r
                                  "running": left_running,
                                  "test": test or os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]}) + "\n")
     assert (lost, duplicated, left_running) == (0, 0, 0), (fault, happened, lost, duplicated, left_running)
+
+
+def log_untrained_lane_net(tracker) -> str:
+    """An untrained width-0.25 lane net for 64x64 road frames (its numbers are as deterministic as a trained
+    one's), logged in a train run as the train stage logs a model; returns its ``models:/`` URI."""
+    from pipeline.data.synth import LANE_CLASSES
+    from pipeline.models import build_model, stored
+
+    with tracker.stage_run("train"):
+        info = stored.card("lane_classifier", LANE_CLASSES, (64, 64), 0.25, "road_frames")
+        return stored.log_model(build_model("lane_classifier", 6, (64, 64), 0.25), info, "lane_classifier",
+                                requirements=[]).model_uri

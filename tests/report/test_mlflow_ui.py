@@ -22,6 +22,7 @@ import matplotlib
 import pytest
 from PIL import Image
 
+from pipeline import registry
 from pipeline.tracking import EXPERIMENT_KIND, Tracker
 from tests.browser import ARTIFACTS
 from tests.conftest import make_conf
@@ -52,10 +53,26 @@ def store(tmp_path_factory):
         with tracker.stage_run("train") as train:
             for epoch, loss in enumerate((1.9, 1.2)):
                 mlflow.log_metrics({"train_loss": loss, "val_accuracy": 0.3 + 0.2 * epoch}, step=epoch)
+            model = log_untrained_lane_net_here()
+            version = registry.register(conf, "lane_classifier", model.model_id, train.info.run_id)
+    # the gate's decision as the audit records it (what is under test is how the UI shows it)
+    gate = registry.Gate(passed=True, checks={"context": "context verdict: Looks at the lanes",
+                                              "accuracy": "accuracy 0.900 >= 0.5"})
+    registry.apply(conf, "lane_classifier", model.model_uri, gate, {"audit.context_verdict": "Looks at the lanes"},
+                   "0" * 32)
     png = Path(tracker.client.download_artifacts(ingest.info.run_id, f"figures/{FIGURE}.png", str(work))).read_bytes()
     return {"conf": conf, "experiment_id": tracker.experiment_id, "parent": parent.info.run_id,
-            "ingest": ingest.info.run_id, "train": train.info.run_id, "png": png,
+            "ingest": ingest.info.run_id, "train": train.info.run_id, "png": png, "version": version.version,
             "db": conf.mlflow.tracking_uri[len("sqlite:///"):]}
+
+
+def log_untrained_lane_net_here():
+    """An untrained lane net logged into the active run as the train stage logs one."""
+    from pipeline.data.synth import LANE_CLASSES
+    from pipeline.models import build_model, stored
+
+    info = stored.card("lane_classifier", LANE_CLASSES, (64, 64), 0.25, "road_frames")
+    return stored.log_model(build_model("lane_classifier", 6, (64, 64), 0.25), info, "lane_classifier", [])
 
 
 def free_port() -> int:
@@ -206,3 +223,21 @@ def test_a_stage_runs_figure_renders_in_the_ui(browser, store, server, tmp_path)
     assert any("get-artifact" in u and urllib.parse.quote(path, safe="") in u for u in page.requests())
     png = page.screenshot(tmp_path / "mlflow_ui_figure.png", ARTIFACTS / "mlflow_ui_figure.png", full_page=False)
     assert Image.open(io.BytesIO(png)).width >= 1000
+
+
+def test_the_registered_model_shows_its_audited_alias_and_the_gates_tags(browser, store, server, tmp_path):
+    name, version = store["conf"].registry.names["lane_classifier"], store["version"]
+    page = browser.new_page()
+    page.goto(f"{server}/#/models/{name}")
+    assert page.wait_for(f"document.body.innerText.includes('Version {version}') && "
+                         f"document.body.innerText.includes('@') && document.body.innerText.includes('audited')",
+                         timeout=90), page.text()[:2000]
+    png = page.screenshot(tmp_path / "mlflow_ui_model.png", ARTIFACTS / "mlflow_ui_model.png", full_page=False)
+    assert Image.open(io.BytesIO(png)).width >= 1000
+    page = browser.new_page()
+    page.goto(f"{server}/#/models/{name}/versions/{version}")
+    shown = " && ".join(f"document.body.innerText.includes({json.dumps(t)})"
+                        for t in ("gate.passed", "gate.decision", "audit.context_verdict", "Looks at the lanes",
+                                  "audited"))
+    assert page.wait_for(shown, timeout=90), page.text()[:3000]
+    page.screenshot(tmp_path / "mlflow_ui_version.png", ARTIFACTS / "mlflow_ui_version.png", full_page=False)

@@ -77,4 +77,5 @@ def test_a_model_uri_that_names_nothing_is_one_line_naming_it_and_how_to_list_mo
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("pipeline: error:")]   # (MLflow logs INFO too)
     assert len(errors) == 1 and "Traceback" not in err
-    assert f"cannot load the model {uri}" in errors[0] and "mlflow ui --backend-store-uri" in errors[0]
+    assert f"cannot find the model {uri}" in errors[0] and "mlflow ui --backend-store-uri" in errors[0]
+    assert "leave evaluate.model_uri unset" in errors[0]

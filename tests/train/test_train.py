@@ -6,12 +6,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import mlflow.pytorch
+import mlflow
+import mlflow.pyfunc
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.data import store
+from pipeline.models import stored
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 from pipeline.train.run import load_checkpoint, train_fn
@@ -26,7 +29,7 @@ def train(spark, conf, stage="train"):
 
 @pytest.fixture(scope="module")
 def lane_run(spark, tiny_data):
-    conf = tiny_data("train.task=lane_classifier")
+    conf = tiny_data("train.task=lane_classifier", "mlflow.system_metrics_s=1")
     return conf, train(spark, conf)
 
 
@@ -41,9 +44,23 @@ def test_lane_classifier_trains_and_logs_metrics_checkpoint_and_model(lane_run):
     assert run.data.params["train.classes"].startswith("none,solid_white")
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/test_confusion.png", "figures/test_worst_mistakes.png"} <= figures
-    model = mlflow.pytorch.load_model(results["model_uri"], map_location="cpu").eval()
-    x = torch.zeros(2, 3, 64, 64)
+    model = stored.load(results["model_uri"])
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert model(x).shape == (2, 6)
+    # a LoggedModel named for its task, linked to its run, its training dataset and its held-out metrics
+    logged = mlflow.get_logged_model(results["model_uri"][len("models:/"):])
+    assert logged.name == "lane_classifier" and logged.source_run_id == run.info.run_id
+    assert {m.key for m in logged.metrics if m.dataset_name == f"{conf.train.data}/road_frames/test"} >= {
+        "test_accuracy", "test_f1_macro"}
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} >= {f"{conf.train.data}/road_frames/train"}
+    assert run.data.tags["pipeline.model_uri"] == results["model_uri"]
+    with torch.no_grad():                             # MLflow's own API predicts the same logits
+        assert np.allclose(mlflow.pyfunc.load_model(results["model_uri"]).predict(x.numpy()), model(x).numpy(),
+                           atol=1e-6)
+    name, version = results["model_version"][len("models:/"):].split("/")
+    assert name == "road-lanes"
+    assert client.get_model_version(name, version).source == results["model_uri"]
+    assert any(k.startswith("system/cpu") for k in run.data.metrics), sorted(run.data.metrics)
     state = load_checkpoint(make_spec(conf).checkpoint_url)            # weights_only=True
     assert state["epoch"] == 1
     reloaded = make_spec(conf)
@@ -70,7 +87,7 @@ def test_traffic_light_classifier_and_detector_train(spark, tiny_data):
         assert key in metrics
     figures = {a.path for a in client.list_artifacts(det["run_id"], "figures")}
     assert "figures/test_pr_curve.png" in figures and "figures/test_heatmaps.png" in figures
-    model = mlflow.pytorch.load_model(det["model_uri"], map_location="cpu").eval()
+    model = stored.load(det["model_uri"])
     assert model(torch.zeros(1, 3, 50, 70)).shape == (1, 1, 13, 18)    # any input size at inference
 
 
@@ -143,7 +160,7 @@ def test_local_cluster_barrier_tasks_train_on_two_executors_and_learn(tiny_data,
     assert run.data.params["train.steps_per_epoch_resolved"] == str(train_rows // (8 * 2))
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]
     assert len(losses) == 4 and losses[-1] < losses[0], losses            # the model learned
-    model = mlflow.pytorch.load_model(lines["model_uri"], map_location="cpu").eval()
+    model = stored.load(lines["model_uri"])
     from pipeline.train.loader import eval_batches
 
     hits, labels = 0, []
