@@ -98,7 +98,7 @@ def test_train_trains_without_the_empty_split_and_says_what_it_left_out(no_test,
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     assert "train.lane_classifier: the test pass skipped: the test split of dataset synthetic" in captured.out
-    assert "model_uri runs:/" in captured.out and "val_accuracy" in captured.out
+    assert "model_uri models:/" in captured.out and "val_accuracy" in captured.out
     assert "test_accuracy" not in captured.out
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "no job skipped, 1 left a part out for an empty split (exit 3)" in err[0]
@@ -117,13 +117,13 @@ def test_pipeline_run_skips_the_jobs_of_an_empty_split_and_goes_on_to_the_report
     assert "[1/5] ingest: up to date" in out
     assert "-- train.lane_classifier done in " in out
     assert "-- [3/5] evaluate.lane_classifier skipped: the test split (evaluate.split=test) of dataset" in out
-    assert "-- [4/5] audit skipped: the test split (audit.split=test) of dataset" in out
+    assert "-- [4/5] audit.lane_classifier skipped: the test split (audit.split=test) of dataset" in out
     assert "-- report done in " in out
     report = next(l.split(" ", 1)[1] for l in out.splitlines() if l.startswith("Report: "))
     assert "skipped for an empty split: the test split (evaluate.split=test)" in Path(report).read_text()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pipeline: finished, 2 of 5 jobs skipped, 1 left a part out for an "
-                                               "empty split (exit 3): evaluate.lane_classifier, audit, ")
+                                               "empty split (exit 3): evaluate.lane_classifier, audit.lane_classifier, ")
     conf = make_conf(no_test, *TINY, NO_TEST)
     client = MlflowClient(conf.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(conf.mlflow.experiment).experiment_id

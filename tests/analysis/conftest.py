@@ -10,3 +10,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def counterfactual_nets(spark):
+    """Four lane nets with a known reliance (tests/analysis/test_counterfactual.py, which tests their verdicts);
+    the gate's tests audit one of them too."""
+    from tests.analysis.test_counterfactual import train_all
+
+    return train_all(spark)

@@ -58,6 +58,10 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
     assert words in ("relies on context", "looks at the lanes", "uses both", "inconclusive")
     assert results["context.verdict"].startswith(words + ": on 48 counterfactual twins of 12")
     assert "Occlusion (secondary" in results["context.verdict"]
+    # the registry's gate decided on it by its rule (registry.gate.accuracy 0.5), on the audit run
+    passes = (m["context.accuracy"] >= 0.5 and not results["context.relies_on_context"]
+              and not m["independence.val_test_gap_flagged"])
+    assert run.data.tags["gate.passed"] == str(passes).lower() and run.data.tags["gate.line"].startswith("gate: ")
     assert m["context.relies_on_context"] == float(words == "relies on context")
     assert "figures/context_counterfactual.png" in figures
     # linear probes of every layer: 32 sequences, 8 held out, 2 frames each

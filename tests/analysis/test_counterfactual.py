@@ -203,7 +203,12 @@ def train_lane_net(bias: float, lanes: bool, seed: int = 0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(spark):
+def trained(counterfactual_nets):
+    """The four nets (trained once per session: tests/analysis/conftest.py)."""
+    return counterfactual_nets
+
+
+def train_all(spark) -> dict:
     """The four nets, trained as Spark tasks (two at a time on two cores)."""
     from pipeline.models import build_model
 

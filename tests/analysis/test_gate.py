@@ -4,8 +4,8 @@ audit passes, and the decision is on the version as tags.
 The rule is checked case by case without Spark (each criterion failing alone); then on a real store: a tiny
 `pipeline run` trains, registers and audits a lane net on unbiased data (it gets @audited, and
 ``models:/road-lanes@audited`` evaluates), and a net that by construction sees nothing but the context (trained on
-frames whose markings are erased, the context tied to the class) is refused by `pipeline audit` for relying on
-context, the alias staying where it was.
+frames whose markings are erased, the context tied to the class: test_counterfactual.py's) is refused by
+`pipeline audit` for relying on context, the alias staying where it was.
 """
 from __future__ import annotations
 
@@ -40,27 +40,6 @@ def test_the_rule_fails_on_each_criterion_alone_and_passes_when_all_hold(tmp_pat
     assert not detector.passed and "recall at precision 0.9 0.350 is below the floor 0.4" in detector.reasons[0]
 
 
-def context_only_net():
-    """A lane net that can only have learned the context: trained on frames with no markings painted and the
-    context tied to the class (tests/analysis/test_counterfactual.py's training, a smaller budget)."""
-    from tests.analysis import test_counterfactual as tc
-
-    budget = {"TRAIN_SEQUENCES": 60, "EPOCHS": 8}
-    saved = {k: getattr(tc, k) for k in budget}
-    for k, v in budget.items():
-        setattr(tc, k, v)
-    try:
-        weights = tc.train_lane_net(1.0, lanes=False)
-    finally:
-        for k, v in saved.items():
-            setattr(tc, k, v)
-    from pipeline.models import build_model
-
-    net = build_model("lane_classifier", 6, (64, 64), 0.25)
-    net.load_state_dict(weights)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def gated(spark, tiny_data, tmp_path_factory):
     """A work folder of its own (its registry starts empty) holding a copy of the tiny dataset."""
@@ -79,7 +58,8 @@ def _version(client, name, alias):
 
 def test_a_pipeline_run_registers_audits_and_aliases_a_net_that_passes(gated, capsys):
     work = gated
-    args = [f"paths.work_dir={work}", *TINY, *AUDIT, "run.tasks=[lane_classifier]", "registry.gate.accuracy=0.0"]
+    args = [f"paths.work_dir={work}", *TINY, *AUDIT, "train.epochs=1", "run.tasks=[lane_classifier]",
+            "registry.gate.accuracy=0.0"]
     assert main(["run", "--only", "train,audit", *args]) == 0
     out = capsys.readouterr().out
     conf = make_conf(work)
@@ -98,7 +78,9 @@ def test_a_pipeline_run_registers_audits_and_aliases_a_net_that_passes(gated, ca
 
 
 
-def test_a_net_that_relies_on_context_is_refused_and_the_alias_stays(gated, capsys):
+def test_a_net_that_relies_on_context_is_refused_and_the_alias_stays(gated, counterfactual_nets, capsys):
+    """The counterfactual test's lanes-erased net: trained on frames with no markings painted, it can only have
+    learned the context (tests/analysis/test_counterfactual.py)."""
     from pipeline.data.synth import LANE_CLASSES
     from pipeline.models import stored
     from pipeline.tracking import Tracker
@@ -109,7 +91,7 @@ def test_a_net_that_relies_on_context_is_refused_and_the_alias_stays(gated, caps
     before = _version(client, "road-lanes", "audited")
     tracker = Tracker(conf)
     with tracker.stage_run("train") as run:
-        logged = stored.log_model(context_only_net(), stored.card("lane_classifier", LANE_CLASSES, (64, 64), 0.25,
+        logged = stored.log_model(counterfactual_nets["lanes erased"], stored.card("lane_classifier", LANE_CLASSES, (64, 64), 0.25,
                                                                   "road_frames"), "lane_classifier", requirements=[])
         version = registry.register(conf, "lane_classifier", logged.model_id, run.info.run_id).version
     assert main(["audit", f"paths.work_dir={work}", *TINY, *AUDIT, "registry.gate.accuracy=0.0",
