@@ -202,6 +202,10 @@ class TrainSection(_Section):
     loader_workers: Annotated[int, Field(ge=0)]
     channels_last: bool
     augment_policy: Optional[str]
+    init_model: Optional[str]
+    init_freeze: Optional[str]
+    init_lr_scale: Annotated[float, Field(gt=0)]
+    max_rows: Annotated[int, Field(ge=0)]
     per_task: dict[str, dict[str, Any]]
 
     @field_validator("per_task")

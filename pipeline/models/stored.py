@@ -160,9 +160,10 @@ def _flavour(local: Path, uri: str) -> Path:
                       f"{pyfunc.get('loader_module')!r}): only weights with a net card are loaded")
 
 
-def load(uri: str):
-    """The net at a model URI (or a local model folder), rebuilt from the project's code: nothing in its files
-    runs. A URI that names nothing is a :class:`ModelNotFound`; another form an :class:`UnsafeModel`."""
+def load(uri: str, tracking_uri: Optional[str] = None):
+    """The net at a model URI (or a local model folder) of the store at ``tracking_uri`` (default: MLflow's
+    current one), rebuilt from the project's code: nothing in its files runs. A URI that names nothing is a
+    :class:`ModelNotFound`; another form an :class:`UnsafeModel`."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
@@ -170,7 +171,8 @@ def load(uri: str):
         return read(_flavour(Path(uri), uri), uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
+                                                             tracking_uri=tracking_uri))
         except (MlflowException, OSError) as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise ModelNotFound(f"cannot find the model {uri} ({reason})") from None

@@ -299,7 +299,7 @@ def load_model(uri: str, conf, key: str = "the model URI"):
     from pipeline.models import stored
 
     try:
-        return stored.load(uri)
+        return stored.load(uri, conf.mlflow.tracking_uri)
     except ModelNotFound as exc:
         raise ModelNotFound(
             f"{exc}; list the logged models on the experiment's Models page of `mlflow ui --backend-store-uri "

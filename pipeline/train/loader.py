@@ -70,6 +70,7 @@ class LoaderSpec:
     aux: Optional[str] = None        # an auxiliary target field (AUX_TARGETS): batches carry it third
     pin_memory: bool = False         # page-locked batches (training on CUDA: the copy to the GPU overlaps)
     extra: tuple = ()                # more stored fields the rows carry (analyses: e.g. group, lane_mask)
+    keep: Optional[frozenset] = None # only the rows with these ids (train.max_rows); None: every row
 
     @property
     def fields(self) -> tuple:
@@ -144,7 +145,10 @@ def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
             count = len(columns["id"])
             keep = [i for i in range(index, index + count) if i % stride == offset]
             index += count
-            if stride > 1:
+            if spec.keep is not None:
+                ids = columns["id"]
+                keep = [i for i in keep if ids[i - index + count] in spec.keep]
+            if stride > 1 or spec.keep is not None:
                 columns = {name: [values[i - index + count] for i in keep] for name, values in columns.items()}
             columns.update(decode_columns(columns, decoders, pool))
             for i in range(len(keep)):

@@ -89,7 +89,9 @@ def build(spec: TrainSpec):
     num_classes = None if spec.task.detector else len(spec.classes)
     model = build_model(t.task, num_classes, spec.in_hw, t.width)
     if spec.init_url:
-        copy_layers(model, spec.init_url, spec.init_layers, freeze=spec.freeze)
+        copy_layers(model, spec.init_url, spec.init_layers, freeze=spec.freeze, head=spec.init_head)
+        for name in spec.freeze_layers:                   # train.init_freeze: these of the copied ones stay fixed
+            getattr(model, name).requires_grad_(False)
     joint = WithAux(model, spec.aux, outputs=len(DISTANCES) + 1) if spec.aux else model
     copied = {id(p) for n in (spec.init_layers if spec.init_url else ()) for p in getattr(model, n).parameters()}
     rest = [p for p in joint.parameters() if p.requires_grad and id(p) not in copied]
@@ -103,13 +105,14 @@ def build(spec: TrainSpec):
     return model, optimizer, scheduler, joint
 
 
-def copy_layers(model, url: str, layers, *, freeze: bool) -> None:
+def copy_layers(model, url: str, layers, *, freeze: bool, head: bool = False) -> None:
     """Copy the weights of ``layers`` from the checkpoint under ``url`` into ``model`` (same architecture and
-    width; the head may differ), and freeze them with ``freeze``."""
+    width; the head may differ, and is copied only with ``head``: a source of the same classes), and freeze them
+    with ``freeze``."""
     state = load_checkpoint(url)
     if state is None:
         raise RuntimeError(f"no checkpoint under {url} to copy layers {', '.join(layers)} from")
-    unknown = [n for n in layers if n not in model.transferable()]
+    unknown = [n for n in layers if n not in (model.layer_names if head else model.transferable())]
     if unknown:
         raise ValueError(f"cannot copy {unknown}: {type(model).__name__} transfers {', '.join(model.transferable())}")
     source = state["model"]
@@ -340,9 +343,18 @@ def run(spark, conf: Config, tracker) -> dict:
 
     conf = resolve_devices(conf)
     spec = make_spec(conf, run_id=mlflow.active_run().info.run_id)
+    if conf.train.init_model:
+        from pipeline.train.finetune import resolve
+
+        spec, params = resolve(spec, conf)
+        mlflow.log_params(params)
+        if params.get("train.init_source_run"):
+            mlflow.set_tag("pipeline.init_source_run", params["train.init_source_run"])
     job = f"train.{spec.task.name}"
     if not spec.validate:
         skip_part(f"{job}: per-epoch validation", _empty(spec, "val"))
+    if spec.keep_ids is not None:
+        mlflow.log_param("train.rows_resolved", len(spec.keep_ids))
     mlflow.log_params({"train.steps_per_epoch_resolved": spec.steps_per_epoch, "train.classes": ",".join(spec.classes),
                        "train.in_hw": f"{spec.in_hw[0]}x{spec.in_hw[1]}", "train.dataset_url": spec.split_url("train")})
     tic = time.perf_counter()

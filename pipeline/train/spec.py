@@ -38,6 +38,9 @@ class TrainSpec:
     train_split: str = "train"       # the folder trained on (a transfer half's nested subsets: train_n<size>)
     validate: bool = True            # validate every epoch (False: the val split is empty; the stage said so)
     augment: Optional[object] = None # train.augment_policy as a Policy, resolved on the driver (ranks read no conf/)
+    init_head: bool = False          # init_layers include the head (a logged model of the same classes)
+    freeze_layers: tuple = ()        # of init_layers, those kept fixed (train.init_freeze and the layers below it)
+    keep_ids: Optional[frozenset] = None  # train.max_rows: the ids of the train rows trained on (None: all)
 
     @property
     def task(self) -> Task:
@@ -63,14 +66,16 @@ class TrainSpec:
 
         return LoaderSpec(self.split_url(split), self.kind, t.batch_size, t.seed,
                           decode_workers(t.loader_workers, t.num_processes), policy=policy,
-                          aux=self.aux if split == "train" else None, pin_memory=t.use_gpu)
+                          aux=self.aux if split == "train" else None, pin_memory=t.use_gpu,
+                          keep=self.keep_ids if split == "train" else None)
 
     def checkpoint_args(self) -> dict:
         """What a checkpoint records of the run (plain values: what ``torch.load(weights_only=True)`` accepts)."""
         return {"train": self.train.model_dump(mode="json"), "kind": self.kind, "data_root": self.data_root,
                 "classes": list(self.classes), "in_hw": list(self.in_hw), "steps_per_epoch": self.steps_per_epoch,
                 "init_url": self.init_url or "", "init_layers": list(self.init_layers), "freeze": self.freeze,
-                "init_lr_scale": self.init_lr_scale,
+                "init_lr_scale": self.init_lr_scale, "init_head": self.init_head,
+                "freeze_layers": list(self.freeze_layers), "train_rows": len(self.keep_ids) if self.keep_ids else 0,
                 "aux": self.aux or "", "aux_weight": self.aux_weight}
 
 
@@ -86,6 +91,10 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
         raise ConfigError(f"train.data={t.data}: {exc}") from None
     info = meta["datasets"][kind]
     train_rows = check_split(root, kind, "train", meta=meta)   # none: EmptySplit, the one line
+    keep = None
+    if t.max_rows and t.max_rows < train_rows:
+        keep = first_rows(f"{root}/{kind}/train", t.max_rows)
+        train_rows = len(keep)
     processes = max(1, t.num_processes)  # (0, one per GPU, is resolved by the train stage; 1 for the rest)
     if train_rows < t.batch_size * processes:
         raise ConfigError(f"{root}/{kind}/train has {train_rows} rows, fewer than train.batch_size x "
@@ -104,7 +113,22 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
         steps_per_epoch=t.steps_per_epoch or max(1, train_rows // (t.batch_size * processes)),
         checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/{t.data}/{t.task}",
         run_id=run_id, tracking_uri=conf.mlflow.tracking_uri, augment=policy,
-        validate=bool(rows_in(meta, kind, "val")))
+        validate=bool(rows_in(meta, kind, "val")), keep_ids=keep)
+
+
+def first_rows(url: str, n: int) -> frozenset:
+    """The ids of the first ``n`` rows of a split in a stable order: groups by a hash of their name, rows of a
+    group by a hash of their id. The order does not depend on the files' layout, so a smaller set lies inside
+    every larger one, and whole groups come before the next one starts (a subset keeps sequences together)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.data.records import stable_hash
+
+    fs, path = store.filesystem(url)
+    table = pq.read_table(path, columns=["id", "group"], filesystem=fs)
+    order = sorted(zip(table.column("group").to_pylist(), table.column("id").to_pylist()),
+                   key=lambda r: (stable_hash(r[0]), stable_hash(r[1])))
+    return frozenset(i for _, i in order[:n])
 
 
 def _stored_hw(spec: LoaderSpec) -> tuple:

@@ -261,7 +261,7 @@ def test_no_code_path_deserializes_with_pickle_outside_the_safe_loaders():
     assert readers_of_petastorm == ["pipeline/train/loader.py"]
     assert "store.schemas_from_code(" in (REPO / "pipeline" / "train" / "loader.py").read_text()
     assert "Loader = CSafeLoader" in (REPO / "pipeline" / "yamltext.py").read_text()
-    assert "stored.load(uri)" in (REPO / "pipeline" / "train" / "evaluate.py").read_text()
+    assert "stored.load(uri, conf.mlflow.tracking_uri)" in (REPO / "pipeline" / "train" / "evaluate.py").read_text()
     record("untrusted: checkpoints, models and stored values", "checkpoints load with weights_only=True (a pickled "
            "payload is refused), models as safetensors weights and a JSON card rebuilt by the project's code, "
            "stored arrays with allow_pickle=False; no other deserializer in pipeline/, schemas/ or jobs/ (aliases "
