@@ -20,6 +20,7 @@ Every URI MLflow resolves is accepted: ``models:/<model_id>``, ``models:/<name>/
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -132,11 +133,18 @@ def log_model(model, info: dict, name: str, requirements: list, params: Optional
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1) if detector else (-1, 3, h, w))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *(-1 if detector else d for d in out.shape[1:])))]))
+    chatty = logging.getLogger("mlflow.pyfunc")          # "Validating input example ...": on every log
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         folder = save(model, info, Path(tmp) / DATA)
-        return mlflow.pyfunc.log_model(name=name, loader_module=LOADER, data_path=str(folder), signature=signature,
-                                       input_example=example, pip_requirements=requirements,
-                                       params={k: str(v) for k, v in (params or {}).items()} or None)
+        try:
+            return mlflow.pyfunc.log_model(name=name, loader_module=LOADER, data_path=str(folder),
+                                           signature=signature,
+                                           input_example=example, pip_requirements=requirements,
+                                           params={k: str(v) for k, v in (params or {}).items()} or None)
+        finally:
+            chatty.setLevel(level)
 
 
 def _flavour(local: Path, uri: str) -> Path:
