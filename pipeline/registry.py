@@ -19,6 +19,7 @@ off) keeps the same tags on its LoggedModel, and no alias moves.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -44,9 +45,10 @@ def decide(conf: Config, task_detector: bool, context_verdict: str, relies: bool
     g = conf.registry.gate
     gate = Gate(passed=True)
     floor, what = (g.detector_recall, "recall at precision 0.9") if task_detector else (g.accuracy, "accuracy")
-    gate.checks["context"] = f"context verdict: {context_verdict.split('.')[0]}"
+    first = _sentence(context_verdict)
+    gate.checks["context"] = f"context verdict: {first}"
     if relies:
-        gate.reasons.append(f"it relies on context ({context_verdict.split('.')[0]})")
+        gate.reasons.append(f"it relies on context ({first})")
     if score is None or score != score:
         gate.checks[what] = f"{what} not measured"
         gate.reasons.append(f"{what} on the audited split could not be measured")
@@ -56,9 +58,14 @@ def decide(conf: Config, task_detector: bool, context_verdict: str, relies: bool
             gate.reasons.append(f"{what} {score:.3f} is below the floor {floor:g} (registry.gate)")
     gate.checks["independence"] = "independence: no flag" if not flagged else "independence: flagged"
     if flagged:
-        gate.reasons.append(f"the independence audit flagged the dataset ({independence_verdict.split(':')[0]})")
+        gate.reasons.append(f"the independence audit flagged the dataset ({_sentence(independence_verdict)})")
     gate.passed = not gate.reasons
     return gate
+
+
+def _sentence(text: str) -> str:
+    """The first sentence of a verdict (a full stop followed by a space or the end; not a decimal point)."""
+    return re.split(r"\.(?:\s|$)", text.strip(), maxsplit=1)[0]
 
 
 # -------------------------------------------------------------------------------------------- registry
