@@ -21,7 +21,7 @@ def resolve(spec: TrainSpec, conf: Config) -> tuple[TrainSpec, dict]:
     """``spec`` set to start from ``train.init_model``, and what to record of it (params)."""
     from pipeline.models import build_model
     from pipeline.train.evaluate import load_model
-    from pipeline.train.run import save_checkpoint
+    from pipeline.train.checkpoints import save_checkpoint
 
     t = spec.train
     uri = t.init_model

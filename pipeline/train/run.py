@@ -8,7 +8,6 @@ pickled), links its dataset and its held-out metrics to it, and registers it (``
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
@@ -19,30 +18,15 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, ConfigError
-from pipeline.data import store
 from pipeline.data.splits import check_split, skip_part
 from pipeline.errors import EmptySplit
 from pipeline.tasks import is_key_metric
+from pipeline.train.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loader import batches
 from pipeline.train.spec import TrainSpec, make_spec
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(url: str, state: dict) -> None:
-    """Write ``<url>/last.pt`` atomically: a kill mid-write leaves the previous one."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    store.write_bytes(f"{url}/last.pt", buf.getvalue())
-
-
-def load_checkpoint(url: str) -> Optional[dict]:
-    """The last checkpoint under ``url`` (tensors and plain values only: ``weights_only=True``), or None."""
-    data = store.read_bytes(f"{url}/last.pt")
-    return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 # ------------------------------------------------------------------------------------------- ranks
