@@ -179,12 +179,46 @@ def load(uri: str, tracking_uri: Optional[str] = None):
         return read(_flavour(Path(uri), uri), uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
+            source = _underlying(uri, tracking_uri) if tracking_uri and uri.startswith(("models:", "runs:")) else uri
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
                                                              tracking_uri=tracking_uri))
         except (MlflowException, OSError) as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise ModelNotFound(f"cannot find the model {uri} ({reason})") from None
         return read(_flavour(local, uri), uri)
+
+
+def _underlying(uri: str, tracking_uri: str) -> str:
+    """Where a ``models:/`` URI's files are, looked up in the store at ``tracking_uri``. (MLflow's own lookup
+    asks the process's current tracking URI whatever ``tracking_uri`` says: a process that never set one would
+    look in ./mlruns.)"""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if uri.startswith("runs:"):          # runs:/<run>/<name>: the LoggedModel of that name the run logged, if any
+        run_id, path = RunsArtifactRepository.parse_runs_uri(uri)
+        name, _, rest = (path or "").partition("/")
+        experiment = client.get_run(run_id).info.experiment_id
+        token = None
+        while name:
+            page = client.search_logged_models([experiment], filter_string=f"name = '{name}'", page_token=token)
+            model = next((m for m in page if m.source_run_id == run_id), None)
+            if model:
+                return _underlying(f"models:/{model.model_id}" + (f"/{rest}" if rest else ""), tracking_uri)
+            token = page.token
+            if not token:
+                break
+        return uri                       # files of the run itself (its artifact store is found from the run)
+    base, inside = ModelsArtifactRepository.split_models_uri(uri)
+    found = get_model_name_and_version(client, base)
+    where = (client.get_logged_model(found[0]).artifact_location if len(found) == 1
+             else client.get_model_version_download_uri(*found))
+    if where.startswith("models:"):      # a version registered from a logged model: its files are the model's
+        where = _underlying(where, tracking_uri)
+    return f"{where.rstrip('/')}/{inside}" if inside else where
 
 
 # ---------------------------------------------------------------------------------- MLflow's pyfunc hook
