@@ -281,6 +281,8 @@ class VisualizeSection(_Section):
 
 class TransferSection(_Section):
     task: Literal["lane_classifier", "tl_classifier"]
+    mode: Literal["halves", "sizes"]
+    init_model: Optional[str]
     splits: list[Literal["class", "day_night"]]
     layers: Optional[list[str]]
     seeds: Positive

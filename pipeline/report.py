@@ -686,8 +686,14 @@ def transfer_section(found: Found, art: Artifacts) -> str:
     if r is None:
         return _not_run("transfer", found.mode)
     m, p = _metrics(r), _params(r)
+    if p.get("transfer.mode") == "sizes":
+        where = (f"test accuracy on <code>{esc(p.get('transfer.data', '?'))}</code>'s test split, from scratch "
+                 f"and fine-tuned from <code>{esc(p.get('transfer.init_model_resolved', '?'))}</code> (copied "
+                 f"{esc(p.get('transfer.init_layers', '?'))}; head {esc(p.get('transfer.init_head', '?'))})")
+    else:
+        where = "test accuracy on half B"
     out = [_run_line(r), f"<p>{esc(fmt(m.get('trainings', '?')))} trainings in "
-                         f"{esc(fmt(m.get('grid_seconds', '?')))} s; test accuracy on half B, mean over seeds.</p>"]
+                         f"{esc(fmt(m.get('grid_seconds', '?')))} s; {where}, mean over seeds.</p>"]
     grid: dict = {}
     base: dict = {}
     sizes: dict = {}

@@ -131,11 +131,14 @@ def transfer_curve(results: dict, cells: list, split: str, layers: list, labels:
     return fig
 
 
-def size_curve(results: dict, cells: list, sizes: dict, split: str) -> plt.Figure:
+def size_curve(results: dict, cells: list, sizes: dict, split: str, *, data: str = "",
+               source: str = "") -> plt.Figure:
     """Accuracy against B's training-set size (``sizes``: configured size -> the rows B had for it): from
-    scratch, pre-trained on A, and with a second loss; each seed a point, means joined (log x)."""
+    scratch, pre-trained on A, and with a second loss; each seed a point, means joined (log x). With ``data``
+    (``transfer.mode=sizes``): against the dataset's own size, pre-trained meaning started from ``source``."""
     fig, ax = plt.subplots(figsize=(7, 4.3))
-    style = {"scratch": ("tab:gray", "from scratch"), "pretrained": ("tab:orange", "pre-trained on A, fine-tuned"),
+    style = {"scratch": ("tab:gray", "from scratch"),
+             "pretrained": ("tab:orange", f"from {source}, fine-tuned" if data else "pre-trained on A, fine-tuned"),
              "aux": ("tab:green", "from scratch + second loss (masks / distances)")}
     for variant, (colour, name) in style.items():
         means = []
@@ -148,9 +151,10 @@ def size_curve(results: dict, cells: list, sizes: dict, split: str) -> plt.Figur
         if means:
             ax.plot(*zip(*means), color=colour, marker="o", label=name)
     ax.set_xscale("log")
-    ax.set_xlabel(f"training images of B ({split} split)")
-    ax.set_ylabel("test accuracy on B")
-    ax.set_title("too little data: scratch vs pre-trained vs a second loss", fontsize=9)
+    ax.set_xlabel(f"training images of {data}" if data else f"training images of B ({split} split)")
+    ax.set_ylabel(f"test accuracy on {data}" if data else "test accuracy on B")
+    ax.set_title("too little data: from scratch vs pre-trained" if data
+                 else "too little data: scratch vs pre-trained vs a second loss", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()

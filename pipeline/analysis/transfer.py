@@ -15,6 +15,12 @@ transform : the grid as parallel Spark tasks, one training per task on one threa
             with a second loss from the same images (lane masks / light distances, ``transfer.aux_weight``);
 load      : test accuracy on B of every cell; the paper's figure (accuracy against n, spread over seeds) per
             split, the size curve, conv1 filters from scratch beside pre-trained; metrics and a table to MLflow.
+
+``transfer.mode=sizes`` asks the size curve of any ingested dataset instead (``train.data``, a user's own crops):
+no halves, no grid; on the first ``transfer.sizes`` train rows in a stable order of their groups (nested, as
+``train.max_rows``), nets from scratch and nets started from ``transfer.init_model`` (a model pre-trained by this
+pipeline, e.g. on the generator's scenes: every layer of the same shape copied, as ``train.init_model`` does),
+each seed a Spark task and an MLflow run of its own, scored on the dataset's test split.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ HALVES = ("A", "B")
 DAY_NIGHT = {"A": "day", "B": "night"}      # road frames' ``context`` (the synthetic scene's time of day)
 GRID_VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
 SIZE_VARIANTS = ("scratch", "pretrained", "aux")
+OWN = "dataset"          # the split name of ``transfer.mode=sizes`` cells (the dataset itself, not a half)
 EVAL_SPLITS = ("val", "test")
 
 
@@ -349,7 +356,8 @@ def run(spark, conf: Config, tracker) -> dict:
 
     c = conf.transfer
     t = conf.train.model_copy(update={"task": c.task, "epochs": c.epochs, "lr": c.lr, "batch_size": c.batch_size,
-                                      "kind": None, "num_processes": 1, "augment_policy": None, "per_task": {}})
+                                      "kind": None, "num_processes": 1, "augment_policy": None, "per_task": {},
+                                      "init_model": None, "init_freeze": None, "max_rows": 0})
     conf = conf.model_copy(update={"train": t})
     spec = make_spec(conf)
     from pipeline.data.splits import require_split
@@ -358,6 +366,8 @@ def run(spark, conf: Config, tracker) -> dict:
         require_split(spec, split)
     if spec.task.detector:
         raise ConfigError("transfer.task: the grid compares classifiers (lane_classifier or tl_classifier)")
+    if c.mode == "sizes":
+        return run_sizes(spark, conf, tracker, spec)
     if c.size_split not in c.splits:
         raise ConfigError(f"transfer.size_split={c.size_split} is not among transfer.splits={c.splits}")
     layers = list(build_model(c.task, len(spec.classes), spec.in_hw, t.width).transferable())
@@ -413,6 +423,82 @@ def run(spark, conf: Config, tracker) -> dict:
     metrics.update(audit_second_loss(conf, c, specs))
     mlflow.log_metrics(metrics)
     _log_figures(tracker, results, first + second, c, specs, plan)
+    return {k: v for k, v in metrics.items() if k.endswith(".mean") or k in ("grid_seconds", "trainings")}
+
+
+def run_sizes(spark, conf: Config, tracker, spec) -> dict:
+    """``transfer.mode=sizes``: the size curve on ``train.data`` itself, from scratch and from
+    ``transfer.init_model``."""
+    import mlflow
+
+    from pipeline.train.finetune import resolve
+    from pipeline.train.spec import first_rows
+
+    c = conf.transfer
+    if not c.init_model:
+        raise ConfigError("transfer.mode=sizes needs transfer.init_model=<model URI>: the pre-trained net whose "
+                          "fine-tuning the curve sets beside training from scratch (e.g. models:/road-lights@audited)")
+    base = dataclasses.replace(spec, checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/transfer/"
+                                                    f"{conf.train.data}/{OWN}")
+    t = spec.train.model_copy(update={"init_model": c.init_model, "init_lr_scale": c.fine_tune_lr})
+    tuned, init_params = resolve(dataclasses.replace(base, train=t), conf.model_copy(update={"train": t}))
+    url = spec.split_url("train")
+    keep = {size: first_rows(url, size) for size in sorted(set(c.sizes))}
+    held = max(len(ids) for ids in keep.values())
+    if any(len(ids) < size for size, ids in keep.items()):
+        print(f"transfer: {conf.train.data} has {held} {spec.kind} train rows: sizes {sorted(keep)} become "
+              f"{sorted({len(ids) for ids in keep.values()})}", flush=True)
+    cells = [Cell(OWN, v, seed, size=size) for seed in range(c.seeds) for size in sorted(keep)
+             for v in ("scratch", "pretrained")]
+    mlflow.log_params({"transfer.mode": "sizes", "transfer.task_kind": spec.kind, "transfer.data": conf.train.data,
+                       **{k.replace("train.", "transfer.", 1): v for k, v in init_params.items()},
+                       **{f"transfer.rows.n{size}": len(ids) for size, ids in keep.items()}})
+    parent = mlflow.active_run().info.run_id
+    runs = {cell.key: tracker.client.create_run(
+        tracker.experiment_id, run_name=f"transfer {cell.key}",
+        tags={"mlflow.parentRunId": parent, "pipeline.kind": "transfer-cell", "pipeline.stage": "transfer",
+              "transfer.split": OWN, "transfer.variant": cell.variant, "transfer.layer": "",
+              "transfer.size": str(cell.size), "transfer.seed": str(cell.seed)}).info.run_id for cell in cells}
+    specs = {}
+    for cell in cells:
+        pre = cell.variant == "pretrained"
+        specs[cell.key] = dataclasses.replace(
+            spec, train=spec.train.model_copy(update={"seed": cell.seed, "resume": False}),
+            keep_ids=keep[cell.size], steps_per_epoch=max(1, c.steps // c.epochs),
+            checkpoint_url=_checkpoint(conf, cell), run_id=runs[cell.key],
+            init_url=tuned.init_url if pre else None, init_layers=tuned.init_layers if pre else (),
+            init_head=tuned.init_head and pre, freeze=False, freeze_layers=(), init_lr_scale=c.fine_tune_lr,
+            threads=1, log_model=False)
+        tracker.client.log_batch(runs[cell.key], params=_params(cell, specs[cell.key]))
+    tic = time.perf_counter()
+    results: dict = {}
+    try:
+        print(f"transfer: {len(cells)} trainings on {conf.train.data} (from scratch and from {c.init_model}), "
+              f"{c.partitions or len(cells)} tasks", flush=True)
+        results = run_wave(spark, cells, specs, c.partitions)
+    finally:
+        for key, run_id in runs.items():
+            tracker.client.set_terminated(run_id, "FINISHED" if key in results else "FAILED")
+    metrics = summarize(results, cells, c.model_copy(update={"splits": [], "sizes": sorted(keep)}))
+    for size in keep:
+        scratch = accuracies(results, cells, variant="scratch", size=size)
+        pre = accuracies(results, cells, variant="pretrained", size=size)
+        if scratch and pre:
+            metrics[f"sizes.gain.n{size}"] = float(np.mean(pre) - np.mean(scratch))
+    metrics["grid_seconds"] = time.perf_counter() - tic
+    metrics["trainings"] = len(results)
+    mlflow.log_metrics(metrics)
+    from pipeline.analysis import figures
+
+    tracker.log_figure(figures.size_curve(results, cells, {s: len(ids) for s, ids in keep.items()}, OWN,
+                                          data=conf.train.data, source=c.init_model), "transfer_sizes")
+    mlflow.log_table({"cell": [k for k in results], "test_accuracy": [r["test_accuracy"] for r in results.values()],
+                      "train_seconds": [r["train_seconds"] for r in results.values()]}, "transfer_cells.json")
+    for size in sorted(keep):
+        print(f"transfer: {len(keep[size])} images: from scratch "
+              f"{metrics.get(f'sizes.scratch.n{size}.mean', float('nan')):.3f}, pre-trained "
+              f"{metrics.get(f'sizes.pretrained.n{size}.mean', float('nan')):.3f} (mean of {c.seeds} seeds)",
+              flush=True)
     return {k: v for k, v in metrics.items() if k.endswith(".mean") or k in ("grid_seconds", "trainings")}
 
 

@@ -339,3 +339,72 @@ def test_every_cell_is_scored_on_b_s_test_split(grid, one_thread, key):
     logged = {(s, v, n or z, seed): acc for s, v, n, z, seed, acc in _cells_logged(conf)}
     _, variant, where, seed = key.split("/")
     assert accuracy == pytest.approx(logged[(split, variant, where.lstrip("n"), int(seed[4:]))], abs=1e-9)
+
+
+# --------------------------------------------------------------------------- transfer.mode=sizes (any dataset)
+
+@pytest.fixture(scope="module")
+def own_sizes(spark, tiny_data):
+    """The size curve on tiny_data itself, from scratch and from a logged lane net (untrained: the test is of
+    what is copied, trained and scored, not of how much it helps; benchmarks/domain_gap.sh measures that)."""
+    from tests.faults.util import log_untrained_lane_net
+
+    source = log_untrained_lane_net(Tracker(tiny_data()))
+    conf = tiny_data("transfer.mode=sizes", f"transfer.init_model={source}", "transfer.seeds=2",
+                     "transfer.steps=3", "transfer.epochs=1", "transfer.sizes=[8,1000]", "transfer.batch_size=8")
+    return conf, source, run_stage(get_stage("transfer"), spark, conf, Tracker(conf))
+
+
+def test_sizes_mode_trains_each_size_and_seed_from_scratch_and_from_the_model(own_sizes, one_thread):
+    from pipeline.models import stored
+    from pipeline.train.spec import first_rows
+
+    conf, source, results = own_sizes
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    stage = client.get_run(results["run_id"])
+    runs = client.search_runs([stage.info.experiment_id], f"tags.`mlflow.parentRunId` = '{results['run_id']}'")
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        f"transfer dataset/{v}/n{n}/seed{s}" for v in ("scratch", "pretrained") for n in (8, 1000) for s in (0, 1))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    train_url = f"{dataset_root(conf.paths.data_url, 'synthetic')}/road_frames/train"
+    every = read_meta(dataset_root(conf.paths.data_url, "synthetic"))["datasets"]["road_frames"]["splits"]["train"]
+    assert stage.data.params["transfer.rows.n8"] == "8" and stage.data.params["transfer.rows.n1000"] == str(every)
+    assert stage.data.params["transfer.init_model_resolved"] == source
+    assert first_rows(train_url, 8) < first_rows(train_url, 1000)            # nested
+    weights = stored.load(source, conf.mlflow.tracking_uri).state_dict()
+    root = f"{conf.paths.checkpoint_url}/transfer/synthetic/dataset"
+    for key in ("pretrained/n8/seed0", "pretrained/n1000/seed1", "scratch/n8/seed1"):
+        checkpoint = load_checkpoint(f"{root}/{key}")
+        assert checkpoint["args"]["train_rows"] == (8 if "/n8/" in key else every)
+        start, *_ = build(_spec_of(checkpoint, f"{root}/{key}", init_head=checkpoint["args"]["init_head"]))
+        same = [torch.equal(v, weights[k]) for k, v in start.state_dict().items() if k.endswith("weight")]
+        if key.startswith("pretrained"):   # every layer, the head too (the same six lane classes in order)
+            assert all(same) and checkpoint["args"]["init_head"]
+        else:
+            assert not any(same)
+        assert checkpoint["args"]["train"]["seed"] == int(key[-1])
+    # the summary, recomputed from what the cells logged; a cell re-scored on the dataset's own test split
+    logged = {(r.data.tags["transfer.variant"], int(r.data.tags["transfer.size"]), int(r.data.tags["transfer.seed"])):
+              r.data.metrics["test_accuracy"] for r in runs}
+    for v in ("scratch", "pretrained"):
+        for n in (8, 1000):
+            values = [logged[(v, n, s)] for s in (0, 1)]
+            assert stage.data.metrics[f"sizes.{v}.n{n}.mean"] == pytest.approx(np.mean(values), abs=1e-12)
+            assert stage.data.metrics[f"sizes.{v}.n{n}.min"] == pytest.approx(min(values), abs=1e-12)
+    assert stage.data.metrics["sizes.gain.n8"] == pytest.approx(
+        np.mean([logged[("pretrained", 8, s)] for s in (0, 1)]) - np.mean([logged[("scratch", 8, s)] for s in (0, 1)]),
+        abs=1e-12)
+    from pipeline.train.evaluate import evaluate
+    from pipeline.train.run import load_trained
+
+    spec = _spec_of(load_checkpoint(f"{root}/pretrained/n8/seed1"), f"{root}/pretrained/n8/seed1")
+    assert spec.data_root == dataset_root(conf.paths.data_url, "synthetic")
+    accuracy = evaluate(load_trained(spec).eval(), spec.task, spec.loader("test"), list(spec.classes),
+                        "test_").metrics["test_accuracy"]
+    assert accuracy == pytest.approx(logged[("pretrained", 8, 1)], abs=1e-9)
+    assert "figures/transfer_sizes.png" in {a.path for a in client.list_artifacts(results["run_id"], "figures")}
+
+
+def test_sizes_mode_without_a_model_is_one_line(spark, tiny_data):
+    with pytest.raises(ConfigError, match="transfer.mode=sizes needs transfer.init_model"):
+        transfer.run(spark, tiny_data("transfer.mode=sizes", "transfer.batch_size=8"), None)
