@@ -4,7 +4,7 @@ The driver loads the source model through the safe loader (:func:`pipeline.train
 and a net card, any model URI), checks that it is the same architecture as the net to train (the net's class,
 width and, for the classifiers, the input size: one line naming both when not), and picks the layers to copy:
 every named layer whose weights have the same shapes, the head only when the source's classes are this dataset's
-classes in the same order (else the head stays fresh, sized for this dataset). It writes the source's weights as a
+classes (in another order: its rows reordered by name; else the head stays fresh, sized for this dataset). It writes the source's weights as a
 checkpoint beside the run's (``<checkpoint>-init``), so the ranks copy them as the transfer stage's cells do
 (:func:`pipeline.train.run.copy_layers`); ``train.init_freeze`` keeps the copied layers up to the named one fixed,
 and the other copied layers learn at ``train.init_lr_scale`` x ``train.lr``.
@@ -43,7 +43,13 @@ def resolve(spec: TrainSpec, conf: Config) -> tuple[TrainSpec, dict]:
     target = build_model(t.task, None if task.detector else len(spec.classes), spec.in_hw, t.width)
     theirs, ours = source.state_dict(), target.state_dict()
     head = target.layer_names[-1]
-    same_classes = list(card["classes"]) == list(spec.classes)
+    source_classes, classes = list(card["classes"]), list(spec.classes)
+    reordered = source_classes != classes and sorted(source_classes) == sorted(classes) \
+        and len(set(classes)) == len(classes) and not task.detector
+    if reordered:   # the same classes in another order (an ImageFolder sorts its folders): each row follows its name
+        order = [source_classes.index(name) for name in classes]
+        theirs = dict(theirs, **{f"{head}.{k}": theirs[f"{head}.{k}"][order].clone() for k in ("weight", "bias")})
+    same_classes = source_classes == classes or reordered
     layers = tuple(n for n in target.layer_names
                    if all(f"{n}.{k}" in theirs and theirs[f"{n}.{k}"].shape == ours[f"{n}.{k}"].shape
                           for k in ("weight", "bias"))
@@ -56,8 +62,10 @@ def resolve(spec: TrainSpec, conf: Config) -> tuple[TrainSpec, dict]:
         frozen = layers[:layers.index(t.init_freeze) + 1]
     url = f"{spec.checkpoint_url}-init"
     save_checkpoint(url, {"model": theirs, "epoch": -1, "args": {"source": uri}})
+    head_note = (f"; {head}'s rows reordered to this dataset's class order" if reordered and head in layers
+                 else "" if head in layers else f"; a fresh {head} for {len(spec.classes)} classes")
     print(f"train: starting from {uri} ({card['task']}, classes {', '.join(card['classes'])}): copying "
-          f"{', '.join(layers)}{'' if head in layers else f'; a fresh {head} for {len(spec.classes)} classes'}"
+          f"{', '.join(layers)}{head_note}"
           f"{f'; frozen up to {t.init_freeze}' if frozen else ''}", flush=True)
     spec = dataclasses.replace(spec, init_url=url, init_layers=layers, init_head=head in layers,
                                freeze_layers=frozen, init_lr_scale=t.init_lr_scale)
@@ -66,7 +74,7 @@ def resolve(spec: TrainSpec, conf: Config) -> tuple[TrainSpec, dict]:
     model_id = registry.model_id_of(conf, uri) or ""
     params = {"train.init_model_resolved": uri, "train.init_model_id": model_id,
               "train.init_layers": ",".join(layers), "train.init_frozen": ",".join(frozen),
-              "train.init_head": "copied" if head in layers else "fresh"}
+              "train.init_head": ("reordered" if reordered else "copied") if head in layers else "fresh"}
     source_run = _source_run(conf, model_id)
     if source_run:
         params["train.init_source_run"] = source_run

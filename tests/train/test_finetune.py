@@ -55,7 +55,7 @@ def test_every_matching_layer_and_the_head_of_the_same_classes_start_as_the_sour
 
 def test_other_classes_get_a_fresh_head_and_the_rest_is_copied(tiny_data):
     conf = tiny_data()
-    uri = log_source(conf, classes=tuple(reversed(LANE_CLASSES)))        # six classes, another order
+    uri = log_source(conf, classes=LANE_CLASSES[:-1] + ("zebra_crossing",))   # six classes, one another
     tuned = tiny_data(f"train.init_model={uri}")
     spec, params = finetune.resolve(make_spec(tuned), tuned)
     assert spec.init_layers == ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7") and not spec.init_head
@@ -63,6 +63,25 @@ def test_other_classes_get_a_fresh_head_and_the_rest_is_copied(tiny_data):
     theirs = stored.load(uri).state_dict()
     assert torch.equal(net.fc7.weight, theirs["fc7.weight"])
     assert not torch.equal(net.fc8.weight, theirs["fc8.weight"]) and params["train.init_head"] == "fresh"
+
+
+def test_the_same_classes_in_another_order_get_the_head_with_its_rows_following_their_names(tiny_data):
+    conf = tiny_data()
+    uri = log_source(conf, classes=tuple(reversed(LANE_CLASSES)))        # what an ImageFolder's sorted folders do
+    tuned = tiny_data(f"train.init_model={uri}")
+    spec, params = finetune.resolve(make_spec(tuned), tuned)
+    assert spec.init_head and params["train.init_head"] == "reordered"
+    net = build(spec)[0]
+    theirs = stored.load(uri).state_dict()
+    for i, name in enumerate(spec.classes):                             # row i: the source's row of that class
+        j = tuple(reversed(LANE_CLASSES)).index(name)
+        assert torch.equal(net.fc8.weight[i], theirs["fc8.weight"][j]) and net.fc8.bias[i] == theirs["fc8.bias"][j]
+    assert torch.equal(net.fc7.weight, theirs["fc7.weight"])
+    x = torch.rand(3, 3, 64, 64)                                          # the same function, classes by name
+    source = stored.load(uri).eval()
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x), source(x)[:, [tuple(reversed(LANE_CLASSES)).index(n)
+                                                          for n in spec.classes]], atol=1e-6)
 
 
 def test_another_architecture_or_input_size_is_one_line_naming_both(tiny_data):
