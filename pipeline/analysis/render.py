@@ -549,8 +549,8 @@ Projection = Callable[[Tensor, Tensor], Tensor]
 def optimize(net, objective: Objective, param: _Parameterization, steps: int, lr: float = 0.05,
              transforms: Union[Transform, Sequence[Transform]] = (),
              penalties: Sequence[tuple[float, Penalty]] = (), blur_every: int = 0, blur_sigma: float = 0.5,
-             generator: Seed = None, projections: Sequence[tuple[int, Projection]] = (), pre_steps: int = 0
-             ) -> tuple[np.ndarray, np.ndarray]:
+             generator: Seed = None, projections: Sequence[tuple[int, Projection]] = (), pre_steps: int = 0,
+             pre_while_off: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Maximize ``objective`` over ``param`` with Adam; returns (uint8 images (B, H, W, 3), history (steps, B)).
 
     Each step: ``x = param.image()``; the net (eval mode, weights frozen) sees ``transforms(x, generator)``;
@@ -559,7 +559,10 @@ def optimize(net, objective: Objective, param: _Parameterization, steps: int, lr
     For the first ``pre_steps`` steps the maximised objective reads its layers before their ReLU
     (:func:`evaluate_pre`; Lucid redirects the ReLU's gradient for its first steps to the same end): a unit that
     is off everywhere on the near-grey start has zero activation and zero gradient, and would never rise; its
-    pre-activation does. ``history`` is always the objective itself, after the ReLU.
+    pre-activation does. With ``pre_while_off``, after those steps an element whose objective is still 0 (every
+    position of its channel off) keeps climbing its pre-activation until it turns on, instead of falling back to a
+    zero gradient that leaves the regularisers to pull it to grey. ``history`` is always the objective itself,
+    after the ReLU.
     After the update, every ``blur_every`` steps the parameter image is replaced by ``blur(x, blur_sigma)``, and
     every ``every`` steps by ``fn(x, grad)`` for each ``(every, fn)`` of ``projections`` (``grad``: the
     gradient of the maximised quantity at ``x`` of that step), e.g.
@@ -577,6 +580,9 @@ def optimize(net, objective: Objective, param: _Parameterization, steps: int, lr
             seen = transform(x, generator)
             if step < pre_steps:
                 value, total = evaluate_pre(net, objective, seen)
+            elif pre_while_off:
+                value, pre = evaluate_pre(net, objective, seen)
+                total = torch.where(value > 0, value, pre)      # still off: keep climbing its pre-activation
             else:
                 value = total = evaluate(net, objective, seen)
             if value.shape != (x.shape[0],):

@@ -185,6 +185,21 @@ def test_a_red_detector_off_on_grey_still_gets_a_red_image_that_beats_the_real_o
     assert r > g + 60 and r > b + 60, (r, g, b)
 
 
+def test_a_unit_still_off_after_the_first_steps_keeps_climbing_until_it_turns_on(wired, one_thread):
+    """The red detector is 0 on the grey start: with no pre-activation steps at all it never moves (zero gradient);
+    with ``pre_while_off`` alone (every step reads the pre-activation while the unit is still 0) it turns on."""
+    from pipeline.analysis import render
+
+    objective = render.channel("conv1", RED)
+    reached = {}
+    for while_off in (False, True):
+        param = render.Pixels(1, (32, 32), seed=0)
+        images, history = render.optimize(wired, objective, param, 24, 0.05, pre_steps=0, pre_while_off=while_off)
+        assert history[0, 0] == 0.0
+        reached[while_off] = float(history[-1, 0])
+    assert reached[False] == 0.0 and reached[True] > 0.0, reached
+
+
 def test_a_channel_summing_a_vertical_edge_filter_gets_vertical_edges(wired, one_thread):
     from pipeline.analysis import render, visualize
 
