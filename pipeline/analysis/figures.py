@@ -132,10 +132,11 @@ def transfer_curve(results: dict, cells: list, split: str, layers: list, labels:
 
 
 def size_curve(results: dict, cells: list, sizes: dict, split: str, *, data: str = "",
-               source: str = "") -> plt.Figure:
+               source: str = "", as_is=None) -> plt.Figure:
     """Accuracy against B's training-set size (``sizes``: configured size -> the rows B had for it): from
     scratch, pre-trained on A, and with a second loss; each seed a point, means joined (log x). With ``data``
-    (``transfer.mode=sizes``): against the dataset's own size, pre-trained meaning started from ``source``."""
+    (``transfer.mode=sizes``): against the dataset's own size, pre-trained meaning started from ``source``, and
+    ``as_is`` (the source's accuracy before fine-tuning) a dotted line."""
     fig, ax = plt.subplots(figsize=(7, 4.3))
     style = {"scratch": ("tab:gray", "from scratch"),
              "pretrained": ("tab:orange", f"from {source}, fine-tuned" if data else "pre-trained on A, fine-tuned"),
@@ -150,6 +151,8 @@ def size_curve(results: dict, cells: list, sizes: dict, split: str, *, data: str
                 means.append((sizes[size], float(np.mean(values))))
         if means:
             ax.plot(*zip(*means), color=colour, marker="o", label=name)
+    if as_is is not None:
+        ax.axhline(as_is, color="tab:orange", ls=":", label=f"{source} as it is (no fine-tuning)")
     ax.set_xscale("log")
     ax.set_xlabel(f"training images of {data}" if data else f"training images of B ({split} split)")
     ax.set_ylabel(f"test accuracy on {data}" if data else "test accuracy on B")

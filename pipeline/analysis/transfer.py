@@ -480,6 +480,18 @@ def run_sizes(spark, conf: Config, tracker, spec) -> dict:
         for key, run_id in runs.items():
             tracker.client.set_terminated(run_id, "FINISHED" if key in results else "FAILED")
     metrics = summarize(results, cells, c.model_copy(update={"splits": [], "sizes": sorted(keep)}))
+    if tuned.init_head:   # the model's own classes: how it does as it is, before any fine-tuning (the bar to beat)
+        from pipeline.train.evaluate import evaluate
+        from pipeline.train.run import build
+
+        import matplotlib.pyplot as plt
+
+        found = evaluate(build(tuned)[0].eval(), spec.task, spec.loader("test"), list(spec.classes), "test_")
+        for fig in found.figures.values():
+            plt.close(fig)
+        metrics["sizes.as_is"] = float(found.metrics["test_accuracy"])
+        print(f"transfer: {c.init_model} as it is (no fine-tuning): test accuracy {metrics['sizes.as_is']:.3f}",
+              flush=True)
     for size in keep:
         scratch = accuracies(results, cells, variant="scratch", size=size)
         pre = accuracies(results, cells, variant="pretrained", size=size)
@@ -491,7 +503,8 @@ def run_sizes(spark, conf: Config, tracker, spec) -> dict:
     from pipeline.analysis import figures
 
     tracker.log_figure(figures.size_curve(results, cells, {s: len(ids) for s, ids in keep.items()}, OWN,
-                                          data=conf.train.data, source=c.init_model), "transfer_sizes")
+                                          data=conf.train.data, source=c.init_model,
+                                          as_is=metrics.get("sizes.as_is")), "transfer_sizes")
     mlflow.log_table({"cell": [k for k in results], "test_accuracy": [r["test_accuracy"] for r in results.values()],
                       "train_seconds": [r["train_seconds"] for r in results.values()]}, "transfer_cells.json")
     for size in sorted(keep):

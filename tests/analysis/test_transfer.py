@@ -403,6 +403,10 @@ def test_sizes_mode_trains_each_size_and_seed_from_scratch_and_from_the_model(ow
                         "test_").metrics["test_accuracy"]
     assert accuracy == pytest.approx(logged[("pretrained", 8, 1)], abs=1e-9)
     assert "figures/transfer_sizes.png" in {a.path for a in client.list_artifacts(results["run_id"], "figures")}
+    # the model as it is (same classes: its head is kept) on the same test split, before any fine-tuning
+    source_net = stored.load(source, conf.mlflow.tracking_uri).eval()
+    as_is = evaluate(source_net, spec.task, spec.loader("test"), list(spec.classes), "test_").metrics["test_accuracy"]
+    assert stage.data.metrics["sizes.as_is"] == pytest.approx(as_is, abs=1e-9)
 
 
 def test_sizes_mode_without_a_model_is_one_line(spark, tiny_data):
