@@ -254,6 +254,7 @@ class CorrelateSection(_Section):
 
 class VisualizeSection(_Section):
     model_uri: Optional[str]
+    partner_model: Optional[str]
     layers: Optional[list[str]]
     units: Positive
     split: Literal["train", "val", "test"]

@@ -15,9 +15,17 @@ A unit is *faithful* when its synthetic image drives it at least as much as its 
 (``faithful.<layer>.<unit>``, the layer's pass rate ``faithful_share.<layer>``). The first ``PRE_STEPS`` steps of
 every optimisation maximise the unit before its ReLU (:func:`pipeline.analysis.render.optimize`), so a unit that
 is off on the grey start still rises, and after them a unit that is off again keeps climbing its pre-activation
-until it turns on (measured on the demo's lane conv5 of 2026-12-02: units at 0 on the synthetic image 6 of 16
-with the first 16 steps only, 4 of 16 with both); ``off_start.<layer>`` and ``off_end.<layer>`` are the shares of
+until it turns on (on the demo lane net of 2026-12-02, conv5: 6 of 16 units at 0 on the synthetic image with the
+first 16 steps only, 4 with both, with benchmarks/visualize_off_units.py; the stage itself left 5 of 16 either way);
+``off_start.<layer>`` and ``off_end.<layer>`` are the shares of
 a hidden layer's units at activation 0 on the start and on the synthetic image.
+
+With ``visualize.partner_model`` (a second net of the same architecture, e.g. another seed's), a second check
+per hidden unit: its units are matched to the partner's by the Hungarian method on the correlation of their
+channel means over the ``visualize.color_images`` training images the colour statistics use, and the unit's
+synthetic image must drive its partner above the partner's median on those images
+(``partner.<layer>.<unit>``: the partner's unit; ``partner_faithful.<layer>.<unit>``,
+``partner_faithful_share.<layer>``). A picture that only exploits one net's quirks fails it.
 """
 from __future__ import annotations
 
@@ -101,6 +109,31 @@ def layer_metrics(layer: str, reached: np.ndarray, best_real: np.ndarray, histor
     return metrics
 
 
+def partner_metrics(net, partner, layer: str, synthetic: np.ndarray, real: np.ndarray) -> dict:
+    """For unit u of ``layer`` (synthetic image u): its Hungarian partner in ``partner`` by the correlation of the
+    channel means on ``real`` images, and whether the synthetic image drives that partner above the partner's
+    median on ``real``."""
+    from pipeline.analysis.matching import hungarian
+    from pipeline.analysis.probe import activations, samples
+
+    acts = activations({"net": net, "partner": partner}, real, (layer,))
+    a, b = samples(acts[("net", layer)], "mean"), samples(acts[("partner", layer)], "mean")
+    za = (a - a.mean(0)) / np.where(a.std(0) > 0, a.std(0), 1.0)
+    zb = (b - b.mean(0)) / np.where(b.std(0) > 0, b.std(0), 1.0)
+    rows, cols = hungarian(za.T @ zb / len(a))
+    mate = dict(zip(rows.tolist(), cols.tolist()))
+    median = np.median(b, axis=0)
+    driven = samples(activations({"partner": partner}, synthetic, (layer,))[("partner", layer)], "mean")
+    out, passed = {}, []
+    for u in range(len(synthetic)):
+        p = mate[u]
+        passed.append(bool(driven[u, p] > median[p]))
+        out[f"partner.{layer}.{u}"] = float(p)
+        out[f"partner_faithful.{layer}.{u}"] = float(passed[-1])
+    out[f"partner_faithful_share.{layer}"] = float(np.mean(passed)) if passed else 0.0
+    return out
+
+
 def run(spark, conf: Config, tracker) -> dict:
     """The visualize stage (registered in pipeline.stages)."""
     import mlflow
@@ -129,6 +162,15 @@ def run(spark, conf: Config, tracker) -> dict:
     shapes = layer_shapes(net, spec.in_hw, layers)
     units = {l: min(v.units, s[0]) for l, s in shapes.items()}
     mlflow.log_params({MODEL_PARAM: uri, LAYERS_PARAM: ",".join(layers)})
+    partner = None
+    if v.partner_model:
+        partner = load_model(v.partner_model, conf, "visualize.partner_model").eval()
+        theirs = layer_shapes(partner, spec.in_hw, layers) if type(partner) is type(net) else {}
+        if theirs != shapes:
+            raise ConfigError(f"visualize.partner_model={v.partner_model} is a {type(partner).__name__} whose "
+                              f"layers {', '.join(layers)} are {theirs or 'absent'}; {uri} has {shapes}: a partner "
+                              f"is a net of the same architecture and width (e.g. another seed's)")
+        mlflow.log_param("visualize.partner_model_resolved", v.partner_model)
 
     probe = Probe(spec.split_url(v.split), spec.kind, layers, "mean", 32, v.max_rows, v.partitions)
     top = fold(spark, probe, {"model": net}, zero=lambda: TopK({l: s[0] for l, s in shapes.items()}, v.top_k),
@@ -136,10 +178,11 @@ def run(spark, conf: Config, tracker) -> dict:
                partners=False)
     wanted = {i for l in layers for u in range(units[l]) for i in top.ids[l][u] if i is not None}
     images = fetch_rows(spark, probe.url, spec.kind, wanted)
-    colors = None
+    colors, sample = None, None
+    if v.decorrelate or partner is not None:
+        sample = np.stack([r["image"] for _, r in zip(range(v.color_images), rows(spec.loader("train")))])
     if v.decorrelate:
-        sample = [r["image"] for _, r in zip(range(v.color_images), rows(spec.loader("train")))]
-        colors = render.ColorStats.fit(np.stack(sample))
+        colors = render.ColorStats.fit(sample)
     results, metrics = {}, {}
     for layer in layers:
         objectives = [unit_objective(net, layer, u, shapes[layer], spec.task.detector) for u in range(units[layer])]
@@ -148,6 +191,8 @@ def run(spark, conf: Config, tracker) -> dict:
         synthetic, history = synthesize(net, objectives, best_real, v, spec.in_hw, colors)
         reached = measure(net, objectives, synthetic)
         found = layer_metrics(layer, reached, best_real, history, hidden=layer != render.head_of(net))
+        if partner is not None and layer != render.head_of(net):
+            found.update(partner_metrics(net, partner, layer, synthetic, sample))
         metrics.update(found)
         ratio = np.array([found.get(f"ratio.{layer}.{u}", np.nan) for u in range(units[layer])])
         facets = multifaceted(net, layer, objectives, best_real, top, images, v, colors)
@@ -162,7 +207,8 @@ def run(spark, conf: Config, tracker) -> dict:
     mlflow.log_metrics(metrics)
     _figures(tracker, net, results, start, dreamed, dream_layer)
     return {**{k: v_ for k, v_ in metrics.items()
-               if k.startswith(("ratio_median", "objective_gain", "faithful_share", "off_start", "off_end"))},
+               if k.startswith(("ratio_median", "objective_gain", "faithful_share", "off_start", "off_end",
+                                "partner_faithful_share"))},
             "model_uri": uri}
 
 

@@ -29,12 +29,26 @@ def lights(spark, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def visualized(spark, lights):
+    """The stage on the trained net, its partner a copy with every hidden layer's units permuted (the same
+    function: each unit's partner is known, and is driven exactly as the unit is)."""
+    import mlflow
+
+    from pipeline.models import stored
+    from pipeline.train.evaluate import load_model
+    from tests.analysis.test_correlate import permuted_copy
+
     conf, trained = lights
-    return conf, trained, run_stage(get_stage("visualize"), spark, conf, Tracker(conf))
+    tracker = Tracker(conf)
+    copy, perms = permuted_copy(load_model(trained["model_uri"], conf), seed=5)
+    with tracker.stage_run("train"):
+        mlflow.set_tag("pipeline.role", "visualize partner")    # never the newest model of train.task
+        uri = stored.log_model(copy, copy.card, "tl_classifier", requirements=[]).model_uri
+    partnered = conf.model_copy(update={"visualize": conf.visualize.model_copy(update={"partner_model": uri})})
+    return conf, trained, run_stage(get_stage("visualize"), spark, partnered, Tracker(partnered)), perms
 
 
 def test_visualize_logs_a_grid_per_layer_filters_dream_and_ratios(visualized):
-    conf, trained, results = visualized
+    conf, trained, results, _ = visualized
     client = MlflowClient(conf.mlflow.tracking_uri)
     run = client.get_run(results["run_id"])
     assert results["model_uri"] == trained["model_uri"]                         # the newest of train.task
@@ -52,6 +66,30 @@ def test_visualize_logs_a_grid_per_layer_filters_dream_and_ratios(visualized):
         assert run.data.metrics[f"faithful_share.{layer}"] == pytest.approx(np.mean(passed))
     assert 0 <= run.data.metrics["off_end.conv4"] <= run.data.metrics["off_start.conv4"] <= 1
     assert "off_start.fc6" not in run.data.metrics                     # logits are never "off"
+
+
+def test_the_partner_check_finds_each_unit_in_a_permuted_copy_and_drives_it_as_the_unit(visualized, one_thread):
+    """Partner = the net with every hidden layer's units permuted: Hungarian on the colour sample must find, for
+    each unit that varies there, the copy's unit computing the same function."""
+    from pipeline.analysis.probe import activations, samples
+    from pipeline.models import stored
+    from pipeline.train.loader import rows
+    from pipeline.train.spec import make_spec
+
+    conf, trained, results, perms = visualized
+    run = MlflowClient(conf.mlflow.tracking_uri).get_run(results["run_id"])
+    m = run.data.metrics
+    inverse = np.argsort(perms["conv4"])                # net's unit u is the copy's unit inverse[u]
+    net = stored.load(trained["model_uri"], conf.mlflow.tracking_uri).eval()
+    spec = make_spec(conf)
+    sample = np.stack([r["image"] for _, r in zip(range(conf.visualize.color_images), rows(spec.loader("train")))])
+    own = samples(activations({"n": net}, sample, ("conv4",))[("n", "conv4")], "mean")
+    varies = own.std(0) > 0
+    checked = [u for u in range(4) if varies[u]]
+    assert checked and all(m[f"partner.conv4.{u}"] == inverse[u] for u in checked)
+    assert "partner.fc6.0" not in m                                       # the head's units are the classes
+    assert m["partner_faithful_share.conv4"] == pytest.approx(np.mean([m[f"partner_faithful.conv4.{u}"]
+                                                                       for u in range(4)]))
 
 
 def _near(images: np.ndarray, centre: float, within: float = 45.0) -> float:
@@ -198,6 +236,33 @@ def test_a_unit_still_off_after_the_first_steps_keeps_climbing_until_it_turns_on
         assert history[0, 0] == 0.0
         reached[while_off] = float(history[-1, 0])
     assert reached[False] == 0.0 and reached[True] > 0.0, reached
+
+
+def test_a_permuted_partner_is_driven_exactly_as_the_unit_itself(wired, one_thread):
+    """partner_metrics against a permuted copy gives the same verdicts as against the net itself (the copy's
+    partner unit computes the unit's function), with the partner indices the permutation's inverse; against a net
+    whose red unit is cut, the red image no longer drives its partner."""
+    import torch
+
+    from pipeline.analysis import visualize
+    from tests.analysis.test_correlate import permuted_copy
+
+    real = np.stack(list(_real_images().values()))
+    red = np.full((2, 32, 32, 3), 128, np.uint8)
+    red[:, 8:24, 8:24] = (240, 10, 10)
+    synthetic = np.concatenate([red[:1], np.repeat(real[:1], 7, axis=0)])     # unit 0's image: red
+    self_check = visualize.partner_metrics(wired, wired, "conv1", synthetic, real)
+    copy, perms = permuted_copy(wired, seed=2)
+    permuted = visualize.partner_metrics(wired, copy, "conv1", synthetic, real)
+    inverse = np.argsort(perms["conv1"])
+    for u in (RED, EDGE):                        # the wired units (the others are 0 everywhere)
+        assert self_check[f"partner.conv1.{u}"] == u and permuted[f"partner.conv1.{u}"] == inverse[u]
+        assert permuted[f"partner_faithful.conv1.{u}"] == self_check[f"partner_faithful.conv1.{u}"]
+    assert RED == 0 and self_check["partner_faithful.conv1.0"] == 1.0      # the red image drives the red unit
+    cut = permuted_copy(wired, seed=2)[0]
+    with torch.no_grad():
+        getattr(cut, "conv1").bias[inverse[RED]] = -1e3                     # the partner's red unit never fires
+    assert visualize.partner_metrics(wired, cut, "conv1", synthetic, real)["partner_faithful.conv1.0"] == 0.0
 
 
 def test_a_channel_summing_a_vertical_edge_filter_gets_vertical_edges(wired, one_thread):
