@@ -629,6 +629,11 @@ def _layer_table(m: dict, layers: list, columns: dict) -> str:
     return table(["layer"] + list(columns), rows) if rows else ""
 
 
+def _layer_pattern(template: str, layer: str) -> str:
+    """A regular expression of the metric names ``template`` gives, its ``{layer}`` the one group."""
+    return re.escape(template).replace(re.escape("{layer}"), f"({layer})")
+
+
 def _layers(p: dict, key: str, m: dict, pattern: str) -> list:
     layers = [x for x in (p.get(key) or "").split(",") if x]
     if layers:
@@ -641,22 +646,30 @@ def _layers(p: dict, key: str, m: dict, pattern: str) -> list:
     return found
 
 
+def correlate_columns() -> dict:
+    """The correlate table: header -> the per-layer metric the stage logs (``{layer}`` left in)."""
+    from pipeline.analysis import correlate as c
+
+    at = {"layer": "{layer}"}
+    return {"matched units' mean correlation": c.MATCHED.format(method="hungarian", **at),
+            "vs a random net": c.BASELINE.format(base=c.RANDOM, method="hungarian", **at),
+            "vs permuted images": c.BASELINE.format(base="permuted", method="hungarian", **at),
+            "CKA": c.CKA, "CKA debiased": c.CKA_DEBIASED, "SVCCA": c.SVCCA,
+            "units without a good match": c.UNMATCHED, "mutual information (bits)": c.MUTUAL_INFORMATION}
+
+
 def correlate_section(found: Found, art: Artifacts) -> str:
     r = found.get("correlate")
     if r is None:
         return _not_run("correlate", found.mode)
+    from pipeline.analysis import correlate as c
+
     m, p = _metrics(r), _params(r)
-    layers = _layers(p, "correlate.layers_resolved", m, r"cka\.([^.]+)")
-    out = [_run_line(r), f"<p>Nets compared: <code>{esc(p.get('correlate.model_uris', '?'))}</code>; probe: "
-                         f"{esc(fmt(m.get('probe_samples', '?')))} images of "
-                         f"<code>{esc(p.get('correlate.probe_url', '?'))}</code>.</p>"]
-    out.append(_layer_table(m, layers, {
-        "matched units' mean correlation": "corr_matched_mean.hungarian.{layer}",
-        "vs a random net": "random.corr_matched_mean.hungarian.{layer}",
-        "vs permuted images": "permuted.corr_matched_mean.hungarian.{layer}",
-        "CKA": "cka.{layer}", "CKA debiased": "cka_debiased.{layer}", "SVCCA": "svcca.{layer}",
-        "units without a good match": "unmatched_units.{layer}",
-        "mutual information (bits)": "mutual_information_bits.{layer}"}))
+    layers = _layers(p, c.LAYERS_PARAM, m, _layer_pattern(c.CKA, "[^.]+"))
+    out = [_run_line(r), f"<p>Nets compared: <code>{esc(p.get(c.MODELS_PARAM, '?'))}</code>; probe: "
+                         f"{esc(fmt(m.get(c.PROBE_SAMPLES, '?')))} images of "
+                         f"<code>{esc(p.get(c.PROBE_PARAM, '?'))}</code>.</p>"]
+    out.append(_layer_table(m, layers, correlate_columns()))
     out.append("<p class=\"note\">Matched correlation: the mean correlation of each unit of net 0 with its one-to-one "
                "(Hungarian) partner in net 1, beside the same for a randomly initialised net and for permuted "
                "images.</p>")
@@ -665,17 +678,25 @@ def correlate_section(found: Found, art: Artifacts) -> str:
     return "".join(out)
 
 
+def visualize_columns() -> dict:
+    """The visualize table: header -> the per-layer metric the stage logs (``{layer}`` left in)."""
+    from pipeline.analysis import visualize as v
+
+    return {"median activation / best real image's": v.RATIO_MEDIAN, "objective gain": v.OBJECTIVE_GAIN}
+
+
 def visualize_section(found: Found, art: Artifacts) -> str:
     r = found.get("visualize")
     if r is None:
         return _not_run("visualize", found.mode)
+    from pipeline.analysis import visualize as v   # (imports torch: only when there is a run to show)
+
     m, p = _metrics(r), _params(r)
-    layers = _layers(p, "visualize.layers_resolved", m, r"ratio_median\.(.+)")
-    out = [_run_line(r), f"<p>Model <code>{esc(p.get('visualize.model_uri_resolved', '?'))}</code>. Each row: a "
+    layers = _layers(p, v.LAYERS_PARAM, m, _layer_pattern(v.RATIO_MEDIAN, ".+"))
+    out = [_run_line(r), f"<p>Model <code>{esc(p.get(v.MODEL_PARAM, '?'))}</code>. Each row: a "
                          f"unit's synthetic image (activation reached as a multiple of its best real image's), "
                          f"its facets, and the real patches that excite it most.</p>"]
-    out.append(_layer_table(m, layers, {"median activation / best real image's": "ratio_median.{layer}",
-                                        "objective gain": "objective_gain.{layer}"}))
+    out.append(_layer_table(m, layers, visualize_columns()))
     out.append(figures_html(art.figures(r.id), [f"visualize_{layer}" for layer in layers]
                             + ["visualize_filters", "visualize_dream"]))
     return "".join(out)
@@ -736,18 +757,20 @@ def audit_section(found: Found, art: Artifacts) -> str:
 
 
 def _audit_one(r: StageRun, art: Artifacts) -> str:
+    from pipeline.analysis import audit as a
+
     m, p, tags = _metrics(r), _params(r), r.run.data.tags
-    out = [_run_line(r), f"<p>Model <code>{esc(p.get('audit.model_uri_resolved', '?'))}</code> on "
-                         f"<code>{esc(p.get('audit.data_url', '?'))}</code>.</p>"]
+    out = [_run_line(r), f"<p>Model <code>{esc(p.get(a.MODEL_PARAM, '?'))}</code> on "
+                         f"<code>{esc(p.get(a.DATA_PARAM, '?'))}</code>.</p>"]
     gate = tags.get("gate.line")
     if gate:
         passed = tags.get("gate.passed") == "true"
         out.append(f"<h4>Registry gate</h4><p class=\"{'verdict' if passed else 'warn'}\">{esc(gate)}</p>")
     figs = art.figures(r.id)
     out.append("<h4>Does the net look at the object or at its context?</h4>")
-    verdict = tags.get("audit.context_verdict")
+    verdict = tags.get(a.CONTEXT_VERDICT)
     out.append(f"<p class=\"verdict\">{esc(verdict)}</p>" if verdict else "<p class=\"warn\">no context verdict</p>")
-    text = art.read(r.id, "audit/context.txt")
+    text = art.read(r.id, a.CONTEXT_NOTES)
     notes = [line[2:] for line in (text or b"").decode("utf-8", "replace").splitlines() if line.startswith("- ")]
     if notes:
         out.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
@@ -757,7 +780,7 @@ def _audit_one(r: StageRun, art: Artifacts) -> str:
     out.append(figures_html(figs, ("context_counterfactual", "context_layer_probes", "context_occlusion",
                                    "context_examples"), rest=False))
     out.append("<h4>Is the test set independent of train?</h4>")
-    said = tags.get("audit.independence_verdict")
+    said = tags.get(a.INDEPENDENCE_VERDICT)
     out.append(f"<p class=\"verdict\">{esc(said)}</p>" if said else "<p class=\"warn\">no independence verdict</p>")
     independence = sorted((k[len("independence."):], v) for k, v in m.items() if k.startswith("independence."))
     if independence:
