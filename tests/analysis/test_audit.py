@@ -89,14 +89,14 @@ def test_context_audit_of_a_trained_net_agrees_with_its_test_accuracy(audited):
     assert m["context.accuracy_lo"] <= m["context.accuracy"] <= m["context.accuracy_hi"]
 
 
-def test_frame_split_comparison_trains_on_a_leaky_split_and_sets_it_beside(spark, tiny_data):
+def test_frame_split_comparison_trains_on_a_leaky_split_and_sets_it_beside(spark, tiny_data, audited):
+    # The audited net is the fixture's (the same task, data, seed and epochs this test would train); the audit
+    # itself ingests the frame split and trains a second net on it.
+    _, trained, _ = audited
     conf = tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=2",
-                     "audit.frame_split=true", "ingest.near_duplicate_bits=12", "audit.counterfactual.sequences=0")
-    trained = stage(spark, conf, "train")
-    results = stage(spark, tiny_data(OWN, "train.task=lane_classifier", "train.epochs=1", "audit.examples=2",
-                                     "audit.frame_split=true", "ingest.near_duplicate_bits=12",
-                                     "audit.counterfactual.sequences=0",
-                                     f"audit.model_uri={trained['model_uri']}"), "audit")
+                     "audit.frame_split=true", "ingest.near_duplicate_bits=12", "audit.counterfactual.sequences=0",
+                     f"audit.model_uri={trained['model_uri']}")
+    results = stage(spark, conf, "audit")
     client = MlflowClient(conf.mlflow.tracking_uri)
     framed = client.search_runs([client.get_experiment_by_name(conf.mlflow.experiment).experiment_id],
                                 "tags.`pipeline.role` = 'audit-frame-split'", order_by=["attributes.start_time DESC"])
