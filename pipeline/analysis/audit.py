@@ -28,6 +28,11 @@ from typing import Optional
 
 from pipeline.config import Config
 
+# What the report reads of an audit run besides its metrics (context.*, independence.*), named once here
+CONTEXT_VERDICT, INDEPENDENCE_VERDICT = "audit.context_verdict", "audit.independence_verdict"
+CONTEXT_NOTES = "audit/context.txt"
+MODEL_PARAM, DATA_PARAM = "audit.model_uri_resolved", "audit.data_url"
+
 
 def audit_rows(spec, split: str):
     """Decoded rows of ``split`` with what the context audit needs of each kind (lane masks of road frames)."""
@@ -286,8 +291,8 @@ def gate(model, spec, conf: Config, uri: str, said_context: str, relies: bool, m
     flagged = bool(independent.get("independence.val_test_gap_flagged", 0.0))
     decided = registry.decide(conf, spec.task.detector, said_context, relies, score, flagged, said)
     run_id = mlflow.active_run().info.run_id
-    decision = registry.apply(conf, spec.train.task, uri, decided, {"audit.context_verdict": said_context,
-                                                                    "audit.independence_verdict": said}, run_id)
+    decision = registry.apply(conf, spec.train.task, uri, decided, {CONTEXT_VERDICT: said_context,
+                                                                    INDEPENDENCE_VERDICT: said}, run_id)
     mlflow.set_tags({k: v for k, v in decision.items() if k.startswith("gate.") and k != "gate.audit_run"})
     mlflow.log_metric("gate.passed", float(decided.passed))
     return {k: decision[k] for k in ("gate.passed", "gate.line", "gate.version")}
@@ -308,7 +313,7 @@ def run(spark, conf: Config, tracker) -> dict:
     from pipeline.data.splits import require_split
 
     require_split(spec, a.split, "audit.split")
-    mlflow.log_params({"audit.model_uri_resolved": uri, "audit.data_url": spec.split_url(a.split)})
+    mlflow.log_params({MODEL_PARAM: uri, DATA_PARAM: spec.split_url(a.split)})
     result = context_audit(model, spec, conf, a.split)
     skipped = counterfactual_skipped(spec, conf)
     twins = None if skipped else counterfactual_audit(spark, model, spec, conf)
@@ -329,15 +334,15 @@ def run(spark, conf: Config, tracker) -> dict:
             metrics.update({f"context.{k}": float(v) for k, v in probes.metrics.items() if v == v})
     metrics["context.relies_on_context"] = float(relies)
     mlflow.log_metrics(metrics)
-    mlflow.set_tag("audit.context_verdict", said_context[:5000])
-    mlflow.log_text(said_context + "\n" + "".join(f"- {n}\n" for n in result.notes), "audit/context.txt")
+    mlflow.set_tag(CONTEXT_VERDICT, said_context[:5000])
+    mlflow.log_text(said_context + "\n" + "".join(f"- {n}\n" for n in result.notes), CONTEXT_NOTES)
     extra = {**(twins.figures if twins is not None else {}), **(probes.figures if probes is not None else {})}
     for name, fig in {**result.figures, **extra}.items():
         tracker.log_figure(fig, name)
     print(f"audit: {spec.train.task} ({uri}) on {data}/{spec.kind}/{a.split}: {said_context}", flush=True)
     independent, said = independence_audit(spark, model, spec, conf, a.split, tracker, counts)
     mlflow.log_metrics({k: v for k, v in independent.items() if v == v})
-    mlflow.set_tag("audit.independence_verdict", said[:5000])
+    mlflow.set_tag(INDEPENDENCE_VERDICT, said[:5000])
     mlflow.log_text(said + "\n", "audit/independence.txt")
     print(f"audit: independence: {said}", flush=True)
     decision = gate(model, spec, conf, uri, said_context, relies, metrics, independent, said)

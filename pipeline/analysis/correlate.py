@@ -32,6 +32,19 @@ RANDOM = "random"
 SEED_ROLE = ("pipeline.role", "correlate-seed")   # the tag of the nets this stage trains
 MIN_UNITS = 32          # fewer units than this in a compared layer make a matching mean little
 
+# What the stage logs, named once for it and for the report ({layer}; {method}: matching.METHODS; {base}: random |
+# permuted; {net}: net0, net1, ...). A pair of nets after the first appends ".<net a>-<net b>" to per-layer names.
+MATCHED = "corr_matched_mean.{method}.{layer}"
+BASELINE = "{base}." + MATCHED
+CKA = "cka.{layer}"
+CKA_DEBIASED = "cka_debiased.{layer}"
+SVCCA = "svcca.{layer}"
+UNMATCHED = "unmatched_units.{layer}"
+DEAD = "dead_units.{net}.{layer}"
+MUTUAL_INFORMATION = "mutual_information_bits.{layer}"
+PROBE_SAMPLES = "probe_samples"
+MODELS_PARAM, PROBE_PARAM, LAYERS_PARAM = "correlate.model_uris", "correlate.probe_url", "correlate.layers_resolved"
+
 
 def net_name(i: int) -> str:
     return f"net{i}"
@@ -163,19 +176,21 @@ def _mean(values) -> float:
 def metrics_of(findings: list, pair_suffix: str = "") -> dict:
     out = {}
     for f in findings:
+        layer = f.layer
         for method, values in f.matched.items():
-            out[f"corr_matched_mean.{method}.{f.layer}{pair_suffix}"] = _mean(values)
+            out[MATCHED.format(method=method, layer=layer) + pair_suffix] = _mean(values)
             for base, per_method in f.baselines.items():
                 if per_method[method].size:
-                    out[f"{base}.corr_matched_mean.{method}.{f.layer}{pair_suffix}"] = _mean(per_method[method])
-        out[f"cka.{f.layer}{pair_suffix}"] = f.cka
-        out[f"cka_debiased.{f.layer}{pair_suffix}"] = f.cka_debiased
-        out[f"svcca.{f.layer}{pair_suffix}"] = f.svcca
-        out[f"unmatched_units.{f.layer}{pair_suffix}"] = len(f.unmatched)
+                    out[BASELINE.format(base=base, method=method, layer=layer) + pair_suffix] = \
+                        _mean(per_method[method])
+        out[CKA.format(layer=layer) + pair_suffix] = f.cka
+        out[CKA_DEBIASED.format(layer=layer) + pair_suffix] = f.cka_debiased
+        out[SVCCA.format(layer=layer) + pair_suffix] = f.svcca
+        out[UNMATCHED.format(layer=layer) + pair_suffix] = len(f.unmatched)
         for net, dead in f.dead.items():
-            out[f"dead_units.{net}.{f.layer}"] = len(dead)
+            out[DEAD.format(net=net, layer=layer)] = len(dead)
         if f.mutual_information:
-            out[f"mutual_information_bits.{f.layer}{pair_suffix}"] = _mean([mi for *_, mi in f.mutual_information])
+            out[MUTUAL_INFORMATION.format(layer=layer) + pair_suffix] = _mean([mi for *_, mi in f.mutual_information])
     return out
 
 
@@ -268,8 +283,7 @@ def run(spark, conf: Config, tracker) -> dict:
     nets = {net_name(i): m for i, m in enumerate(models)}
     nets[RANDOM] = random_net(models[0], c.random_seed)
     probe = Probe(spec.split_url(c.split), spec.kind, layers, c.unit, c.batch_size, c.max_rows, c.partitions)
-    mlflow.log_params({"correlate.model_uris": ",".join(uris)[:500], "correlate.probe_url": probe.url,
-                       "correlate.layers_resolved": ",".join(layers)})
+    mlflow.log_params({MODELS_PARAM: ",".join(uris)[:500], PROBE_PARAM: probe.url, LAYERS_PARAM: ",".join(layers)})
     sums = first_pass(spark, probe, nets, shapes)
     pairs = [(net_name(i), net_name(j)) for i in range(len(models)) for j in range(i + 1, len(models))]
     findings = {pair: [layer_findings(sums, layer, *pair, c.match_threshold, c.clusters, c.random_seed)
@@ -280,7 +294,7 @@ def run(spark, conf: Config, tracker) -> dict:
     metrics = metrics_of(main)
     for pair in pairs[1:]:
         metrics.update(metrics_of(findings[pair], f".{pair[0]}-{pair[1]}"))
-    metrics["probe_samples"] = sums.mean.n
+    metrics[PROBE_SAMPLES] = sums.mean.n
     mlflow.log_metrics(metrics)
     cka = cka_map(sums.mean, *pairs[0], layers)
     log_artifacts(tracker, main, cka, cka_map(sums.mean, *pairs[0], layers, debiased=True), layers, sums)
