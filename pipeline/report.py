@@ -710,7 +710,9 @@ def transfer_section(found: Found, art: Artifacts) -> str:
     if p.get("transfer.mode") == "sizes":
         where = (f"test accuracy on <code>{esc(p.get('transfer.data', '?'))}</code>'s test split, from scratch "
                  f"and fine-tuned from <code>{esc(p.get('transfer.init_model_resolved', '?'))}</code> (copied "
-                 f"{esc(p.get('transfer.init_layers', '?'))}; head {esc(p.get('transfer.init_head', '?'))})")
+                 f"{esc(p.get('transfer.init_layers', '?'))}; head {esc(p.get('transfer.init_head', '?'))})"
+                 + (f"; the model as it is, before fine-tuning: {esc(fmt(m['sizes.as_is']))}"
+                    if "sizes.as_is" in m else ""))
     else:
         where = "test accuracy on half B"
     out = [_run_line(r), f"<p>{esc(fmt(m.get('trainings', '?')))} trainings in "

@@ -409,6 +409,23 @@ def test_sizes_mode_trains_each_size_and_seed_from_scratch_and_from_the_model(ow
     assert stage.data.metrics["sizes.as_is"] == pytest.approx(as_is, abs=1e-9)
 
 
+def test_the_report_shows_the_size_curve_and_the_model_as_it_is(own_sizes, tmp_path):
+    from pipeline import report
+
+    conf, source, results = own_sizes
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    stage = client.get_run(results["run_id"])
+    found = report.find_runs(client, stage.info.experiment_id, None, set(), conf)
+    html = report.transfer_section(found, report.Artifacts(client, tmp_path))
+    m = stage.data.metrics
+    assert f"fine-tuned from <code>{source}</code>" in html
+    assert f"the model as it is, before fine-tuning: {report.fmt(m['sizes.as_is'])}" in html
+    for v in ("scratch", "pretrained"):      # the size table's row: each size's mean, as logged
+        row = f"<tr><td>{v}</td>" + "".join(f'<td class="num">{report.fmt(m[f"sizes.{v}.n{n}.mean"])}</td>'
+                                            for n in (8, 1000)) + "</tr>"
+        assert row in html, (v, row)
+
+
 def test_sizes_mode_without_a_model_is_one_line(spark, tiny_data):
     with pytest.raises(ConfigError, match="transfer.mode=sizes needs transfer.init_model"):
         transfer.run(spark, tiny_data("transfer.mode=sizes", "transfer.batch_size=8"), None)
