@@ -223,10 +223,16 @@ def train_all(spark) -> dict:
     return nets
 
 
+def render_in_spark(spark, render, sequences: int) -> list:
+    """``render(seqs)`` of ``range(sequences)`` as Spark tasks (two at a time on two cores), in order: the list
+    one process gives (every sequence is rendered from its own seed alone)."""
+    return spark.sparkContext.parallelize(range(sequences), 4).mapPartitions(lambda s: render(list(s))).collect()
+
+
 @pytest.fixture(scope="module")
-def measured(trained):
+def measured(spark, trained):
     """Each net's counterfactual result."""
-    twins = cf.render_twins(1000003, range(60), SMALL, HW, 2)
+    twins = render_in_spark(spark, lambda seqs: cf.render_twins(1000003, seqs, SMALL, HW, 2), 60)
     out = {name: cf.measure(net, twins, LANE_CLASSES, seed=0) for name, net in trained.items()}
     for name, r in out.items():
         print(f"{name}: {r.text}")
@@ -246,13 +252,13 @@ def test_the_nets_learned_their_task_where_the_cues_agree(measured):
         assert result.metrics["counterfactual.aligned_accuracy_lo"] > 1 / 6, (name, result.text)
 
 
-def test_layer_probes_find_the_context_in_the_context_net_and_the_lanes_in_the_lane_net(trained):
+def test_layer_probes_find_the_context_in_the_context_net_and_the_lanes_in_the_lane_net(spark, trained):
     """By construction the lanes-erased net's output is a function of the context alone and the bias-0 net's of
     the lanes (on unbiased scenes the two are independent): the head (fc8) of the first must encode the time of
     day better than the second's, and the second's the lane class better than the first's."""
     from pipeline.analysis import layer_probes as lp
 
-    rendered = lp.render(range(80), 2000003, SMALL, HW, 2)
+    rendered = render_in_spark(spark, lambda seqs: lp.render(seqs, 2000003, SMALL, HW, 2), 80)
     probes = {name: lp.score(lp.partial(trained[name], ["fc7", "fc8"], rendered), ["fc7", "fc8"], resamples=1000)
               for name in ("bias 0", "lanes erased")}
     for name, p in probes.items():
