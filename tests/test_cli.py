@@ -82,11 +82,14 @@ def test_spark_submit_runs_a_stage_job(tmp_path):
     assert "mlflow ui --backend-store-uri sqlite:///" in out.stdout
 
 
-def test_a_missing_dataset_is_one_line_naming_the_fix(tmp_path):
-    out = _run(PIPELINE, "train", f"paths.work_dir={tmp_path}", "train.data=nothing-here")
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("pipeline: error: no ingested dataset at ")
-    assert "run `pipeline ingest` first" in out.stderr
+def test_a_missing_dataset_is_one_line_naming_the_fix(spark, tmp_path, capsys):
+    # in this process (the console script's own path is test_console_script_help's and test_bad_override's), with
+    # the shared session's own settings (getOrCreate would change them for later tests): no second JVM to start
+    shared = ["spark.master=local[2]", "spark.conf.spark.sql.shuffle.partitions=4", "spark.conf.spark.driver.memory=2g"]
+    assert main(["train", f"paths.work_dir={tmp_path}", *shared, "train.data=nothing-here"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("pipeline: error: no ingested dataset at ")
+    assert "run `pipeline ingest` first" in err and "Traceback" not in err
 
 
 def test_the_gpu_profile_without_a_gpu_is_one_line_saying_how_to_train_on_the_cpu(spark, tmp_path, capsys):

@@ -31,10 +31,6 @@ def test_a_killed_rank_and_a_killed_job_resume_to_the_uninterrupted_result(spark
     spec = make_spec(conf)
     ckpt = tmp_path / "ckpt" / "synthetic" / "lane_classifier" / "last.pt"
 
-    reference = replace(spec, run_id=None, checkpoint_url=(tmp_path / "reference").as_uri())
-    distribute(reference, 2, local_mode=True, use_gpu=False)             # uninterrupted, the same two ranks
-    expected = load_checkpoint(reference.checkpoint_url)["model"]
-
     # 1. One rank SIGKILLed after the first epoch's checkpoint (the stage runs here; its ranks are torchrun's
     #    processes): torchrun stops the other rank, the stage fails, its run is marked FAILED.
     killed, stop = [], threading.Event()
@@ -60,13 +56,28 @@ def test_a_killed_rank_and_a_killed_job_resume_to_the_uninterrupted_result(spark
     statuses = runs_by_status(conf.mlflow.tracking_uri)
     assert list(statuses) == ["FAILED"] and len(statuses["FAILED"]) == 2, statuses    # the stage and its parent
 
-    # 2. The resumed job SIGKILLed whole (driver, torchrun, ranks) once it wrote the next checkpoint.
+    # 2. The resumed job SIGKILLed whole (driver, torchrun, ranks) once it wrote the next checkpoint. Meanwhile
+    #    (its driver starts a JVM and opens the store first) the uninterrupted reference trains here, in a thread:
+    #    the same two ranks, its own checkpoint folder, its processes outside the job's tree.
+    reference = replace(spec, run_id=None, checkpoint_url=(tmp_path / "reference").as_uri())
+    failed = []
+
+    def train_reference():
+        try:
+            distribute(reference, 2, local_mode=True, use_gpu=False)
+        except BaseException as exc:  # noqa: BLE001  (reported below, in the test's thread)
+            failed.append(exc)
+    uninterrupted = threading.Thread(target=train_reference, daemon=True)
     stamp = ckpt.stat().st_mtime_ns
     second = Proc([PIPELINE, "train", *args, "train.resume=true"], tmp_path / "job.log")
+    uninterrupted.start()
     try:
         wait_for("the resumed run's checkpoint", lambda: ckpt.stat().st_mtime_ns != stamp, 300, second)
     finally:
         second.kill_tree()
+        uninterrupted.join(timeout=600)
+    assert not uninterrupted.is_alive() and not failed, failed
+    expected = load_checkpoint(reference.checkpoint_url)["model"]
     killed_at = load_checkpoint(ckpt.parent.as_uri())["epoch"]
     assert killed_at == 1, "killed before its last epoch"
     assert "resuming from the checkpoint of epoch 1/3" in second.output()
