@@ -37,12 +37,13 @@ def test_an_unreachable_server_at_start_is_one_line_naming_the_uri_at_once(tmp_p
     assert uri in message and "Connection refused" in message and "mlflow server" in message
     assert "mlflow.tracking_uri" in message and "\n" not in message
     assert {key: os.environ[key] for key in HTTP_DEFAULTS} == HTTP_DEFAULTS   # set by the Tracker (env wins)
+    # the command line, in a process of its own (started now: it runs while the retries below sleep)
+    proc = Proc([PIPELINE, "ingest", f"paths.work_dir={tmp_path}", f"mlflow.tracking_uri={uri}"], tmp_path / "cli.log")
     tic = time.monotonic()                                   # what one call costs once a server is gone
     with pytest.raises(Exception, match="Connection refused"):
         MlflowClient(uri).get_run("0" * 32)
     bound = time.monotonic() - tic
     assert 5 < bound < 20, bound                             # 3 retries: 0 + 2 + 4 s (+ jitter), not 4 minutes
-    proc = Proc([PIPELINE, "ingest", f"paths.work_dir={tmp_path}", f"mlflow.tracking_uri={uri}"], tmp_path / "cli.log")
     assert proc.wait(timeout=120) == 2
     lines = proc.output().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"pipeline: error: the MLflow tracking server {uri} is "
