@@ -391,14 +391,7 @@ def run(spark, conf: Config, tracker) -> dict:
                        **{f"transfer.{s}.{h}.classes": ",".join(plan.labels[(s, h)]) for s, h in plan.outputs()},
                        **{f"transfer.{s}.{h}.train_rows": plan.sizes[(s, h)]["train"] for s, h in plan.outputs()}})
     first, second = plan_cells(c)
-    parent = mlflow.active_run().info.run_id
-    runs = {}
-    for cell in first + second:
-        runs[cell.key] = tracker.client.create_run(
-            tracker.experiment_id, run_name=f"transfer {cell.key}",
-            tags={"mlflow.parentRunId": parent, "pipeline.kind": "transfer-cell", "pipeline.stage": "transfer",
-                  "transfer.split": cell.split, "transfer.variant": cell.variant, "transfer.layer": cell.layer or "",
-                  "transfer.size": str(cell.size or ""), "transfer.seed": str(cell.seed)}).info.run_id
+    runs = cell_runs(tracker, first + second)
     specs = {cell.key: cell_spec(cell, base_specs, conf, layers, runs[cell.key])
              for cell in first + second}
     for cell in first + second:
@@ -424,6 +417,18 @@ def run(spark, conf: Config, tracker) -> dict:
     mlflow.log_metrics(metrics)
     _log_figures(tracker, results, first + second, c, specs, plan)
     return {k: v for k, v in metrics.items() if k.endswith(".mean") or k in ("grid_seconds", "trainings")}
+
+
+def cell_runs(tracker, cells: list) -> dict:
+    """A child run of the active stage run per cell, tagged with what the cell is: ``{cell key: run id}``."""
+    import mlflow
+
+    parent = mlflow.active_run().info.run_id
+    return {cell.key: tracker.client.create_run(
+        tracker.experiment_id, run_name=f"transfer {cell.key}",
+        tags={"mlflow.parentRunId": parent, "pipeline.kind": "transfer-cell", "pipeline.stage": "transfer",
+              "transfer.split": cell.split, "transfer.variant": cell.variant, "transfer.layer": cell.layer or "",
+              "transfer.size": str(cell.size or ""), "transfer.seed": str(cell.seed)}).info.run_id for cell in cells}
 
 
 def run_sizes(spark, conf: Config, tracker, spec) -> dict:
@@ -453,12 +458,7 @@ def run_sizes(spark, conf: Config, tracker, spec) -> dict:
     mlflow.log_params({"transfer.mode": "sizes", "transfer.task_kind": spec.kind, "transfer.data": conf.train.data,
                        **{k.replace("train.", "transfer.", 1): v for k, v in init_params.items()},
                        **{f"transfer.rows.n{size}": len(ids) for size, ids in keep.items()}})
-    parent = mlflow.active_run().info.run_id
-    runs = {cell.key: tracker.client.create_run(
-        tracker.experiment_id, run_name=f"transfer {cell.key}",
-        tags={"mlflow.parentRunId": parent, "pipeline.kind": "transfer-cell", "pipeline.stage": "transfer",
-              "transfer.split": OWN, "transfer.variant": cell.variant, "transfer.layer": "",
-              "transfer.size": str(cell.size), "transfer.seed": str(cell.seed)}).info.run_id for cell in cells}
+    runs = cell_runs(tracker, cells)
     specs = {}
     for cell in cells:
         pre = cell.variant == "pretrained"
