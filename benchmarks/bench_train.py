@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import load_config  # noqa: E402
 from pipeline.tasks import TASKS  # noqa: E402
 from pipeline.train import loader  # noqa: E402
-from pipeline.train.run import _loss_fn, build, distribute  # noqa: E402
+from pipeline.train.run import build, distribute, task_loss  # noqa: E402
 from pipeline.train.spec import make_spec  # noqa: E402
 
 
@@ -139,7 +139,7 @@ def loader_cost(confs: dict, args) -> dict:
     device = torch.device(args.device)
     model, optimizer, _, _ = build(first)
     model.to(device)
-    loss_fn = _loss_fn(first.task)
+    loss_fn = task_loss(first.task)
     steps = args.steps + 3
     trains = {fmt: make_spec(conf).loader("train") for fmt, conf in confs.items()}
     memory = list(loader.batches(trains[next(iter(trains))], steps, epoch=99))  # decoded and collated before timing

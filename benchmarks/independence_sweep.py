@@ -51,7 +51,7 @@ def main() -> int:
         return load_config("local", overrides=[*common, *extra])
 
     from pipeline.analysis.intervals import bootstrap, gap, grouped_counts
-    from pipeline.train.evaluate import load_model
+    from pipeline.models.lookup import load_model
     from pipeline.train.loader import LoaderSpec, rows
     from pipeline.train.spec import make_spec
 

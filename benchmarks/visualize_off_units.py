@@ -7,7 +7,7 @@ unit is its best channel mean over the val split. Usage:
 import sys, numpy as np, torch
 from pipeline.config import load_config
 from pipeline.train.spec import make_spec
-from pipeline.train.evaluate import load_model
+from pipeline.models.lookup import load_model
 from pipeline.train.loader import rows, to_tensor
 from pipeline.analysis import visualize as V, render
 task, uri, layer = sys.argv[1], sys.argv[2], sys.argv[3]

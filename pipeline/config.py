@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline import yamltext
-from pipeline.data.records import TL_STATES
+from pipeline.vocab import TL_STATES
 from pipeline.errors import UserError
 from pipeline.tasks import KINDS, SOURCES, TASKS
 

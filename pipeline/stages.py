@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 from pipeline.config import Config
 from pipeline.data import store
+from pipeline.tasks import PER_TASK_STAGES
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,15 @@ class Stage:
     depends_on: tuple[str, ...]    # config sections whose values decide the stage's output
     needs: tuple[str, ...] = ()    # stages whose output it reads (a per-task stage: the same task's job, or with
                                    # "name*" every task's)
-    per_task: bool = False         # pipeline run: one job per task of run.tasks
     splits: tuple[str, ...] = ()   # the splits it reads: a split's name, or the config key naming one; of
                                    # <stage>.data (else train.data), the kind of <stage>.task (else train.task).
                                    # One with no rows skips the job (pipeline.data.splits.check_stage)
     partial: bool = False          # pipeline run: it runs even when a job it needs was skipped (the report)
+
+    @property
+    def per_task(self) -> bool:
+        """``pipeline run``: one job per task of run.tasks (:data:`pipeline.tasks.PER_TASK_STAGES`)."""
+        return self.name in PER_TASK_STAGES
 
     def function(self) -> Callable:
         module, _, attr = self.entry.partition(":")
@@ -60,11 +65,11 @@ STAGES: tuple[Stage, ...] = (
           writes=("<augment.name>/<every kind>",), depends_on=("ingest", "augment"), needs=("ingest",)),
     Stage("train", "Train train.task with TorchDistributor on an ingested dataset; log metrics, checkpoints, model.",
           "pipeline.train.run:run", reads=("<train.data>/<the task's kind>",),
-          writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train"), needs=("ingest",), per_task=True,
+          writes=("checkpoint", "MLflow model"), depends_on=("ingest", "train"), needs=("ingest",),
           splits=("train",)),
     Stage("evaluate", "Evaluate a logged model (evaluate.model_uri, default: the newest of train.task) on a split.",
           "pipeline.train.evaluate:run", reads=("MLflow model", "<train.data>/<the task's kind>"),
-          writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate"), needs=("train",), per_task=True,
+          writes=("metrics", "figures"), depends_on=("ingest", "train", "evaluate"), needs=("train",),
           splits=("evaluate.split",)),
     Stage("correlate", "Do nets trained from different seeds learn the same units? Exact correlation, matching, "
                        "CKA and SVCCA between two or more nets of train.task (Li et al. 2016), in one Spark pass.",
@@ -89,7 +94,7 @@ STAGES: tuple[Stage, ...] = (
                    "registered version earn the alias registry.alias (the gate)?",
           "pipeline.analysis.audit:run", reads=("MLflow model", "<audit.data>/<kind>/<audit.split>"),
           writes=("metrics", "verdicts", "figures", "the gate's tags and alias"),
-          depends_on=("ingest", "train", "audit", "registry"), needs=("train",), per_task=True,
+          depends_on=("ingest", "train", "audit", "registry"), needs=("train",),
           splits=("train", "audit.split")),
     Stage("report", "The inspection report: one self-contained HTML page of the pipeline run (data, training "
                     "curves, confusion matrices, detector PR and heat maps, correlation, unit visualizations, "
@@ -203,10 +208,10 @@ def _inputs(conf: Config, needs) -> dict:
     return {name: (read_marker(conf, name) or {}).get("stamp") for name in needs}
 
 
-def why_not_done(conf: Config, stage: Stage, needs=()) -> Optional[str]:
-    """None when the job last finished with the same config, code and inputs and its output is still there
-    (``pipeline run`` then skips it); else why it must run, in words."""
-    marker = read_marker(conf, job_name(stage, conf))
+def why_not_done(conf: Config, stage: Stage, needs=(), job: Optional[str] = None) -> Optional[str]:
+    """None when the job (``job``: its marker's name, default the stage's job) last finished with the same config,
+    code and inputs and its output is still there (``pipeline run`` then skips it); else why it must run."""
+    marker = read_marker(conf, job or job_name(stage, conf))
     if marker is None:
         return "it never finished"
     now = _stamp(conf, stage, _inputs(conf, needs))
@@ -246,22 +251,25 @@ def _missing_output(results: dict, conf: Config) -> Optional[str]:
     return None
 
 
-def mark_done(conf: Config, stage: Stage, results: dict, needs=()) -> None:
+def mark_done(conf: Config, stage: Stage, results: dict, needs=(), job: Optional[str] = None) -> None:
     stamp = _stamp(conf, stage, _inputs(conf, needs))
     stamp_id = hashlib.sha256(json.dumps([stamp, results.get("run_id")], sort_keys=True, default=str)
                               .encode()).hexdigest()[:16]
-    store.write_json(_marker_url(conf, job_name(stage, conf)), {**stamp, "stamp": stamp_id, "results": results})
+    store.write_json(_marker_url(conf, job or job_name(stage, conf)), {**stamp, "stamp": stamp_id, "results": results})
 
 
-def run_stage(stage: Stage, spark, conf: Config, tracker, needs=()) -> dict:
-    """Run one stage in its own MLflow child run (named for the stage and, per task, the task); returns its key
-    results (with ``run_id``). A split it reads (``stage.splits``) with no rows raises
+def run_stage(stage: Stage, spark, conf: Config, tracker, needs=(), job: Optional[str] = None,
+              run_name: Optional[str] = None, tags: Optional[dict] = None) -> dict:
+    """Run one stage in its own MLflow child run (named ``run_name``, default the stage and, per task, the task;
+    with ``tags``); returns its key results (with ``run_id``) and marks the job (``job``: its marker's name,
+    default the stage's job) done. A split it reads (``stage.splits``) with no rows raises
     :class:`~pipeline.errors.EmptySplit` inside that run (ended FAILED, tagged ``pipeline.skipped``) and
     marks nothing done."""
     from pipeline.data.splits import check_stage
     from pipeline.errors import EmptySplit
 
-    with tracker.stage_run(stage.name, conf, run_name=job_name(stage, conf).replace(".", " ")) as run:
+    with tracker.stage_run(stage.name, conf, run_name=run_name or job_name(stage, conf).replace(".", " "),
+                           per_task=stage.per_task, tags=tags) as run:
         try:
             check_stage(stage, conf)   # an empty split it reads: EmptySplit, before anything loads or trains
             results = dict(stage.function()(spark, conf, tracker) or {})
@@ -271,5 +279,25 @@ def run_stage(stage: Stage, spark, conf: Config, tracker, needs=()) -> dict:
             mlflow.set_tag("pipeline.skipped", str(exc)[:5000])
             raise
         results["run_id"] = run.info.run_id
-    mark_done(conf, stage, results, needs)
+    mark_done(conf, stage, results, needs, job)
     return results
+
+
+def run_side_job(name: str, spark, conf: Config, tracker, variant: str, role: str, run_name: str,
+                 needs=()) -> dict:
+    """A stage run for an analysis on a config of its own (correlate's seeds, the audit's frame split): the job
+    ``<job>@<variant>`` of the graph, with its own marker, skipped (its recorded results returned) when it last
+    finished with the same config, code and inputs (``needs``: the jobs whose markers it depends on) and its
+    output is still there; else run as a child run tagged with its ``role``, which keeps it from being taken for
+    the newest model of a later stage (:data:`pipeline.models.lookup.ROLE_TAG`)."""
+    from pipeline.models.lookup import ROLE_TAG
+
+    stage = get_stage(name)
+    job = f"{job_name(stage, conf)}@{variant}"
+    why = why_not_done(conf, stage, needs, job)
+    if why is None:
+        results = read_marker(conf, job)["results"]
+        print(f"{job}: up to date (run {results.get('run_id')}), reused", flush=True)
+        return results
+    print(f"{job}: running ({why})", flush=True)
+    return run_stage(stage, spark, conf, tracker, needs, job=job, run_name=run_name, tags={ROLE_TAG: role})

@@ -8,14 +8,17 @@ evaluation, the printed metrics) looks it up here. Dataset kinds are named for t
 * ``tl_frames``:    frames with traffic-light boxes (the detector's data);
 * ``tl_crops``:     crops around traffic lights plus background crops.
 
-It imports only the records' vocabulary (distance buckets).
+It imports only the vocabulary (:mod:`pipeline.vocab`: distance buckets).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.data.records import DISTANCES
+from pipeline.vocab import DISTANCES
 KINDS = ("road_frames", "class_images", "tl_frames", "tl_crops")
+# The stages that run once per task of run.tasks (a job "train.lane_classifier"); the others once, for train.task.
+# The stage registry (pipeline.stages) and the tracker's run names and tags read it here.
+PER_TASK_STAGES = ("train", "evaluate", "audit")
 # The kinds each ingest source yields (the first is the one an input's ledger row stands for).
 SOURCES: dict[str, tuple[str, ...]] = {
     "synthetic": ("road_frames", "tl_frames", "tl_crops"),

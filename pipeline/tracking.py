@@ -47,6 +47,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config, dump_yaml
 from pipeline.errors import UserError
+from pipeline.tasks import PER_TASK_STAGES
 
 _REPO = Path(__file__).resolve().parent.parent
 MAX_PARAM_LEN = 500
@@ -229,21 +230,20 @@ class Tracker:
                 self.parent_id = None
 
     @contextlib.contextmanager
-    def stage_run(self, stage: str, conf: Optional[Config] = None,
-                  run_name: Optional[str] = None) -> Iterator[mlflow.ActiveRun]:
+    def stage_run(self, stage: str, conf: Optional[Config] = None, run_name: Optional[str] = None,
+                  per_task: Optional[bool] = None, tags: Optional[dict] = None) -> Iterator[mlflow.ActiveRun]:
         """A child run for one stage (a parent run is opened around it if there is none); it records ``conf``,
         the config the stage runs with (default: the invocation's). ``run_name``: what the UI lists it as
-        (default: the stage and, for the per-task stages, the task)."""
-        from pipeline.stages import STAGES
-
+        (default: the stage and, for the per-task stages, the task). ``per_task``: tag the run with its task
+        (default: the stage is one of :data:`pipeline.tasks.PER_TASK_STAGES`); ``tags``: more tags for it."""
         conf_ = conf or self.conf
-        per_task = any(s.name == stage and s.per_task for s in STAGES)
+        per_task = stage in PER_TASK_STAGES if per_task is None else per_task
         name = run_name or (f"{stage} {conf_.train.task}" if per_task else stage)
         if self.parent_id is None:
-            with self.pipeline_run(name), self.stage_run(stage, conf, run_name=name) as run:
+            with self.pipeline_run(name), self.stage_run(stage, conf, name, per_task, tags) as run:
                 yield run
             return
-        tags = {"pipeline.kind": "stage", "pipeline.stage": stage}
+        tags = {**(tags or {}), "pipeline.kind": "stage", "pipeline.stage": stage}
         if per_task:
             tags["pipeline.task"] = conf_.train.task
         with self._run(name, nested=True, tags=tags, conf=conf, system=stage == "train") as run:

@@ -32,6 +32,7 @@ from pipeline.config import Config
 CONTEXT_VERDICT, INDEPENDENCE_VERDICT = "audit.context_verdict", "audit.independence_verdict"
 CONTEXT_NOTES = "audit/context.txt"
 MODEL_PARAM, DATA_PARAM = "audit.model_uri_resolved", "audit.data_url"
+FRAME_SPLIT_ROLE = "audit-frame-split"   # the role tag of the net audit.frame_split trains
 
 
 def audit_rows(spec, split: str):
@@ -43,14 +44,15 @@ def audit_rows(spec, split: str):
 
 
 def context_audit(model, spec, conf: Config, split: str):
-    """The context audit of ``model`` on one split of the dataset ``spec`` reads."""
-    from pipeline.analysis.context import audit
+    """The context audit of ``model`` on one split of the dataset ``spec`` reads (no figures:
+    :func:`pipeline.analysis.context.figures`)."""
+    from pipeline.analysis.context import Options, audit
 
     a = conf.audit
-    return audit(model, spec.train.task, audit_rows(spec, split), kind=spec.kind, fill=a.fill, dilate=a.dilate,
-                 attribution=a.attribution, ig_steps=a.ig_steps, examples=a.examples, seed=a.seed,
-                 max_rows=a.max_rows, threshold=conf.evaluate.threshold,
-                 match_distance=conf.evaluate.match_distance, classes=list(spec.classes))
+    options = Options(fill=a.fill, dilate=a.dilate, attribution=a.attribution, ig_steps=a.ig_steps,
+                      examples=a.examples, seed=a.seed, max_rows=a.max_rows, threshold=conf.evaluate.threshold,
+                      match_distance=conf.evaluate.match_distance)
+    return audit(model, spec.train.task, audit_rows(spec, split), options, kind=spec.kind)
 
 
 def split_counts(model, spec, split: str, cache: dict) -> tuple:
@@ -89,7 +91,7 @@ def split_evidence(model, spec, conf: Config, notes: list, counts: dict) -> dict
 
 def counterfactual_skipped(spec, conf: Config) -> str:
     """Why the counterfactual test does not apply to this audit ("" when it does)."""
-    from pipeline.data.synth import LANE_CLASSES
+    from pipeline.vocab import LANE_CLASSES
 
     c = conf.audit.counterfactual
     if c.sequences == 0:
@@ -235,8 +237,8 @@ def frame_split_comparison(spark, conf: Config, spec, model, tracker):
     """Ingest the same source split frame by frame, train the same task on it (both as child runs), and compare
     the two nets' val accuracy, each on its own dataset's val split."""
     from pipeline.analysis import independence as ind
-    from pipeline.stages import get_stage
-    from pipeline.train.evaluate import evaluate, load_model
+    from pipeline.analysis.inputs import load_partner, side_data, side_net
+    from pipeline.train.evaluate import evaluate
     from pipeline.train.spec import make_spec
 
     name = f"{conf.ingest.name}-framesplit"
@@ -246,20 +248,16 @@ def frame_split_comparison(spark, conf: Config, spec, model, tracker):
         "paths": conf.paths.model_copy(update={"checkpoint_url": f"{conf.paths.checkpoint_url.rstrip('/')}/framesplit"})})
     print(f"audit: ingesting {conf.ingest.source} again split by frame into {name}, and training "
           f"{conf.train.task} on it", flush=True)
-    with tracker.stage_run("ingest", framed, run_name="audit: ingest split by frame"):
-        get_stage("ingest").function()(spark, framed, tracker)
-    with tracker.stage_run("train", framed, run_name=f"audit: train {conf.train.task} on the frame split"):
-        import mlflow
-
-        mlflow.set_tag("pipeline.role", "audit-frame-split")   # not "the newest model" of later stages
-        trained = get_stage("train").function()(spark, framed, tracker)
+    side_data(spark, framed, tracker, FRAME_SPLIT_ROLE, "audit: ingest split by frame", "framesplit")
+    trained = side_net(spark, framed, tracker, FRAME_SPLIT_ROLE, f"audit: train {conf.train.task} on the frame "
+                       f"split", "framesplit", needs=("ingest@framesplit",))
     framed_spec = make_spec(framed)
-    framed_model = load_model(trained["model_uri"], conf).eval()
+    framed_model = load_partner(conf, trained["model_uri"], "the frame-split model")
     metric = "val_ap" if spec.task.detector else "val_accuracy"
     scores = []
     for net, s in ((model, spec), (framed_model, framed_spec)):
         result = evaluate(net, s.task, s.loader("val"), list(s.classes), "val_", threshold=conf.evaluate.threshold,
-                          match_distance=conf.evaluate.match_distance)
+                          match_distance=conf.evaluate.match_distance, figures=False)
         scores.append(float(result.metrics.get(metric, float("nan"))))
     twins = ind.near_duplicates_of_train(spark, framed_spec.data_root, framed_spec.kind, "val",
                                          conf.ingest.near_duplicate_bits)
@@ -280,12 +278,9 @@ def gate(model, spec, conf: Config, uri: str, said_context: str, relies: bool, m
         from pipeline.train.evaluate import evaluate
 
         result = evaluate(model, spec.task, spec.loader(a.split), list(spec.classes), f"{a.split}_",
-                          threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance)
+                          threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance,
+                          figures=False)
         score = result.metrics.get(f"{a.split}_recall_at_p90")
-        for fig in result.figures.values():
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
     else:
         score = metrics.get("context.accuracy")
     flagged = bool(independent.get("independence.val_test_gap_flagged", 0.0))
@@ -302,18 +297,16 @@ def run(spark, conf: Config, tracker) -> dict:
     """The audit stage (registered in pipeline.stages)."""
     import mlflow
 
-    from pipeline.train.evaluate import latest_model_uri, load_model
+    from pipeline.analysis.inputs import stage_model
+    from pipeline.data.splits import require_split
     from pipeline.train.spec import make_spec
 
     a = conf.audit
-    uri = a.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
-    model = load_model(uri, conf, "audit.model_uri").eval()
+    uri, model = stage_model(tracker, conf, a.model_uri, "audit.model_uri")      # logs MODEL_PARAM
     data = a.data or conf.train.data
     spec = make_spec(conf.model_copy(update={"train": conf.train.model_copy(update={"data": data})}))
-    from pipeline.data.splits import require_split
-
     require_split(spec, a.split, "audit.split")
-    mlflow.log_params({MODEL_PARAM: uri, DATA_PARAM: spec.split_url(a.split)})
+    mlflow.log_params({DATA_PARAM: spec.split_url(a.split)})
     result = context_audit(model, spec, conf, a.split)
     skipped = counterfactual_skipped(spec, conf)
     twins = None if skipped else counterfactual_audit(spark, model, spec, conf)
@@ -337,7 +330,9 @@ def run(spark, conf: Config, tracker) -> dict:
     mlflow.set_tag(CONTEXT_VERDICT, said_context[:5000])
     mlflow.log_text(said_context + "\n" + "".join(f"- {n}\n" for n in result.notes), CONTEXT_NOTES)
     extra = {**(twins.figures if twins is not None else {}), **(probes.figures if probes is not None else {})}
-    for name, fig in {**result.figures, **extra}.items():
+    from pipeline.analysis.context import figures as context_figures
+
+    for name, fig in {**context_figures(result, list(spec.classes)), **extra}.items():
         tracker.log_figure(fig, name)
     print(f"audit: {spec.train.task} ({uri}) on {data}/{spec.kind}/{a.split}: {said_context}", flush=True)
     independent, said = independence_audit(spark, model, spec, conf, a.split, tracker, counts)

@@ -48,7 +48,7 @@ def variants(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, rng: np.
     ``mixed_rand`` image got (-1 where no row of another class exists) and ``same_ok`` / ``rand_ok``: whether a
     partner was found. With ``groups``, a partner is never of the row's own group (another frame of the same
     sequence would give it back nearly its own background): rows with no partner outside their group get none."""
-    from pipeline.train.loader import MEAN
+    from pipeline.models.normalize import MEAN
 
     n = len(images)
     bg = inpaint(images, masks)
@@ -94,7 +94,7 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
     partner rows are drawn from the same batch."""
     from pipeline.analysis.context import LIGHT_ASPECT, object_mask
     from pipeline.analysis.intervals import bootstrap, per_group, triple_metrics
-    from pipeline.train.loader import to_tensor
+    from pipeline.models.normalize import to_tensor
 
     model.eval()
     rng = np.random.default_rng([seed, 3])

@@ -1,12 +1,13 @@
 """The context audit: does a net look at the object (the lane markings, the traffic light) or only at its context?
 
-A pure library (torch, numpy, OpenCV, matplotlib Agg): no Spark, no MLflow, no config. The caller passes a model
-(put in eval mode here, already on ``device``), the task name and an iterable of decoded rows (dicts as
-:mod:`schemas.datasets` stores them); :func:`audit` reads them batch by batch and returns a :class:`ContextAudit`
-with flat metrics, a verdict in words and matplotlib figures for the caller to log.
+A pure library (torch, numpy, OpenCV): no Spark, no MLflow, no config. The caller passes a model (put in eval mode
+here, already on ``Options.device``), the task name, an iterable of decoded rows (dicts as :mod:`schemas.datasets`
+stores them) and :class:`Options`; :func:`audit` reads the rows batch by batch (read, occlude, score, attribute,
+keep examples: one small function each) and returns a :class:`ContextAudit` with flat metrics, a verdict in words
+and the example rows; :func:`figures` draws its pictures (matplotlib Agg) for the caller to log, apart.
 
-**The object region** (:func:`object_mask`), grown by ``dilate`` pixels in every direction (a square, i.e.
-Chebyshev, dilation):
+**The object region** (:func:`object_mask`, by the definition augmentation shares:
+:mod:`pipeline.data.regions`), grown by ``dilate`` pixels in every direction (a square, i.e. Chebyshev, dilation):
 
 * ``road_frames``: the stored lane mask (1 = marking). A frame without markings has no object.
 * ``tl_frames``: the union of the light boxes, each pixel a box touches (pixel ``i`` spans ``[i, i + 1)``).
@@ -73,21 +74,18 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from pipeline.data.records import CROP_CLASSES  # noqa: E402
-from pipeline.tasks import get_task  # noqa: E402
-from pipeline.train.loader import DETECTOR_STRIDE, MEAN, to_tensor  # noqa: E402
+from pipeline.data.regions import box_region, grown, object_region
+from pipeline.vocab import CROP_CLASSES
+from pipeline.tasks import get_task
+from pipeline.models.normalize import DETECTOR_STRIDE, MEAN, to_tensor
 
 __all__ = ["FILLS", "ATTRIBUTIONS", "LIGHT_ASPECT", "MIN_DROP", "DROP_RATIO", "FOCUS_THRESHOLD", "BLUR_SIGMA",
            "ContextAudit", "object_mask", "light_region", "fill", "attribute", "input_x_gradient",
-           "integrated_gradients", "baseline_like", "attribution_shares", "verdict", "audit"]
+           "integrated_gradients", "baseline_like", "attribution_shares", "verdict", "Options", "audit", "figures"]
 
 FILLS = ("mean", "blur", "noise", "grey")
 ATTRIBUTIONS = ("gradient", "integrated")
@@ -112,15 +110,6 @@ _REFERENCE_HEIGHT = 512   # px of the reference light light_region crops (roundi
 
 
 # ------------------------------------------------------------------------------------------ object region
-
-def _dilate(mask: np.ndarray, dilate: int) -> np.ndarray:
-    if dilate <= 0 or not mask.any():
-        return mask.astype(bool)
-    import cv2
-
-    kernel = np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8)
-    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
-
 
 @lru_cache(maxsize=64)
 def _light_region(hw: tuple, aspect: float) -> np.ndarray:
@@ -176,17 +165,12 @@ def object_mask(kind: str, row: dict, dilate: int = 0, light_aspect: float = LIG
             import cv2
 
             lanes = cv2.resize(lanes.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-        return _dilate(lanes > 0, dilate)
+        return object_region((h, w), mask=lanes, grow=dilate)
     if kind == "tl_frames":
-        mask = np.zeros((h, w), bool)
-        for x0, y0, x1, y1 in np.asarray(row["boxes"], np.float64).reshape(-1, 4):
-            c0, r0 = math.floor(x0) - dilate, math.floor(y0) - dilate
-            c1, r1 = max(math.ceil(x1), math.floor(x0) + 1) + dilate, max(math.ceil(y1), math.floor(y0) + 1) + dilate
-            mask[max(r0, 0):max(min(r1, h), 0), max(c0, 0):max(min(c1, w), 0)] = True
-        return mask
+        return box_region(row["boxes"], (h, w), dilate)
     if _is_background(row):
         return np.zeros((h, w), bool)
-    return _dilate(light_region((h, w), float(row.get("light_aspect") or light_aspect)), dilate)
+    return grown(light_region((h, w), float(row.get("light_aspect") or light_aspect)), dilate)
 
 
 # ------------------------------------------------------------------------------------------------- fills
@@ -325,8 +309,9 @@ class ContextAudit:
     metrics: dict = field(default_factory=dict)       # flat name -> float
     verdict: str = ""
     relies_on_context: bool = False
-    figures: dict = field(default_factory=dict)       # name -> matplotlib Figure
     notes: list = field(default_factory=list)         # what was left out and why, in words
+    options: Optional["Options"] = None               # how it was measured
+    examples: list = field(default_factory=list)      # the example rows kept for :func:`figures`
 
 
 def _score_name(metrics: dict) -> str:
@@ -409,6 +394,42 @@ def _batches(rows: Iterable[dict], size: int, limit: int) -> Iterator[list]:
         yield chunk
 
 
+@dataclass(frozen=True)
+class Options:
+    """How :func:`audit` occludes, attributes and scores (the ``audit.*`` config keys of the same names).
+
+    ``fill``: one of :data:`FILLS`; ``dilate``: pixels the object region grows by; ``attribution``: one of
+    :data:`ATTRIBUTIONS` (``ig_steps`` midpoints for integrated gradients) against ``baseline``;
+    ``batch_size`` rows at a time, only the first ``max_rows`` (> 0); ``examples`` rows, picked uniformly by a
+    reservoir seeded by ``seed``, kept for the examples figure; ``threshold`` and ``match_distance`` score the
+    detector as the evaluate stage does; ``light_aspect``: the light assumed inside a crop; ``device``: where
+    ``model`` is."""
+    fill: str = "mean"
+    dilate: int = 2
+    attribution: str = "gradient"
+    ig_steps: int = 16
+    batch_size: int = 32
+    max_rows: int = 0
+    examples: int = 8
+    seed: int = 0
+    threshold: float = 0.5
+    match_distance: float = 8.0
+    baseline: str = BASELINE
+    light_aspect: float = LIGHT_ASPECT
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.fill not in FILLS:
+            raise ValueError(f"unknown fill {self.fill!r}; choose one of {', '.join(FILLS)}")
+        if self.attribution not in ATTRIBUTIONS:
+            raise ValueError(f"unknown attribution {self.attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+
+
+VARIANTS = ("intact", "object_filled", "context_filled")
+
+
 @dataclass
 class _Tally:
     rows: int = 0
@@ -417,11 +438,11 @@ class _Tally:
     labelled_all: int = 0
     correct_all: int = 0
     compared: int = 0                                   # classifiers: labelled rows with an object
-    correct: dict = field(default_factory=lambda: {"intact": 0, "object_filled": 0, "context_filled": 0})
+    correct: dict = field(default_factory=lambda: dict.fromkeys(VARIANTS, 0))
     lights: int = 0                                     # detector: lights in frames with one
-    found: dict = field(default_factory=lambda: {"intact": 0, "object_filled": 0, "context_filled": 0})
-    peaks: dict = field(default_factory=lambda: {"intact": 0, "object_filled": 0, "context_filled": 0})
-    hits: dict = field(default_factory=lambda: {"intact": 0, "object_filled": 0, "context_filled": 0})
+    found: dict = field(default_factory=lambda: dict.fromkeys(VARIANTS, 0))
+    peaks: dict = field(default_factory=lambda: dict.fromkeys(VARIANTS, 0))
+    hits: dict = field(default_factory=lambda: dict.fromkeys(VARIANTS, 0))
     changed: dict = field(default_factory=lambda: {"object_filled": 0, "context_filled": 0})  # classifiers
     object_share: list = field(default_factory=list)
     area_share: list = field(default_factory=list)
@@ -434,120 +455,164 @@ def _stats(name: str, values: list) -> dict:
             f"attribution.{name}_median": float(np.median(a)) if len(a) else float("nan")}
 
 
-def audit(model, task: str, rows: Iterable[dict], *, kind: Optional[str] = None, fill: str = "mean",
-          dilate: int = 2, attribution: str = "gradient", ig_steps: int = 16, baseline: str = BASELINE,
-          batch_size: int = 32, examples: int = 8, seed: int = 0, device="cpu", max_rows: int = 0,
-          light_aspect: float = LIGHT_ASPECT, threshold: float = 0.5, match_distance: float = 8.0,
-          classes: Optional[Sequence[str]] = None) -> ContextAudit:
-    """Audit ``model`` (the net of ``task``, on ``device``) on ``rows`` (decoded rows of one dataset kind; ``kind``
-    None: read from the first row's fields), ``batch_size`` rows at a time (``max_rows`` > 0: only the first
-    ``max_rows``). Only ``examples`` rows, picked uniformly by a reservoir seeded by ``seed``, are kept for the
-    figure. ``threshold`` and ``match_distance`` score the detector as the evaluate stage does; ``classes``
-    names the class indices in the figure."""
-    from pipeline.train.evaluate import heatmap_peaks, match_peaks
+@dataclass
+class _Batch:
+    """One batch of rows as the audit reads it: images, object masks, which rows have an object (``idx``), the
+    net's output on the intact images, labels (classifiers) or boxes of the rows with an object (detector)."""
+    rows: list
+    images: np.ndarray
+    masks: np.ndarray
+    idx: np.ndarray
+    out: Tensor
+    labels: Optional[np.ndarray] = None
+    boxes: list = field(default_factory=list)
 
+
+def _read_batch(model, spec, kind: str, rows: list, o: Options, tally: _Tally) -> _Batch:
+    """Masks and the intact output of one batch; counts rows, rows without an object and, for classifiers, the
+    accuracy over every labelled row."""
+    images = np.stack([np.asarray(r["image"], np.uint8) for r in rows])
+    masks = np.stack([object_mask(kind, r, o.dilate, o.light_aspect) for r in rows])
+    has = masks.reshape(len(rows), -1).any(1)
+    tally.rows += len(rows)
+    tally.without += int((~has).sum())
+    with torch.no_grad():
+        out = model(to_tensor(images).to(o.device)).float()
+    batch = _Batch(rows, images, masks, np.flatnonzero(has), out)
+    if spec.detector:
+        batch.boxes = [np.asarray(rows[i]["boxes"], np.float32).reshape(-1, 4) for i in batch.idx]
+    else:
+        batch.labels = np.array([int(r["label"]) for r in rows])
+        pred = out.argmax(1).cpu().numpy()
+        labelled = batch.labels >= 0
+        tally.unlabelled += int((~labelled).sum())
+        tally.labelled_all += int(labelled.sum())
+        tally.correct_all += int((pred[labelled] == batch.labels[labelled]).sum())
+    return batch
+
+
+def _occlude(model, batch: _Batch, o: Options, rng) -> tuple[dict, dict]:
+    """The images with an object as they are, with the object filled and with the context filled, and the net's
+    output on each."""
+    sub, sub_masks = batch.images[batch.idx], batch.masks[batch.idx]
+    variants = {"intact": sub, "object_filled": _fill(sub, sub_masks, o.fill, rng),
+                "context_filled": _fill(sub, ~sub_masks, o.fill, rng)}
+    outputs = {"intact": batch.out[torch.as_tensor(batch.idx)]}
+    with torch.no_grad():
+        for name in ("object_filled", "context_filled"):
+            outputs[name] = model(to_tensor(variants[name]).to(o.device)).float()
+    return variants, outputs
+
+
+def _score_lights(batch: _Batch, outputs: dict, o: Options, tally: _Tally) -> dict:
+    """Detector: lights found, peaks and peaks on a light per variant (the scorer's matching); per variant and
+    image (found, lights) for the examples."""
+    from pipeline.train.scoring import light_counts
+
+    results = {}
+    for name, out in outputs.items():
+        counts = light_counts(torch.sigmoid(out).cpu(), batch.boxes, o.threshold, o.match_distance)
+        for found, peaks, hits in counts:
+            tally.found[name] += found
+            tally.peaks[name] += peaks
+            tally.hits[name] += hits
+        results[name] = [(c[0], len(b)) for c, b in zip(counts, batch.boxes)]
+    tally.lights += sum(len(b) for b in batch.boxes)
+    return results
+
+
+def _score_classes(batch: _Batch, outputs: dict, tally: _Tally) -> dict:
+    """Classifiers: correct predictions per variant on labelled rows, and predictions each fill changes."""
+    labels = batch.labels[batch.idx]
+    scored = labels >= 0
+    tally.compared += int(scored.sum())
+    results = {}
+    for name, out in outputs.items():
+        results[name] = out.argmax(1).cpu().numpy()
+        tally.correct[name] += int((results[name][scored] == labels[scored]).sum())
+    for name in tally.changed:
+        tally.changed[name] += int((results[name] != results["intact"]).sum())
+    return results
+
+
+def _attribute(model, spec, batch: _Batch, results: dict, o: Options, tally: _Tally) -> np.ndarray:
+    """|attribution| maps of the rows with an object (the true class, else the predicted; the detector: its
+    light cells), their shares on the object region added to the tally."""
+    sub, sub_masks = batch.images[batch.idx], batch.masks[batch.idx]
+    x = to_tensor(sub).to(o.device)
+    if spec.detector:
+        cells = light_cells(batch.boxes, tuple(batch.out.shape[-2:]))
+        target = _cell_target(torch.as_tensor(cells, device=x.device, dtype=x.dtype))
+    else:
+        labels = batch.labels[batch.idx]
+        target = _class_target(torch.as_tensor(np.where(labels >= 0, labels, results["intact"]), device=x.device))
+    maps = attribute(model, x, target, o.attribution, o.ig_steps, o.baseline).abs().sum(1).detach().cpu().numpy()
+    share, area = attribution_shares(maps, sub_masks)
+    tally.object_share += share.tolist()
+    tally.area_share += area.tolist()
+    return maps
+
+
+class _Reservoir:
+    """``size`` example rows picked uniformly from all rows with an object (reservoir sampling, seeded)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.rng, self.seen, self.kept = size, np.random.default_rng([seed, 1]), 0, []
+
+    def offer(self, batch: _Batch, variants: dict, results: dict, maps: np.ndarray, detector: bool) -> None:
+        for j, i in enumerate(batch.idx):
+            self.seen += 1
+            slot = len(self.kept) if len(self.kept) < self.size else int(self.rng.integers(self.seen))
+            if slot >= self.size:
+                continue
+            example = {"image": variants["intact"][j], "mask": batch.masks[i], "map": maps[j],
+                       "object_filled": variants["object_filled"][j],
+                       "context_filled": variants["context_filled"][j],
+                       "predictions": {name: results[name][j] for name in results},
+                       "label": None if detector else int(batch.labels[i]), "id": batch.rows[i].get("id", "")}
+            if slot == len(self.kept):
+                self.kept.append(example)
+            else:
+                self.kept[slot] = example
+
+
+def audit(model, task: str, rows: Iterable[dict], options: Options = Options(), *,
+          kind: Optional[str] = None) -> ContextAudit:
+    """Audit ``model`` (the net of ``task``, on ``options.device``) on ``rows`` (decoded rows of one dataset kind;
+    ``kind`` None: read from the first row's fields), batch by batch: occlusion, attribution, the verdict. No
+    figures: :func:`figures` draws them from the result (its ``examples``)."""
     spec = get_task(task)
-    if fill not in FILLS:
-        raise ValueError(f"unknown fill {fill!r}; choose one of {', '.join(FILLS)}")
-    if attribution not in ATTRIBUTIONS:
-        raise ValueError(f"unknown attribution {attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    o = options
     model.eval()
-    fill_how = fill
-    noise_rng = np.random.default_rng([seed, 0])
-    pick_rng = np.random.default_rng([seed, 1])
-    tally = _Tally()
-    kept: list = []           # reservoir of example dicts
-    candidates = 0
-    for batch in _batches(rows, batch_size, max_rows):
+    noise_rng = np.random.default_rng([o.seed, 0])
+    tally, reservoir = _Tally(), _Reservoir(o.examples, o.seed)
+    for chunk in _batches(rows, o.batch_size, o.max_rows):
         if tally.rows == 0:
-            kind = _infer_kind(spec, batch[0], kind)
-        tally.rows += len(batch)
-        images = np.stack([np.asarray(r["image"], np.uint8) for r in batch])
-        masks = np.stack([object_mask(kind, r, dilate, light_aspect) for r in batch])
-        has = masks.reshape(len(batch), -1).any(1)
-        tally.without += int((~has).sum())
-        with torch.no_grad():
-            out = model(to_tensor(images).to(device)).float()
-        idx = np.flatnonzero(has)
-        if spec.detector:
-            boxes = [np.asarray(batch[i]["boxes"], np.float32).reshape(-1, 4) for i in idx]
-        else:
-            labels = np.array([int(r["label"]) for r in batch])
-            pred = out.argmax(1).cpu().numpy()
-            labelled = labels >= 0
-            tally.unlabelled += int((~labelled).sum())
-            tally.labelled_all += int(labelled.sum())
-            tally.correct_all += int((pred[labelled] == labels[labelled]).sum())
-        if not len(idx):
+            kind = _infer_kind(spec, chunk[0], kind)
+        batch = _read_batch(model, spec, kind, chunk, o, tally)
+        if not len(batch.idx):
             continue
-        sub, sub_masks = images[idx], masks[idx]
-        variants = {"intact": sub, "object_filled": _fill(sub, sub_masks, fill_how, noise_rng),
-                    "context_filled": _fill(sub, ~sub_masks, fill_how, noise_rng)}
-        outputs = {"intact": out[torch.as_tensor(idx)]}
-        with torch.no_grad():
-            for name in ("object_filled", "context_filled"):
-                outputs[name] = model(to_tensor(variants[name]).to(device)).float()
-        x = to_tensor(sub).to(device)
-        results: dict = {}
-        if spec.detector:
-            for name, o in outputs.items():
-                found = []
-                for peaks, b in zip(heatmap_peaks(torch.sigmoid(o).cpu(), threshold), boxes):
-                    matched, taken = match_peaks(peaks, b, match_distance)
-                    tally.found[name] += int(sum(taken))
-                    tally.peaks[name] += len(peaks)
-                    tally.hits[name] += sum(1 for _, k, _ in matched if k >= 0)
-                    found.append((int(sum(taken)), len(b)))
-                results[name] = found
-            tally.lights += sum(len(b) for b in boxes)
-            cells = torch.as_tensor(light_cells(boxes, tuple(out.shape[-2:])), device=x.device, dtype=x.dtype)
-            target = _cell_target(cells)
-        else:
-            sub_labels = labels[idx]
-            scored = sub_labels >= 0
-            tally.compared += int(scored.sum())
-            for name, o in outputs.items():
-                p = o.argmax(1).cpu().numpy()
-                tally.correct[name] += int((p[scored] == sub_labels[scored]).sum())
-                results[name] = p
-            for name in tally.changed:
-                tally.changed[name] += int((results[name] != results["intact"]).sum())
-            goal = np.where(scored, sub_labels, results["intact"])
-            target = _class_target(torch.as_tensor(goal, device=x.device))
-        attr = attribute(model, x, target, attribution, ig_steps, baseline)
-        maps = attr.abs().sum(1).detach().cpu().numpy()
-        share, area = attribution_shares(maps, sub_masks)
-        tally.object_share += share.tolist()
-        tally.area_share += area.tolist()
-        for j, i in enumerate(idx):
-            candidates += 1
-            slot = len(kept) if len(kept) < examples else int(pick_rng.integers(candidates))
-            if slot < examples:
-                example = {"image": sub[j], "mask": sub_masks[j], "map": maps[j],
-                           "object_filled": variants["object_filled"][j],
-                           "context_filled": variants["context_filled"][j],
-                           "predictions": {name: results[name][j] for name in results},
-                           "label": None if spec.detector else int(labels[i]), "id": batch[i].get("id", "")}
-                if slot == len(kept):
-                    kept.append(example)
-                else:
-                    kept[slot] = example
+        variants, outputs = _occlude(model, batch, o, noise_rng)
+        results = _score_lights(batch, outputs, o, tally) if spec.detector else _score_classes(batch, outputs, tally)
+        maps = _attribute(model, spec, batch, results, o, tally)
+        reservoir.offer(batch, variants, results, maps, spec.detector)
     if tally.rows == 0:
         raise ValueError("no rows to audit")
-    metrics = _metrics(spec, tally)
-    result = ContextAudit(task=task, kind=kind, metrics=metrics)
-    if tally.without:
-        what = _OBJECT[kind][0]
-        result.notes.append(f"{tally.without} of {tally.rows} rows have no {what} (empty object region) and are left "
-                            f"out of the object/context comparison and the attribution shares")
-    if tally.unlabelled:
-        result.notes.append(f"{tally.unlabelled} rows are unlabelled (label < 0): not scored; their attribution "
-                            f"follows the predicted class")
+    result = ContextAudit(task=task, kind=kind, metrics=_metrics(spec, tally), options=o, examples=reservoir.kept)
+    result.notes += _notes(tally, kind)
     result.verdict, result.relies_on_context = verdict(result)
-    result.figures = _figures(result, kept, spec.detector, classes, fill_how, attribution)
     return result
+
+
+def _notes(tally: _Tally, kind: str) -> list:
+    notes = []
+    if tally.without:
+        notes.append(f"{tally.without} of {tally.rows} rows have no {_OBJECT[kind][0]} (empty object region) and "
+                     f"are left out of the object/context comparison and the attribution shares")
+    if tally.unlabelled:
+        notes.append(f"{tally.unlabelled} rows are unlabelled (label < 0): not scored; their attribution follows "
+                     f"the predicted class")
+    return notes
 
 
 def _metrics(spec, t: _Tally) -> dict:
@@ -590,6 +655,8 @@ def _prediction_text(pred, detector: bool, classes) -> str:
 
 
 def _summary_figure(result: ContextAudit, fill_how: str, attribution: str):
+    import matplotlib.pyplot as plt
+
     m = result.metrics
     score = _score_name(m)
     obj = _OBJECT.get(result.kind, ("object", False))[0]
@@ -619,6 +686,8 @@ def _summary_figure(result: ContextAudit, fill_how: str, attribution: str):
 
 
 def _examples_figure(result: ContextAudit, kept: list, detector: bool, classes, fill_how: str):
+    import matplotlib.pyplot as plt
+
     n = len(kept)
     fig, axes = plt.subplots(n, 4, figsize=(9, 2.3 * n), squeeze=False)
     obj = _OBJECT.get(result.kind, ("object", False))[0]
@@ -646,8 +715,15 @@ def _examples_figure(result: ContextAudit, kept: list, detector: bool, classes, 
     return fig
 
 
-def _figures(result: ContextAudit, kept: list, detector: bool, classes, fill_how: str, attribution: str) -> dict:
-    figures = {"context_occlusion": _summary_figure(result, fill_how, attribution)}
-    if kept:
-        figures["context_examples"] = _examples_figure(result, kept, detector, classes, fill_how)
-    return figures
+def figures(result: ContextAudit, classes: Optional[Sequence[str]] = None) -> dict:
+    """The audit's pictures: occlusion and attribution bars, and the kept examples (``classes`` names the class
+    indices)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    o = result.options or Options()
+    drawn = {"context_occlusion": _summary_figure(result, o.fill, o.attribution)}
+    if result.examples:
+        drawn["context_examples"] = _examples_figure(result, result.examples, get_task(result.task).detector,
+                                                     classes, o.fill)
+    return drawn

@@ -29,7 +29,7 @@ from pipeline.config import Config, ConfigError
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
-SEED_ROLE = ("pipeline.role", "correlate-seed")   # the tag of the nets this stage trains
+SEED_ROLE = "correlate-seed"     # the role tag (pipeline.models.lookup.ROLE_TAG) of the nets this stage trains
 MIN_UNITS = 32          # fewer units than this in a compared layer make a matching mean little
 
 # What the stage logs, named once for it and for the report ({layer}; {method}: matching.METHODS; {base}: random |
@@ -197,12 +197,11 @@ def metrics_of(findings: list, pair_suffix: str = "") -> dict:
 # ---------------------------------------------------------------------------------------------- stage
 
 def model_uris(spark, conf: Config, tracker) -> list:
-    """``correlate.models``, or ``correlate.seeds`` nets trained by the train stage (reused when a finished train
-    run of the same task, data, seed, width and epochs exists in this experiment)."""
-    import mlflow
-
-    from pipeline.stages import get_stage
-    from pipeline.train.evaluate import model_of
+    """``correlate.models``, or ``correlate.seeds`` nets of the train stage: reused when a finished train run of
+    the same task, data, seed, width and epochs exists in this experiment (the pipeline's own train run is seed
+    0's), else trained as a side job of the stage graph (:func:`pipeline.analysis.inputs.side_net`)."""
+    from pipeline.analysis.inputs import side_net
+    from pipeline.models.lookup import model_of, train_runs
 
     c = conf.correlate
     if c.models:
@@ -211,35 +210,30 @@ def model_uris(spark, conf: Config, tracker) -> list:
     for seed in range(c.seeds):
         train = conf.train.model_copy(update={"seed": seed, "width": c.width, "epochs": c.epochs or conf.train.epochs,
                                               "resume": False})
-        found = tracker.client.search_runs(
-            [tracker.experiment_id],
-            filter_string=" and ".join([
-                "tags.`pipeline.stage` = 'train'", "attributes.status = 'FINISHED'",
-                f"params.`train.task` = '{train.task}'", f"params.`train.data` = '{train.data}'",
-                f"params.`train.seed` = '{seed}'", f"params.`train.width` = '{train.width}'",
-                f"params.`train.epochs` = '{train.epochs}'"]),
-            order_by=["attributes.start_time DESC"], max_results=1)
+        found = train_runs(tracker, {"train.task": train.task, "train.data": train.data, "train.seed": seed,
+                                     "train.width": train.width, "train.epochs": train.epochs}, max_results=1)
         if found:
             print(f"correlate: net {seed}: reusing train run {found[0].info.run_id}", flush=True)
             uris.append(model_of(found[0]))
             continue
         print(f"correlate: net {seed}: training {train.task} (seed {seed}, width {train.width}, "
               f"{train.epochs} epochs)", flush=True)
+        variant = f"correlate-w{train.width}-e{train.epochs}-s{seed}"
         paths = conf.paths.model_copy(update={"checkpoint_url": f"{conf.paths.checkpoint_url.rstrip('/')}/correlate/"
                                                                   f"w{train.width}-e{train.epochs}-s{seed}"})
         seeded = conf.model_copy(update={"train": train, "paths": paths})
-        with tracker.stage_run("train", seeded):          # its own MLflow run, a child of this stage's
-            mlflow.set_tag(SEED_ROLE[0], SEED_ROLE[1])    # not "the newest model" of later stages
-            results = get_stage("train").function()(spark, seeded, tracker)
-        uris.append(results["model_uri"])
+        uris.append(side_net(spark, seeded, tracker, SEED_ROLE, f"train {train.task} seed {seed}",
+                             variant)["model_uri"])
     return uris
 
 
-def check_models(models: list, task_net: str) -> None:
+def check_models(models: list, uris: list, task_net: str) -> None:
+    """Every net is ``task_net`` with model 0's layer shapes (one line naming the first that is not)."""
+    from pipeline.analysis.inputs import check_net
+
     first = models[0]
     for i, model in enumerate(models):
-        if type(model).__name__ != task_net:
-            raise ConfigError(f"correlate: model {i} is a {type(model).__name__}, not the {task_net} of train.task")
+        check_net(model, task_net, uris[i], f"correlate.models[{i}]")
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if shapes != {k: tuple(v.shape) for k, v in first.state_dict().items()}:
             raise ConfigError(f"correlate: model {i} has other layer shapes than model 0 (another width or input "
@@ -253,7 +247,7 @@ def random_net(model, seed: int):
     net = copy.deepcopy(model)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net._init_weights()
+        net.init_weights()
     return net.eval()
 
 
@@ -261,10 +255,9 @@ def run(spark, conf: Config, tracker) -> dict:
     """The correlate stage (registered in pipeline.stages)."""
     import mlflow
 
-    from pipeline.train.evaluate import load_model
-    from pipeline.train.spec import make_spec
-
+    from pipeline.analysis.inputs import load_partner
     from pipeline.data.splits import require_split
+    from pipeline.train.spec import make_spec
 
     c = conf.correlate
     spec = make_spec(conf)
@@ -272,8 +265,8 @@ def run(spark, conf: Config, tracker) -> dict:
     uris = model_uris(spark, conf, tracker)
     if len(uris) < 2:
         raise ConfigError("correlate.models: give two or more model URIs (or leave it empty to train correlate.seeds)")
-    models = [load_model(uri, conf).eval() for uri in uris]
-    check_models(models, spec.task.net)
+    models = [load_partner(conf, uri, "correlate.models") for uri in uris]
+    check_models(models, uris, spec.task.net)
     layers = resolve_layers(models[0], spec.in_hw, c.layers)
     shapes = layer_shapes(models[0], spec.in_hw, layers)
     narrow = {l: s[0] for l, s in shapes.items() if s[0] < MIN_UNITS}
@@ -312,12 +305,11 @@ def run(spark, conf: Config, tracker) -> dict:
 
 
 def resolve_layers(model, in_hw: tuple, names) -> tuple:
+    """``correlate.layers`` (checked), or every transferable layer with a spatial map."""
+    from pipeline.analysis.inputs import check_layers
+
     if names:
-        unknown = [n for n in names if n not in model.layer_names]
-        if unknown:
-            raise ConfigError(f"correlate.layers: {type(model).__name__} has no layer {', '.join(unknown)}; its "
-                              f"layers: {', '.join(model.layer_names)}")
-        return tuple(names)
+        return check_layers(model, names, "correlate.layers")
     shapes = layer_shapes(model, in_hw)
     return tuple(name for name, shape in shapes.items() if len(shape) == 3 and name in model.transferable())
 

@@ -129,7 +129,7 @@ def measure(model, twins: Sequence[Twins], classes: Sequence[str], *, batch_size
     measure ``p_lanes`` / ``p_context`` (both twins pooled, and per twin kind) and the aligned accuracy, each
     with its bootstrap interval over sequences; the verdict of :func:`verdict`."""
     from pipeline.analysis.intervals import bootstrap, triple_metrics
-    from pipeline.train.loader import to_tensor
+    from pipeline.models.normalize import to_tensor
 
     if not twins:
         raise ValueError("no counterfactual twins to measure: render at least one sequence")

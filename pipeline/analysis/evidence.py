@@ -60,7 +60,7 @@ def receptive_field(net, layer: str) -> tuple[int, int, float]:
     import torch.nn as nn
 
     size, stride, start = 1, 1, 0.0
-    for name in net._order:
+    for name in net.step_names:
         module = getattr(net, name)
         if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
             k = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]

@@ -153,48 +153,29 @@ def accuracy_with_and_without(model, task, loader_spec, classes, exclude_ids: It
                               device: str = "cpu", metric: Optional[str] = None, threshold: float = 0.5,
                               match_distance: float = 8.0) -> WithAndWithout:
     """The model's key metric on the split ``loader_spec`` reads, over all its rows and over the rows whose id is
-    not in ``exclude_ids``, in one pass of :func:`pipeline.train.loader.eval_batches`, with the evaluate
-    module's own definitions: classifiers (``task.detector`` false) get accuracy (and precision / recall / F1
-    per class, macro F1 in ``metrics``); the detector gets its heat-map peak metrics
-    (:class:`pipeline.train.evaluate.DetectorTally`: precision, recall, AP, recall at precision 0.9, overall and
+    not in ``exclude_ids``, in one pass of the scorer every stage uses (:mod:`pipeline.train.scoring`):
+    classifiers (``task.detector`` false) get accuracy (and precision / recall / F1 per class, macro F1 in
+    ``metrics``); the detector gets its heat-map peak metrics
+    (:class:`pipeline.train.scoring.DetectorTally`: precision, recall, AP, recall at precision 0.9, overall and
     per distance), headline ``metric`` "ap" unless another is named. ``limit``: batches, as evaluate's."""
-    import torch
-
-    from pipeline.train.evaluate import DetectorTally, classification_metrics, heatmap_peaks
-    from pipeline.train.loader import eval_batches
+    from pipeline.train.scoring import classify, detect
 
     excluded = set(exclude_ids)
     metric = metric or ("ap" if task.detector else "accuracy")
     split = loader_spec.url.rstrip("/").rsplit("/", 1)[-1]
-    model.eval()
-    rows = kept = 0
-    with torch.no_grad():
-        if task.detector:
-            whole, without = DetectorTally(), DetectorTally()
-            for x, _, batch_rows in eval_batches(loader_spec, limit):
-                heat = torch.sigmoid(model(x.to(device)).float()).cpu()
-                for peaks, row in zip(heatmap_peaks(heat, min(0.05, threshold)), batch_rows):
-                    boxes = np.asarray(row["boxes"], np.float32).reshape(-1, 4)
-                    whole.add(peaks, boxes, row["distances"], match_distance)
-                    rows += 1
-                    if row["id"] not in excluded:
-                        without.add(peaks, boxes, row["distances"], match_distance)
-                        kept += 1
-            both = {"whole": whole.metrics("", threshold)[0], "without": without.metrics("", threshold)[0]}
-        else:
-            y_true, y_pred, keep = [], [], []
-            for x, y, batch_rows in eval_batches(loader_spec, limit):
-                y_pred.append(model(x.to(device)).float().argmax(dim=1).cpu().numpy())
-                y_true.append(y.numpy())
-                keep.append(np.array([r["id"] not in excluded for r in batch_rows], bool))
-            if not y_true:
-                raise ValueError(f"no rows to evaluate in {loader_spec.url}")
-            t, p, k = np.concatenate(y_true), np.concatenate(y_pred), np.concatenate(keep)
-            rows, kept = len(t), int(k.sum())
-            both = {"whole": classification_metrics(t, p, list(classes), ""),
-                    "without": classification_metrics(t[k], p[k], list(classes), "") if kept else {}}
-            for part in both.values():
-                part.pop("_confusion", None)
+    if task.detector:
+        scored = detect(model, loader_spec, limit, device, threshold, match_distance,
+                        groups=lambda row: ("whole",) if row["id"] in excluded else ("whole", "without"))
+        rows, kept = scored.rows, scored.group_rows.get("without", 0)
+        both = {part: scored.tally(part).metrics("", threshold)[0] for part in ("whole", "without")}
+    else:
+        scored = classify(model, loader_spec, limit, device)
+        keep = np.array([i not in excluded for i in scored.ids], bool)
+        rows, kept = len(keep), int(keep.sum())
+        both = {"whole": scored.metrics(list(classes), ""),
+                "without": scored.metrics(list(classes), "", keep) if kept else {}}
+        for part in both.values():
+            part.pop("_confusion", None)
     if not rows:
         raise ValueError(f"no rows to evaluate in {loader_spec.url}")
     if metric not in both["whole"]:

@@ -57,7 +57,7 @@ def grouped_accuracy(model, rows: Iterable[dict], *, batch_size: int = 64, devic
 def grouped_counts(model, rows: Iterable[dict], *, batch_size: int = 64, device="cpu") -> tuple[np.ndarray,
                                                                                                 np.ndarray]:
     """(correct, rows) per group (sorted by group) of a classifier on labelled ``rows`` with a ``group``."""
-    from pipeline.train.loader import to_tensor
+    from pipeline.models.normalize import to_tensor
 
     model.eval()
     groups: list = []

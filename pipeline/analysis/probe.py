@@ -38,7 +38,7 @@ def activations(nets: dict, images: np.ndarray, layers: tuple) -> dict:
     """``{(net, layer): activation}`` as float64 arrays, (N, C, H, W) for conv layers and (N, C) for the rest."""
     import torch
 
-    from pipeline.train.loader import to_tensor
+    from pipeline.models.normalize import to_tensor
 
     x = to_tensor(images)
     out = {}

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from pipeline.train.loader import MEAN, STD, from_tensor, to_tensor
+from pipeline.models.normalize import MEAN, STD, from_tensor, to_tensor
 
 __all__ = [
     "Objective", "unit", "channel", "layer", "class_logit", "heatmap", "diversity", "batched", "head_of",

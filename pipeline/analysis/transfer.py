@@ -304,7 +304,6 @@ def _checkpoint(conf: Config, cell: Cell) -> str:
 
 def train_cell(key: str, spec) -> dict:
     """One cell in a Spark task: train (one thread), then test on B; the test metrics go to the cell's run."""
-    import matplotlib.pyplot as plt
     import torch
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -316,9 +315,7 @@ def train_cell(key: str, spec) -> dict:
     torch.set_num_threads(1)
     train_fn(spec)
     model = load_trained(spec).eval()
-    result = evaluate(model, spec.task, spec.loader("test"), list(spec.classes), "test_")
-    for fig in result.figures.values():
-        plt.close(fig)
+    result = evaluate(model, spec.task, spec.loader("test"), list(spec.classes), "test_", figures=False)
     metrics = {k: float(v) for k, v in result.metrics.items() if np.isscalar(v)}
     metrics["train_seconds"] = time.perf_counter() - tic
     now = int(time.time() * 1000)
@@ -484,11 +481,8 @@ def run_sizes(spark, conf: Config, tracker, spec) -> dict:
         from pipeline.train.evaluate import evaluate
         from pipeline.train.run import build
 
-        import matplotlib.pyplot as plt
-
-        found = evaluate(build(tuned)[0].eval(), spec.task, spec.loader("test"), list(spec.classes), "test_")
-        for fig in found.figures.values():
-            plt.close(fig)
+        found = evaluate(build(tuned)[0].eval(), spec.task, spec.loader("test"), list(spec.classes), "test_",
+                         figures=False)
         metrics["sizes.as_is"] = float(found.metrics["test_accuracy"])
         print(f"transfer: {c.init_model} as it is (no fine-tuning): test accuracy {metrics['sizes.as_is']:.3f}",
               flush=True)
@@ -518,7 +512,6 @@ def run_sizes(spark, conf: Config, tracker, spec) -> dict:
 def audit_second_loss(conf: Config, c, specs: dict) -> dict:
     """The context audit of the net from scratch and the net with a second loss (largest size, seed 0) on B's
     test split: does learning where the lane paint is make the net look at it?"""
-    import matplotlib.pyplot as plt
     import mlflow
 
     from pipeline.analysis.audit import context_audit
@@ -529,8 +522,6 @@ def audit_second_loss(conf: Config, c, specs: dict) -> dict:
     for variant in ("scratch", "aux"):
         spec = specs[Cell(c.size_split, variant, 0, size=size).key]
         result = context_audit(load_trained(spec).eval(), spec, conf, "test")
-        for fig in result.figures.values():
-            plt.close(fig)
         print(f"transfer: context audit of {variant} (n{size}, seed 0): {result.verdict}", flush=True)
         mlflow.set_tag(f"transfer.audit.{variant}", result.verdict[:5000])
         for key in ("occlusion.object_drop", "occlusion.context_drop", "attribution.focus"):

@@ -65,7 +65,7 @@ def measure(net, objectives: list, images: np.ndarray) -> np.ndarray:
     """Each image's value of its own objective (image i, objective i)."""
     import torch
 
-    from pipeline.train.loader import to_tensor
+    from pipeline.models.normalize import to_tensor
 
     with torch.no_grad():
         return render.evaluate(net, render.batched(objectives), to_tensor(images)).double().numpy()
@@ -139,32 +139,23 @@ def run(spark, conf: Config, tracker) -> dict:
     import mlflow
     import torch
 
-    from pipeline.train.evaluate import latest_model_uri, load_model
+    from pipeline.analysis.inputs import check_layers, load_partner, stage_model
+    from pipeline.data.splits import require_split
     from pipeline.train.loader import rows
     from pipeline.train.spec import make_spec
 
-    from pipeline.data.splits import require_split
-
     v = conf.visualize
     torch.manual_seed(v.seed)
-    uri = v.model_uri or latest_model_uri(tracker, conf.train.task, conf.train.data)
-    net = load_model(uri, conf, "visualize.model_uri").eval()
+    uri, net = stage_model(tracker, conf, v.model_uri, "visualize.model_uri")   # logs MODEL_PARAM
     spec = make_spec(conf)
     require_split(spec, v.split, "visualize.split")
-    if type(net).__name__ != spec.task.net:
-        raise ConfigError(f"visualize: {uri} is a {type(net).__name__}, not the {spec.task.net} of "
-                          f"train.task={spec.task.name}: set train.task to the model's task")
-    layers = tuple(v.layers) if v.layers else default_layers(net, spec.in_hw)
-    unknown = [l for l in layers if l not in net.layer_names]
-    if unknown:
-        raise ConfigError(f"visualize.layers: {type(net).__name__} has no layer {', '.join(unknown)}; its layers: "
-                          f"{', '.join(net.layer_names)}")
+    layers = check_layers(net, v.layers, "visualize.layers") if v.layers else default_layers(net, spec.in_hw)
     shapes = layer_shapes(net, spec.in_hw, layers)
     units = {l: min(v.units, s[0]) for l, s in shapes.items()}
-    mlflow.log_params({MODEL_PARAM: uri, LAYERS_PARAM: ",".join(layers)})
+    mlflow.log_params({LAYERS_PARAM: ",".join(layers)})
     partner = None
     if v.partner_model:
-        partner = load_model(v.partner_model, conf, "visualize.partner_model").eval()
+        partner = load_partner(conf, v.partner_model, "visualize.partner_model")
         theirs = layer_shapes(partner, spec.in_hw, layers) if type(partner) is type(net) else {}
         if theirs != shapes:
             raise ConfigError(f"visualize.partner_model={v.partner_model} is a {type(partner).__name__} whose "
@@ -254,7 +245,7 @@ def multifaceted(net, layer: str, objectives: list, scales: np.ndarray, top: Top
     import torch
     from sklearn.cluster import KMeans
 
-    from pipeline.train.loader import to_tensor
+    from pipeline.models.normalize import to_tensor
 
     out = []
     for u, objective in enumerate(objectives[:v.facet_units]):

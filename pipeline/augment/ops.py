@@ -34,8 +34,8 @@ import scipy.fft
 import scipy.special
 from scipy import ndimage
 
-from pipeline.data.records import TL_STATES
-from pipeline.data.synth import LANE_CLASSES
+from pipeline.data.regions import grown, object_region
+from pipeline.vocab import LANE_CLASSES, TL_STATES
 
 MIN_BOX_PX = 1.0
 
@@ -541,8 +541,8 @@ def _draw_shape(target: np.ndarray, shape: dict, colour) -> None:
 @_register("context", takes_background=True, margin=Param((0, 2), (0, 32), integer=True))
 def context_paste(sample: Sample, rng: np.random.Generator, margin,
                   background: Optional[np.ndarray] = None) -> tuple[Sample, dict]:
-    """Put the object on another frame: the pixels inside the boxes and where ``mask`` is non-zero (grown
-    by ``margin`` px) are kept, every other pixel comes from ``background`` (another frame's uint8 HxWx3
+    """Put the object on another frame: the object region (:func:`pipeline.data.regions.object_region`: the
+    pixels the boxes touch and where ``mask`` is non-zero, grown by ``margin`` px) is kept, every other pixel comes from ``background`` (another frame's uint8 HxWx3
     RGB image, resized to this one if its size differs). Labels, boxes and masks stay as they are.
 
     Skipped (the sample returned unchanged) with ``{"skipped": "no background"}`` when no background is
@@ -551,25 +551,13 @@ def context_paste(sample: Sample, rng: np.random.Generator, margin,
     """
     if background is None:
         return sample, {"skipped": "no background"}
-    region = _object_region(sample)
+    region = object_region(sample.image.shape[:2], sample.mask, sample.boxes)
     if not region.any():
         return sample, {"skipped": "no object"}
     m = _integer(rng, margin)
-    if m:
-        region = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * m + 1, 2 * m + 1)))
     image = _fit(background, sample.image.shape).copy()
-    np.copyto(image, sample.image, where=region.astype(bool)[..., None])
+    np.copyto(image, sample.image, where=grown(region, m)[..., None])
     return replace(sample, image=image), {"margin": m}
-
-
-def _object_region(sample: Sample) -> np.ndarray:
-    """uint8 (H, W): 1 on the pixels any box touches and where ``mask`` is non-zero."""
-    height, width = sample.image.shape[:2]
-    region = np.zeros((height, width), np.uint8) if sample.mask is None else (sample.mask > 0).view(np.uint8)
-    limits = (width, height, width, height)
-    for x0, y0, x1, y1 in np.clip(sample.boxes, 0, limits):
-        region[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = 1
-    return region
 
 
 def _fit(background: np.ndarray, shape: tuple) -> np.ndarray:

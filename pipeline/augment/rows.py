@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.augment.ops import Sample
 from pipeline.augment.policy import Policy
-from pipeline.data.records import TL_STATES
+from pipeline.vocab import TL_STATES
 
 
 def to_sample(kind: str, row: dict) -> Sample:

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.data.records import DISTANCES, TL_STATES  # noqa: E402
+from pipeline.vocab import DISTANCES, TL_STATES  # noqa: E402
 
 STATE_COLOURS = {"red": "#ff3030", "yellow": "#ffd400", "green": "#30ff60", "off": "#c0c0c0"}
 

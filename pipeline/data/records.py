@@ -13,14 +13,7 @@ import hashlib
 from dataclasses import dataclass, field, asdict
 from typing import Optional
 
-# The canonical traffic-light states every format maps to.
-TL_STATES = ("red", "yellow", "green", "off")
-# Distance buckets, decided by box height in the stored image (see conf: ingest.distance_buckets).
-DISTANCES = ("near", "medium", "far")
-
-
-# Classes of the traffic-light crops, in label-index order: the states and "not a light".
-CROP_CLASSES = TL_STATES + ("background",)
+from pipeline.vocab import CROP_CLASSES, DISTANCES, TL_STATES  # noqa: F401  (the records' vocabulary)
 
 
 def stable_hash(text: str) -> int:

@@ -27,12 +27,8 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from pipeline.data.records import DISTANCES, TL_STATES, Box
-
-# Lane-marking classes of the ego lane; the position is the class index.
-LANE_CLASSES: tuple[str, ...] = (
-    "none", "solid_white", "dashed_white", "double_solid_yellow", "solid_dashed_yellow", "dashed_yellow",
-)
+from pipeline.data.records import Box
+from pipeline.vocab import DISTANCES, LANE_CLASSES, TL_STATES, distance_bucket  # noqa: F401  (the renderer's names)
 TIMES_OF_DAY = ("day", "dusk", "night")
 WEATHERS = ("clear", "fog", "rain")           # context["weather"]
 SCENERIES = ("urban", "suburban", "rural")    # context["scenery"]
@@ -130,17 +126,6 @@ class Frame:
     sequence_id: str
     frame_id: str
     context: dict = field(default_factory=dict)
-
-
-def distance_bucket(box_height: float, image_height: int, buckets=(0.04, 0.09)) -> str:
-    """The distance label of a traffic light: "far" if box_height/image_height < buckets[0], "medium" if
-    below buckets[1], else "near"."""
-    if image_height <= 0:
-        raise ValueError(f"image_height={image_height!r} is invalid: must be > 0")
-    ratio = box_height / image_height
-    if ratio < buckets[0]:
-        return DISTANCES[2]
-    return DISTANCES[1] if ratio < buckets[1] else DISTANCES[0]
 
 
 def render_frame(seed: int, index: int, cfg: SynthConfig = SynthConfig(), *, lane_class: str | None = None,

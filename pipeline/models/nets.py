@@ -42,20 +42,20 @@ def _check_num_classes(num_classes: Optional[int]) -> None:
 class NamedLayers(nn.Module):
     """Base of the nets: runs child modules in a declared order and exposes named activations.
 
-    Subclasses set two class attributes and create one child module per entry of ``_order``:
+    Subclasses set two class attributes and create one child module per entry of ``step_names``:
 
     * ``layer_names``: the conv / linear layers in forward order; the last one is the head.
-    * ``_order``: every step of the forward pass, in order: the named layers plus the
+    * ``step_names``: every step of the forward pass, in order: the named layers plus the
       parameter-free steps between them (pools, dropout, flatten).
     """
 
     layer_names: tuple[str, ...] = ()
-    _order: tuple[str, ...] = ()
+    step_names: tuple[str, ...] = ()
 
     def _steps(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
-        """Yield ``(step name, output)`` for each step of ``_order``; named layers include their ReLU."""
+        """Yield ``(step name, output)`` for each step of ``step_names``; named layers include their ReLU."""
         head = self.layer_names[-1]
-        for name in self._order:
+        for name in self.step_names:
             x = getattr(self, name)(x)
             if name in self.layer_names and name != head:
                 x = F.relu(x)
@@ -73,7 +73,7 @@ class NamedLayers(nn.Module):
             raise ValueError(f"in_hw={tuple(in_hw)} is too small for {type(self).__name__}") from err
         return tuple(x.shape[-2:])
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         """Kaiming-normal (fan_out, ReLU) convs, N(0, 0.01) linears, zero biases (torchvision's VGG scheme)."""
         for name in self.layer_names:
             layer = getattr(self, name)
@@ -130,7 +130,7 @@ class LaneNet(NamedLayers):
     """
 
     layer_names = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-    _order = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5",
+    step_names = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5",
               "avgpool", "flatten", "drop6", "fc6", "drop7", "fc7", "fc8")
 
     def __init__(self, num_classes: int, in_hw: tuple[int, int] = (128, 128), width: float = 1.0,
@@ -155,7 +155,7 @@ class LaneNet(NamedLayers):
         self.drop7 = nn.Dropout(dropout)
         self.fc7 = nn.Linear(f6, f7)
         self.fc8 = nn.Linear(f7, num_classes)
-        self._init_weights()
+        self.init_weights()
 
 
 class TLClassifier(NamedLayers):
@@ -167,7 +167,7 @@ class TLClassifier(NamedLayers):
     """
 
     layer_names = ("conv1", "conv2", "conv3", "conv4", "fc5", "fc6")
-    _order = ("conv1", "conv2", "pool1", "conv3", "conv4", "pool2",
+    step_names = ("conv1", "conv2", "pool1", "conv3", "conv4", "pool2",
               "avgpool", "flatten", "drop5", "fc5", "drop6", "fc6")
 
     def __init__(self, num_classes: int, in_hw: tuple[int, int] = (32, 32), width: float = 1.0,
@@ -189,7 +189,7 @@ class TLClassifier(NamedLayers):
         self.fc5 = nn.Linear(c4 * map_hw[0] * map_hw[1], f5)
         self.drop6 = nn.Dropout(dropout)
         self.fc6 = nn.Linear(f5, num_classes)
-        self._init_weights()
+        self.init_weights()
 
 
 class TLDetector(NamedLayers):
@@ -204,7 +204,7 @@ class TLDetector(NamedLayers):
     """
 
     layer_names = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7", "conv8", "heatmap")
-    _order = ("conv1", "conv2", "pool1", "conv3", "conv4", "conv5", "pool2",
+    step_names = ("conv1", "conv2", "pool1", "conv3", "conv4", "conv5", "pool2",
               "conv6", "conv7", "conv8", "heatmap")
     stride = 4
     prior_bias = -4.0
@@ -224,7 +224,7 @@ class TLDetector(NamedLayers):
         self.conv7 = nn.Conv2d(c6, c7, kernel_size=3, padding=1)
         self.conv8 = nn.Conv2d(c7, c8, kernel_size=3, padding=1)
         self.heatmap = nn.Conv2d(c8, 1, kernel_size=1)
-        self._init_weights()
+        self.init_weights()
         nn.init.normal_(self.heatmap.weight, 0.0, 0.01)
         nn.init.constant_(self.heatmap.bias, self.prior_bias)
 

@@ -1,6 +1,6 @@
 """Start a training from a logged model (``train.init_model``): pre-train on the generator, fine-tune on your data.
 
-The driver loads the source model through the safe loader (:func:`pipeline.train.evaluate.load_model`: weights
+The driver loads the source model through the safe loader (:func:`pipeline.models.lookup.load_model`: weights
 and a net card, any model URI), checks that it is the same architecture as the net to train (the net's class,
 width and, for the classifiers, the input size: one line naming both when not), and picks the layers to copy:
 every named layer whose weights have the same shapes, the head only when the source's classes are this dataset's
@@ -20,7 +20,7 @@ from pipeline.train.spec import TrainSpec
 def resolve(spec: TrainSpec, conf: Config) -> tuple[TrainSpec, dict]:
     """``spec`` set to start from ``train.init_model``, and what to record of it (params)."""
     from pipeline.models import build_model
-    from pipeline.train.evaluate import load_model
+    from pipeline.models.lookup import load_model
     from pipeline.train.checkpoints import save_checkpoint
 
     t = spec.train

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from pipeline.models.normalize import DETECTOR_STRIDE, to_tensor
 from pipeline.session import quiet_warnings
 
 # The fields training reads of each dataset kind; an augmentation policy also gets what its ops need.
@@ -25,24 +26,6 @@ AUGMENT_FIELDS = {"road_frames": ("lane_mask", "label_name"), "class_images": ("
                   "tl_crops": ("label_name",), "tl_frames": ()}
 # A second loss from the same images (the talk's "multiple loss functions"): the target each kind carries.
 AUX_TARGETS = {"road_frames": "lane_mask", "tl_crops": "distance"}
-MEAN, STD = 0.5, 0.25
-DETECTOR_STRIDE = 4
-
-
-_SCALE, _SHIFT = 1.0 / (255.0 * STD), MEAN / STD
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W): (x / 255 - MEAN) / STD, in one allocation and two
-    in-place passes (half the CPU of the plain expression; it runs in the loader thread beside the step)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return x.mul_(_SCALE).sub_(_SHIFT)
-
-
-def from_tensor(x: torch.Tensor) -> np.ndarray:
-    """The inverse of :func:`to_tensor`, for pictures."""
-    return ((x.detach().cpu().permute(0, 2, 3, 1).numpy() * STD + MEAN) * 255).round().clip(0, 255).astype(np.uint8)
-
 
 def heat_target(boxes: np.ndarray, hw: tuple, stride: int = DETECTOR_STRIDE) -> np.ndarray:
     """A (1, ceil(H/stride), ceil(W/stride)) map: a Gaussian of peak 1 at each light's centre, sized by the box."""
@@ -192,7 +175,7 @@ def collate(kind: str, batch: list, aux: Optional[str] = None) -> tuple:
         masks = np.stack([np.asarray(r["lane_mask"]) > 0 for r in batch])
         out += (torch.from_numpy(masks[:, None].astype(np.float32)),)
     elif aux == "distance":
-        from pipeline.data.records import DISTANCES
+        from pipeline.vocab import DISTANCES
 
         out += (torch.tensor([DISTANCES.index(r["distance"]) if r["distance"] in DISTANCES else len(DISTANCES)
                               for r in batch], dtype=torch.long),)

@@ -37,7 +37,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loss_fn(task):
+def task_loss(task):
+    """The task's loss: cross-entropy for classifiers; for the detector, BCE on the heat map with the cells near
+    a light weighed up (lights are rare)."""
     if task.detector:
         def heat_loss(logits, target):  # lights are rare: weigh cells near a light up
             weight = 1.0 + 20.0 * target
@@ -65,7 +67,7 @@ def build(spec: TrainSpec):
     ``spec.init_layers`` copied from the checkpoint at ``spec.init_url`` (transfer), frozen with ``spec.freeze``
     (the optimizer then holds only the rest). Returns ``(model, optimizer, scheduler, joint)``: ``joint`` is the
     module trained (the model, or the model with its auxiliary head)."""
-    from pipeline.data.records import DISTANCES
+    from pipeline.vocab import DISTANCES
     from pipeline.models import WithAux, build_model
 
     t = spec.train
@@ -126,7 +128,9 @@ def where_am_i() -> dict:
 
 
 def train_fn(spec: TrainSpec) -> None:
-    """One rank's training loop. Returns nothing: results go to MLflow and storage (in local mode every rank writes the same result file, so a return value is unreliable)."""
+    """One rank's training: set up, resume, then :func:`train_one_epoch` per epoch with validation, metrics and a
+    checkpoint on rank 0. Returns nothing: results go to MLflow and storage (in local mode every rank writes the
+    same result file, so a return value is unreliable)."""
     import torch.distributed as dist
 
     from pipeline.session import quiet_warnings
@@ -141,33 +145,12 @@ def train_fn(spec: TrainSpec) -> None:
     else:
         places = [where_am_i()]
     model, optimizer, scheduler, joint = build(spec)
-    use_amp = t.amp and device.type == "cuda"
-    # bf16 where the GPU has it: fp32's range, so no loss scaling; else fp16 with a GradScaler
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    start = 0
+    step = Step(optimizer, scheduler, device, t.amp, t.channels_last)
     state = load_checkpoint(spec.checkpoint_url) if t.resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["lr_scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if spec.aux:
-            joint.head.load_state_dict(state["aux"])
-        start = int(state["epoch"]) + 1
-    joint.to(device, memory_format=memory_format)
+    start = resume(state, model, optimizer, scheduler, step.scaler, joint if spec.aux else None)
+    joint.to(device, memory_format=step.memory_format)
     net = torch.nn.parallel.DistributedDataParallel(joint) if world > 1 else joint
-    loss_fn = _loss_fn(spec.task)
-    if spec.aux:
-        from pipeline.models import aux_loss
-
-        class_loss = loss_fn
-
-        def loss_fn(out, y, extra):  # noqa: F811  (the class loss plus the weighted second loss)
-            logits, aux_out = out
-            return class_loss(logits, y) + spec.aux_weight * aux_loss(spec.aux, aux_out, extra)
+    loss_fn = loss_of(spec)
     tracker = _RankTracker(spec) if rank == 0 else None
     if tracker:
         tracker.ranks(places, epochs_to_run=max(0, t.epochs - start))
@@ -175,39 +158,90 @@ def train_fn(spec: TrainSpec) -> None:
             tracker.resumed(start - 1)
     for epoch in range(start, t.epochs):
         seed_everything(t.seed * 1000 + epoch * 16 + rank)  # resume-safe: depends on (seed, epoch, rank)
-        net.train()
-        tic, total, seen = time.perf_counter(), 0.0, 0
         ops: dict = {}
-        for batch in batches(spec.loader("train"), spec.steps_per_epoch, rank=rank, world=world, epoch=epoch,
-                             op_counts=ops):
-            x, y, *extra = (b.to(device, non_blocking=True) for b in batch)
-            x = x.contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = loss_fn(net(x), y, *extra)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total += loss.item() * len(x)
-            seen += len(x)
-        elapsed = time.perf_counter() - tic
+        data = batches(spec.loader("train"), spec.steps_per_epoch, rank=rank, world=world, epoch=epoch, op_counts=ops)
+        loss, seen, elapsed = train_one_epoch(net, data, loss_fn, step)
         if world > 1:
             dist.barrier()
         if rank == 0:
-            metrics = {"train_loss": total / max(seen, 1), "samples_per_s": seen * world / elapsed,
+            metrics = {"train_loss": loss, "samples_per_s": seen * world / elapsed,
                        "lr": scheduler.get_last_lr()[0], **augment_counts(ops, epoch)}
             if spec.validate:
                 metrics.update(_validate(model, spec, device))
             tracker.log(metrics, step=epoch)
             save_checkpoint(spec.checkpoint_url, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "lr_scheduler": scheduler.state_dict(), "scaler": step.scaler.state_dict(), "epoch": epoch,
                 "args": spec.checkpoint_args(), **({"aux": joint.head.state_dict()} if spec.aux else {})})
         if world > 1:
             dist.barrier()
     if world > 1:
         dist.destroy_process_group()
+
+
+def loss_of(spec: TrainSpec):
+    """The loss a rank minimises: the task's (:func:`task_loss`), plus ``aux_weight`` times the second loss when
+    the spec trains one (its net then returns (logits, aux output) and the loader a third tensor)."""
+    class_loss = task_loss(spec.task)
+    if not spec.aux:
+        return class_loss
+    from pipeline.models import aux_loss
+
+    def joint_loss(out, y, extra):
+        logits, aux_out = out
+        return class_loss(logits, y) + spec.aux_weight * aux_loss(spec.aux, aux_out, extra)
+    return joint_loss
+
+
+def resume(state: Optional[dict], model, optimizer, scheduler, scaler, joint=None) -> int:
+    """Load a checkpoint's state (None: nothing to resume) into the training objects (``joint``: the net with its
+    second head, when the spec trains one); the first epoch to run."""
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["lr_scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if joint is not None:
+        joint.head.load_state_dict(state["aux"])
+    return int(state["epoch"]) + 1
+
+
+class Step:
+    """One optimisation step as every epoch takes it: the device, the memory format, mixed precision on CUDA
+    (bf16 where the GPU has it: fp32's range, so no loss scaling; else fp16 with a GradScaler)."""
+
+    def __init__(self, optimizer, scheduler, device, amp: bool, channels_last: bool):
+        self.optimizer, self.scheduler, self.device = optimizer, scheduler, device
+        self.amp = amp and device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, net, loss_fn, batch) -> tuple[float, int]:
+        """Forward, backward, optimiser and scheduler step on one batch; (its loss, its rows)."""
+        x, y, *extra = (b.to(self.device, non_blocking=True) for b in batch)
+        x = x.contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
+            loss = loss_fn(net(x), y, *extra)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.item(), len(x)
+
+
+def train_one_epoch(net, data, loss_fn, step: Step) -> tuple[float, int, float]:
+    """One pass over ``data`` (batches of one rank): (mean loss per row, rows seen, seconds)."""
+    net.train()
+    tic, total, seen = time.perf_counter(), 0.0, 0
+    for batch in data:
+        loss, rows = step(net, loss_fn, batch)
+        total += loss * rows
+        seen += rows
+    return total / max(seen, 1), seen, time.perf_counter() - tic
 
 
 def augment_counts(ops: dict, epoch: int) -> dict:
@@ -226,12 +260,8 @@ def augment_counts(ops: dict, epoch: int) -> dict:
 
 
 def _validate(model, spec: TrainSpec, device) -> dict:
-    import matplotlib.pyplot as plt
-
     result = evaluate(model, spec.task, spec.loader("val"), list(spec.classes), "val_",
-                      limit=spec.train.eval_batches or None, device=device)
-    for fig in result.figures.values():
-        plt.close(fig)
+                      limit=spec.train.eval_batches or None, device=device, figures=False)
     model.train()
     return result.metrics
 
@@ -363,7 +393,9 @@ def run(spark, conf: Config, tracker) -> dict:
         results.update({k: v for k, v in result.metrics.items() if is_key_metric(k)})
     if logged is not None:
         results["model_uri"] = logged.model_uri
-        if conf.registry.enabled and not run.data.tags.get("pipeline.role"):   # not a net of an analysis
+        from pipeline.models.lookup import ROLE_TAG
+
+        if conf.registry.enabled and not run.data.tags.get(ROLE_TAG):   # not a net of an analysis
             from pipeline.registry import register
 
             version = register(conf, spec.task.name, logged.model_id, spec.run_id)
@@ -378,7 +410,7 @@ def log_trained(model, spec: TrainSpec, conf: Config, tracker):
     from mlflow.entities import LoggedModelInput
 
     from pipeline.models import stored
-    from pipeline.train.evaluate import MODEL_TAG
+    from pipeline.models.lookup import MODEL_TAG
 
     info = stored.card(spec.task.name, spec.classes, spec.in_hw, spec.train.width, spec.kind,
                        data=spec.train.data, seed=spec.train.seed, epochs=spec.train.epochs)

@@ -4,7 +4,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
-from pipeline.train.evaluate import ModelNotFound
+from pipeline.models.lookup import ModelNotFound
 
 
 # Its own experiment in the shared tiny store: correlate (same store) reuses any finished lane net of seed 0 it

@@ -25,7 +25,7 @@ from pipeline.analysis import context as C
 from pipeline.data.images import crop
 from pipeline.data.records import CROP_CLASSES, Box
 from pipeline.models import build_model
-from pipeline.train.loader import to_tensor
+from pipeline.models.normalize import to_tensor
 
 HW = 32
 
@@ -323,7 +323,7 @@ def test_attribution_shares_and_light_cells():
 def test_audit_flags_a_net_that_reads_only_the_context(kind):
     _, context_net = _nets(kind)
     result = C.audit(context_net, "lane_classifier" if kind == "road_frames" else "tl_classifier",
-                     _rows(kind), batch_size=8, examples=4)
+                     _rows(kind), C.Options(batch_size=8, examples=4))
     m = result.metrics
     assert result.kind == kind and m["rows"] == 35 and m["rows_without_object"] == 3
     assert m["occlusion.intact_accuracy"] == 1.0 and m["occlusion.object_filled_accuracy"] == 1.0
@@ -332,9 +332,10 @@ def test_audit_flags_a_net_that_reads_only_the_context(kind):
     assert result.relies_on_context is True
     assert result.verdict.startswith("relies on context: accuracy with the ")
     assert "3 of 35 rows without" in result.verdict and "3 of 35 rows" in result.notes[0]
-    assert set(result.figures) == {"context_occlusion", "context_examples"}
-    assert len(result.figures["context_examples"].axes) == 4 * 4
-    for fig in result.figures.values():
+    figs = C.figures(result)
+    assert set(figs) == {"context_occlusion", "context_examples"}
+    assert len(figs["context_examples"].axes) == 4 * 4
+    for fig in figs.values():
         plt.close(fig)
 
 
@@ -342,7 +343,7 @@ def test_audit_flags_a_net_that_reads_only_the_context(kind):
 def test_audit_clears_a_net_that_reads_only_the_object(kind):
     object_net, _ = _nets(kind)
     result = C.audit(object_net, "lane_classifier" if kind == "road_frames" else "tl_classifier",
-                     _rows(kind), batch_size=8, examples=2)
+                     _rows(kind), C.Options(batch_size=8, examples=2))
     m = result.metrics
     assert m["occlusion.intact_accuracy"] == 1.0 and m["occlusion.context_filled_accuracy"] == 1.0
     assert m["occlusion.object_filled_accuracy"] <= 0.55
@@ -351,7 +352,7 @@ def test_audit_clears_a_net_that_reads_only_the_object(kind):
     assert m["attribution.focus_median"] == pytest.approx(1 / m["attribution.area_share_median"], rel=0.02)
     assert result.relies_on_context is False and result.verdict.startswith("looks at the object")
     assert m["occlusion.all_rows_accuracy"] < 1.0       # the rows without an object are scored there only
-    for fig in result.figures.values():
+    for fig in C.figures(result).values():
         plt.close(fig)
 
 
@@ -359,20 +360,21 @@ def test_audit_clears_a_net_that_reads_only_the_object(kind):
 def test_every_fill_exposes_the_context_net(how):
     object_net, context_net = _nets("road_frames")
     rows = _rows("road_frames", 24, 0)
-    flagged = C.audit(context_net, "lane_classifier", rows, fill=how, examples=0)
-    cleared = C.audit(object_net, "lane_classifier", rows, fill=how, examples=0)
+    flagged = C.audit(context_net, "lane_classifier", rows, C.Options(fill=how, examples=0))
+    cleared = C.audit(object_net, "lane_classifier", rows, C.Options(fill=how, examples=0))
     assert flagged.relies_on_context and not cleared.relies_on_context
     assert flagged.metrics["occlusion.context_filled_accuracy"] <= 0.75
     assert cleared.metrics["occlusion.object_filled_accuracy"] <= 0.75
-    assert set(flagged.figures) == {"context_occlusion"}
+    assert set(C.figures(flagged)) == {"context_occlusion"}
     plt.close("all")
 
 
 def test_integrated_attribution_agrees_with_the_construction():
     object_net, context_net = _nets("road_frames")
     rows = _rows("road_frames", 8, 0)
-    looks = C.audit(object_net, "lane_classifier", rows, attribution="integrated", ig_steps=4, examples=0)
-    ignores = C.audit(context_net, "lane_classifier", rows, attribution="integrated", ig_steps=4, examples=0)
+    integrated = C.Options(attribution="integrated", ig_steps=4, examples=0)
+    looks = C.audit(object_net, "lane_classifier", rows, integrated)
+    ignores = C.audit(context_net, "lane_classifier", rows, integrated)
     assert looks.metrics["attribution.object_share_median"] > 0.99
     assert ignores.metrics["attribution.focus_median"] < 1.0 and ignores.relies_on_context
     plt.close("all")
@@ -396,7 +398,7 @@ def test_audit_reads_rows_batch_by_batch():
             seen_at_forward.append(yielded[0])
             return self.net(x)
 
-    result = C.audit(Spy(), "lane_classifier", stream(), batch_size=6, examples=2, max_rows=15)
+    result = C.audit(Spy(), "lane_classifier", stream(), C.Options(batch_size=6, examples=2, max_rows=15))
     assert result.metrics["rows"] == 15
     assert seen_at_forward[0] == 6 and max(seen_at_forward) <= 15
     plt.close("all")
@@ -446,8 +448,8 @@ class LightDetector(nn.Module):
 
 def test_detector_audit_tells_a_light_detector_from_a_pole_detector():
     rows = _frames()
-    looks = C.audit(LightDetector("light"), "tl_detector", rows, batch_size=4, examples=3)
-    pole = C.audit(LightDetector("pole"), "tl_detector", rows, batch_size=4, examples=3)
+    looks = C.audit(LightDetector("light"), "tl_detector", rows, C.Options(batch_size=4, examples=3))
+    pole = C.audit(LightDetector("pole"), "tl_detector", rows, C.Options(batch_size=4, examples=3))
     for result in (looks, pole):
         m = result.metrics
         assert result.kind == "tl_frames" and m["rows_without_object"] == 1 and m["occlusion.lights"] == 12
@@ -458,7 +460,7 @@ def test_detector_audit_tells_a_light_detector_from_a_pole_detector():
     assert a["attribution.object_share_median"] > 0.99 and b["attribution.object_share_median"] < 0.01
     assert not looks.relies_on_context and looks.verdict.startswith("looks at the object: recall with the lights")
     assert pole.relies_on_context and pole.verdict.startswith("relies on context: recall with the lights filled 1.00")
-    assert "context_examples" in pole.figures
+    assert "context_examples" in C.figures(pole)
     plt.close("all")
 
 
@@ -469,7 +471,7 @@ def test_detector_attribution_follows_the_logits_at_the_light_cells_only():
         def forward(self, x):
             return F.avg_pool2d(x.mean(1, keepdim=True), 4)
 
-    result = C.audit(CellReader(), "tl_detector", _frames(3), dilate=0, examples=0)
+    result = C.audit(CellReader(), "tl_detector", _frames(3), C.Options(dilate=0, examples=0))
     m = result.metrics
     assert m["attribution.object_share_median"] == pytest.approx(1.0)
     assert m["attribution.area_share_median"] == pytest.approx(2 * 16 / FRAME ** 2)

@@ -26,7 +26,8 @@ def _materialised(conf, uris, layer):
     import torch
 
     from pipeline.models import stored
-    from pipeline.train.loader import rows, to_tensor
+    from pipeline.train.loader import rows
+    from pipeline.models.normalize import to_tensor
 
     spec = make_spec(conf)
     images = np.stack([r["image"] for r in rows(spec.loader("val"))])
@@ -47,7 +48,7 @@ def test_correlate_trains_two_seeds_and_logs_matrices_equal_to_numpy(correlated)
     trained = [client.get_run(client.get_logged_model(u[len("models:/"):]).source_run_id) for u in uris]
     assert [t.data.params["train.seed"] for t in trained] == ["0", "1"]
     assert all(t.info.status == "FINISHED" and t.data.tags["mlflow.parentRunId"] == results["run_id"] for t in trained)
-    from pipeline.train.evaluate import ModelNotFound, latest_model_uri
+    from pipeline.models.lookup import ModelNotFound, latest_model_uri
 
     try:                                         # later stages' "newest model" is never a seed net trained here
         newest = latest_model_uri(Tracker(conf), "lane_classifier", conf.train.data)

@@ -175,7 +175,7 @@ def train_lane_net(bias: float, lanes: bool, seed: int = 0) -> dict:
     """A LaneNet trained on frames of the synthetic set 0 at ``bias`` (markings painted or not); its weights."""
     from pipeline.data.images import resize
     from pipeline.models import build_model
-    from pipeline.train.loader import to_tensor
+    from pipeline.models.normalize import to_tensor
 
     torch.set_num_threads(1)
     cfg = SynthConfig(width=320, height=180, frames_per_sequence=FRAMES_PER_SEQUENCE, context_bias=bias)

@@ -8,7 +8,8 @@ import torch
 from pipeline.analysis.evidence import TopK, patch, receptive_field
 from pipeline.analysis.probe import Probe, fold, layer_shapes
 from pipeline.models import build_model
-from pipeline.train.loader import rows, to_tensor
+from pipeline.train.loader import rows
+from pipeline.models.normalize import to_tensor
 from pipeline.train.spec import make_spec
 
 

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from pipeline.analysis import render as R
 from pipeline.models import build_model
-from pipeline.train.loader import to_tensor
+from pipeline.models.normalize import to_tensor
 
 HW = 32
 

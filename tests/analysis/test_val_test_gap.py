@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from pipeline.analysis.intervals import gap, grouped_counts
 from pipeline.data.images import resize
 from pipeline.data.synth import LANE_CLASSES, SynthConfig, render_frame
-from pipeline.train.loader import to_tensor
+from pipeline.models.normalize import to_tensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/analysis/conftest.py)
 

@@ -34,7 +34,7 @@ def visualized(spark, lights):
     import mlflow
 
     from pipeline.models import stored
-    from pipeline.train.evaluate import load_model
+    from pipeline.models.lookup import load_model
     from tests.analysis.test_correlate import permuted_copy
 
     conf, trained = lights
@@ -109,8 +109,9 @@ def test_the_red_logit_wants_red_and_the_green_logit_green(lights):
     from pipeline.analysis import render, visualize
     from pipeline.data.records import CROP_CLASSES
     from pipeline.data.synth import _LENS_LIT
-    from pipeline.train.evaluate import load_model
-    from pipeline.train.loader import rows, to_tensor
+    from pipeline.models.lookup import load_model
+    from pipeline.train.loader import rows
+    from pipeline.models.normalize import to_tensor
     from pipeline.train.spec import make_spec
 
     conf, trained = lights

@@ -132,12 +132,12 @@ def planted(tmp_path_factory):
 
 
 def test_no_loader_runs_a_payload_planted_in_a_logged_model(planted, capsys):
-    """Every stage loads models through pipeline.train.evaluate.load_model (the scan below shows no other
+    """Every stage loads models through pipeline.models.lookup.load_model (the scan below shows no other
     loader exists): a planted pickle never runs; the earlier form and a foreign weights file are refused with one
     line, a pickle beside the pipeline's files is ignored. The evaluate command says so and exits 2."""
     from pipeline.cli import main
     from pipeline.models.stored import UnsafeModel
-    from pipeline.train.evaluate import load_model
+    from pipeline.models.lookup import load_model
     from tests.conftest import TINY, make_conf
 
     work, cases = planted
@@ -167,7 +167,7 @@ def test_the_safe_form_loads_with_mlflows_own_api_too(planted):
     installed package, not code from the store) and predicts the same logits as the pipeline's loader."""
     import mlflow.pyfunc
 
-    from pipeline.train.evaluate import load_model
+    from pipeline.models.lookup import load_model
     from tests.conftest import make_conf
 
     work, cases = planted
@@ -261,7 +261,7 @@ def test_no_code_path_deserializes_with_pickle_outside_the_safe_loaders():
     assert readers_of_petastorm == ["pipeline/train/loader.py"]
     assert "store.schemas_from_code(" in (REPO / "pipeline" / "train" / "loader.py").read_text()
     assert "Loader = CSafeLoader" in (REPO / "pipeline" / "yamltext.py").read_text()
-    assert "stored.load(uri, conf.mlflow.tracking_uri)" in (REPO / "pipeline" / "train" / "evaluate.py").read_text()
+    assert "stored.load(uri, conf.mlflow.tracking_uri)" in (REPO / "pipeline" / "models" / "lookup.py").read_text()
     record("untrusted: checkpoints, models and stored values", "checkpoints load with weights_only=True (a pickled "
            "payload is refused), models as safetensors weights and a JSON card rebuilt by the project's code, "
            "stored arrays with allow_pickle=False; no other deserializer in pipeline/, schemas/ or jobs/ (aliases "

@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from pipeline.data import parts
-from pipeline.train.evaluate import DetectorTally, average_precision, evaluate_detector, heatmap_peaks, match_peaks
-from pipeline.train.loader import DETECTOR_STRIDE as S, MEAN, STD, LoaderSpec
+from pipeline.train.evaluate import evaluate_detector
+from pipeline.train.scoring import DetectorTally, average_precision, heatmap_peaks, match_peaks
+from pipeline.train.loader import LoaderSpec
+from pipeline.models.normalize import DETECTOR_STRIDE as S, MEAN, STD
 from schemas.datasets import SCHEMAS
 
 NAN = float("nan")

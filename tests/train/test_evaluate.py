@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.train.evaluate import (DetectorTally, average_precision, classification_metrics, heatmap_peaks,
-                                     match_peaks)
+from pipeline.train.scoring import (DetectorTally, average_precision, classification_metrics, heatmap_peaks,
+                                    match_peaks)
 
 
 def test_classification_metrics_from_a_known_confusion():

@@ -30,7 +30,7 @@ def train(spark, conf, stage="train"):
 def beats_the_majority(conf, results, split="val"):
     """The logged model's accuracy on ``split``, re-scored here, is the one the run logged for that split and above
     the share of the split's most common class (what a net that learned nothing reaches by always saying it)."""
-    from pipeline.train.evaluate import load_model
+    from pipeline.models.lookup import load_model
     from pipeline.train.loader import eval_batches
 
     model = load_model(results["model_uri"], conf).eval()
@@ -112,7 +112,8 @@ def test_traffic_light_classifier_and_detector_train(spark, tiny_data):
     for key in ("test_precision", "test_recall", "test_ap", "test_recall_near", "val_recall"):
         assert key in metrics
     # the logged test metrics are the logged model's: re-evaluated here on the test split, every one equal
-    from pipeline.train.evaluate import evaluate, load_model
+    from pipeline.models.lookup import load_model
+    from pipeline.train.evaluate import evaluate
 
     spec = make_spec(det_conf)
     again = evaluate(load_model(run.data.tags["pipeline.model_uri"], det_conf), spec.task, spec.loader("test"),
