@@ -19,7 +19,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline.analysis import audit, correlate, transfer, visualize
-from pipeline.report import ARTIFACT, PNG_SIGNATURE, correlate_columns, fmt, visualize_columns
+from pipeline.data import store
+from pipeline.report import (ARTIFACT, PNG_SIGNATURE, Artifacts, build, correlate_columns, find_runs, fmt, render,
+                             visualize_columns)
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 from tests.browser import ARTIFACTS, require_chromium
@@ -67,6 +69,7 @@ class Page(HTMLParser):
         self.sections: dict = {}
         self.section_images: dict = {}
         self.alts: dict = {}                # section -> the alt text of its images, in order
+        self.figures: dict = {}             # section -> {alt text: src} of its images
         self.tables: dict = {}              # section -> [Table], in order
         self._section = self._table = self._row = self._cell = self._heading = None
         self._last_heading = ""
@@ -80,11 +83,13 @@ class Page(HTMLParser):
             self.sections[self._section] = ""
             self.section_images[self._section] = 0
             self.alts[self._section], self.tables[self._section] = [], []
+            self.figures[self._section] = {}
         if tag == "img":
             self.images.append(a.get("src", ""))
             if self._section:
                 self.section_images[self._section] += 1
                 self.alts[self._section].append(a.get("alt", ""))
+                self.figures[self._section][a.get("alt", "")] = a.get("src", "")
         if self._section and tag in ("h2", "h3", "h4"):
             self._heading = ""
         if self._section and tag == "table":
@@ -413,6 +418,53 @@ def test_the_names_the_report_reads_are_the_ones_the_stages_logged(pipeline_run,
     for stage, names in order.items():
         assert page.alts[stage] == names, stage                           # the counterfactual test leads the audit's
         assert logged(stage) == set(names), stage                         # every figure the stage logged is shown
+
+
+def test_the_sample_grids_are_the_ones_the_ingest_run_logged(pipeline_run, tmp_path):
+    """The dataset section's sample grid of each kind is the ingest run's logged ``figures/samples_<kind>.png``, byte
+    for byte (not one drawn from whatever is at the dataset's URL when the page is built)."""
+    conf, _, results = pipeline_run
+    _, page = read(results["report"]["report_path"])
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    run_id = results["ingest"]["run_id"]
+    logged = sorted(Path(a.path).stem for a in client.list_artifacts(run_id, "figures")
+                    if Path(a.path).name.startswith("samples_"))
+    assert logged == ["samples_road_frames", "samples_tl_crops", "samples_tl_frames"]   # the synthetic source's kinds
+    shown = {alt: src for alt, src in page.figures["dataset"].items() if alt.startswith("samples")}
+    assert sorted(shown) == logged
+    for name in logged:
+        png = Path(client.download_artifacts(run_id, f"figures/{name}.png", str(tmp_path))).read_bytes()
+        assert base64.b64decode(shown[name].split(",", 1)[1], validate=True) == png, name
+
+
+def unwritten(text: str) -> str:
+    """A page without the time it was written (the one thing a rebuild of it changes)."""
+    out, n = re.subn(r" &middot; written [^<]*</p>", "</p>", text)
+    assert n == 1
+    return out
+
+
+def test_a_page_rebuilt_with_the_dataset_gone_is_the_same_page(pipeline_run, tmp_path):
+    """Everything on the page comes from the runs: rebuilt from MLflow while the ingested dataset is gone from its
+    URL, it is the page the report wrote (but for the time it was written)."""
+    conf, parent_id, results = pipeline_run
+    text, _ = read(results["report"]["report_path"])
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    parent = client.get_run(parent_id)
+    url = results["ingest"]["dataset_url"]
+    fs, root = store.filesystem(url)
+    aside = str(tmp_path / "dataset")
+    fs.mv(root, aside, recursive=True)
+    try:
+        assert not store.exists(url)
+        found = find_runs(client, parent.info.experiment_id, parent_id, {results["report"]["run_id"]}, conf)
+        page = build(found, client, Artifacts(client, tmp_path / "artifacts"))
+        again = render(page, found, parent_id, conf.mlflow.experiment, conf.mlflow.tracking_uri,
+                       parent.data.tags["mlflow.source.git.commit"], parent.info.start_time)
+    finally:
+        fs.mv(aside, root, recursive=True)           # the dataset back, for any test after this one
+    assert store.exists(url)
+    assert unwritten(again) == unwritten(text)
 
 
 def test_the_detector_section_pivots_its_metrics_by_distance(tmp_path):
