@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from pipeline.config import CONF_DIR, Config, ConfigError, load_config, profiles
 from pipeline.errors import EmptySplit, UserError
-from pipeline.stages import STAGES, Job, get_stage, job_name, plan, run_stage, select, why_not_done
+from pipeline.stages import SKIPPED_JOB_TAG, STAGES, Job, get_stage, job_name, plan, run_stage, select, why_not_done
 
 EXIT_SKIPPED = 3
 SKIP_RULE = ("An empty split (one with no rows: a small ingest may place no group in val or test) never stops a "
@@ -124,7 +124,7 @@ def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force:
                 if blocked and not job.stage.partial:
                     skipped[job.name] = f"it needs {', '.join(blocked)}, skipped above"
                     print(f"-- [{i}/{len(jobs)}] {job.name} skipped: {skipped[job.name]}", flush=True)
-                    parent_tag(f"pipeline.skipped.{job.name}", skipped[job.name])
+                    parent_tag(SKIPPED_JOB_TAG.format(job=job.name), skipped[job.name])
                     continue
                 reason = "forced" if force else why_not_done(job_conf, job.stage, job.needs)
                 if reason is None:
@@ -147,7 +147,7 @@ def _execute(conf: Config, jobs: Sequence[Job], name: str, verbose: bool, force:
                     skipped[job.name] = str(exc)
                     if len(jobs) > 1:   # a stage run alone says it in its last line
                         print(f"-- [{i}/{len(jobs)}] {job.name} skipped: {exc}", flush=True)
-                    parent_tag(f"pipeline.skipped.{job.name}", str(exc))
+                    parent_tag(SKIPPED_JOB_TAG.format(job=job.name), str(exc))
                 except UserError as exc:
                     if len(jobs) > 1:  # say which stage; a stage run alone says it in its command already
                         exc.args = (f"stage {job.name}: {exc}", *exc.args[1:])

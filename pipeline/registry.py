@@ -25,6 +25,8 @@ from typing import Optional
 
 from pipeline.config import Config
 
+GATE_PASSED, GATE_LINE = "gate.passed", "gate.line"   # the decision (tags of the version and the audit run)
+
 RELIES = "relies on context"     # the verdicts' phrase (pipeline.analysis.counterfactual / context)
 
 
@@ -142,7 +144,7 @@ def apply(conf: Config, task: str, uri: str, gate: Gate, evidence: dict, audit_r
 
     c = client(conf)
     alias, name = conf.registry.alias, conf.registry.names[task]
-    tags = {"gate.passed": str(gate.passed).lower(), "gate.decision": gate.line()[:5000],
+    tags = {GATE_PASSED: str(gate.passed).lower(), "gate.decision": gate.line()[:5000],
             "gate.reasons": "; ".join(gate.reasons)[:5000], "gate.audit_run": audit_run,
             **{k: str(v)[:5000] for k, v in evidence.items()}}
     model_id = model_id_of(conf, uri)
@@ -164,7 +166,7 @@ def apply(conf: Config, task: str, uri: str, gate: Gate, evidence: dict, audit_r
         said = (f"gate: {uri} {gate.line()}; it is no registered version of {name} (registry.enabled=false, or "
                 f"a net trained for an analysis), so no alias moves")
     print(said, flush=True)
-    decision = {**tags, "gate.line": said[:5000],
+    decision = {**tags, GATE_LINE: said[:5000],
                 "gate.version": f"{name}/{version.version}" if version is not None else "",
                 "gate.alias_holder": str(_alias_holder(c, name, alias) or "")}
     return decision

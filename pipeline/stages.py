@@ -24,6 +24,9 @@ from pipeline.config import Config
 from pipeline.data import store
 from pipeline.tasks import PER_TASK_STAGES
 
+SKIPPED_TAG = "pipeline.skipped"            # a stage run whose split was empty: why (the run ends FAILED)
+SKIPPED_JOB_TAG = "pipeline.skipped.{job}"  # on the parent run of pipeline run: a job skipped, and why
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -276,7 +279,7 @@ def run_stage(stage: Stage, spark, conf: Config, tracker, needs=(), job: Optiona
         except EmptySplit as exc:
             import mlflow
 
-            mlflow.set_tag("pipeline.skipped", str(exc)[:5000])
+            mlflow.set_tag(SKIPPED_TAG, str(exc)[:5000])
             raise
         results["run_id"] = run.info.run_id
     mark_done(conf, stage, results, needs, job)

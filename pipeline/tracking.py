@@ -49,6 +49,12 @@ from pipeline.config import Config, dump_yaml
 from pipeline.errors import UserError
 from pipeline.tasks import PER_TASK_STAGES
 
+# The tags every run of the pipeline carries (the report and the UI find runs by them), and where figures go
+KIND_TAG, KIND_PIPELINE, KIND_STAGE = "pipeline.kind", "pipeline", "stage"
+STAGE_TAG, TASK_TAG = "pipeline.stage", "pipeline.task"
+ERROR_TAG = "error"                      # a failed or killed run: what ended it
+FIGURES = "figures"                      # artifact folder of log_figure: figures/<name>.png
+
 _REPO = Path(__file__).resolve().parent.parent
 MAX_PARAM_LEN = 500
 
@@ -211,7 +217,7 @@ class Tracker:
             run_id = run.info.run_id
             if run_id not in dead:
                 continue
-            self.client.set_tag(run_id, "error", f"killed: {dead[run_id]} ended without ending the run "
+            self.client.set_tag(run_id, ERROR_TAG, f"killed: {dead[run_id]} ended without ending the run "
                                                  f"(SIGKILL, the OOM killer or a power cut); marked KILLED later")
             self.client.set_terminated(run_id, "KILLED")
             print(f"mlflow: run {run_id} ({run.info.run_name}) was left RUNNING by {dead[run_id]}, which is gone: "
@@ -222,7 +228,7 @@ class Tracker:
     @contextlib.contextmanager
     def pipeline_run(self, name: str) -> Iterator[mlflow.ActiveRun]:
         """The parent run of one invocation; stages opened inside become its children."""
-        with self._run(name, nested=False, tags={"pipeline.kind": "pipeline"}) as run:
+        with self._run(name, nested=False, tags={KIND_TAG: KIND_PIPELINE}) as run:
             self.parent_id = run.info.run_id
             try:
                 yield run
@@ -243,9 +249,9 @@ class Tracker:
             with self.pipeline_run(name), self.stage_run(stage, conf, name, per_task, tags) as run:
                 yield run
             return
-        tags = {**(tags or {}), "pipeline.kind": "stage", "pipeline.stage": stage}
+        tags = {**(tags or {}), KIND_TAG: KIND_STAGE, STAGE_TAG: stage}
         if per_task:
-            tags["pipeline.task"] = conf_.train.task
+            tags[TASK_TAG] = conf_.train.task
         with self._run(name, nested=True, tags=tags, conf=conf, system=stage == "train") as run:
             yield run
 
@@ -287,7 +293,7 @@ class Tracker:
         with _retries(0 if self.unreachable else None):
             try:
                 if not self.unreachable:
-                    mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+                    mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
                     mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
             except Exception as log_exc:  # noqa: BLE001  (the original error matters more)
                 self.unreachable = _reason(log_exc)
@@ -317,7 +323,7 @@ class Tracker:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
-        log_bytes(buf.getvalue(), f"figures/{name}.png")
+        log_bytes(buf.getvalue(), f"{FIGURES}/{name}.png")
 
     @staticmethod
     def log_dataset(name: str, url: str, rows: int, fingerprint: str, context: str = "output") -> None:

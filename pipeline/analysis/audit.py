@@ -33,6 +33,8 @@ CONTEXT_VERDICT, INDEPENDENCE_VERDICT = "audit.context_verdict", "audit.independ
 CONTEXT_NOTES = "audit/context.txt"
 MODEL_PARAM, DATA_PARAM = "audit.model_uri_resolved", "audit.data_url"
 FRAME_SPLIT_ROLE = "audit-frame-split"   # the role tag of the net audit.frame_split trains
+CONTEXT_PREFIX, INDEPENDENCE_PREFIX = "context.", "independence."   # the audit's metrics
+INDEPENDENCE_FIGURE = "independence"
 
 
 def audit_rows(spec, split: str):
@@ -203,7 +205,7 @@ def independence_audit(spark, model, spec, conf: Config, split: str, tracker,
     if gap is not None:
         metrics.update(gap[0])
         text += " " + gap[1]
-    tracker.log_figure(ind.independence_figure(result, frame_twins or twins, examples, comparison), "independence")
+    tracker.log_figure(ind.independence_figure(result, frame_twins or twins, examples, comparison), INDEPENDENCE_FIGURE)
     mlflow.log_dict({"pairs": [list(p) for p in twins.pairs[:500]]}, "audit/near_duplicates_of_train.json")
     return {k: float(v) for k, v in metrics.items()}, text
 
@@ -289,8 +291,8 @@ def gate(model, spec, conf: Config, uri: str, said_context: str, relies: bool, m
     decision = registry.apply(conf, spec.train.task, uri, decided, {CONTEXT_VERDICT: said_context,
                                                                     INDEPENDENCE_VERDICT: said}, run_id)
     mlflow.set_tags({k: v for k, v in decision.items() if k.startswith("gate.") and k != "gate.audit_run"})
-    mlflow.log_metric("gate.passed", float(decided.passed))
-    return {k: decision[k] for k in ("gate.passed", "gate.line", "gate.version")}
+    mlflow.log_metric(registry.GATE_PASSED, float(decided.passed))
+    return {k: decision[k] for k in (registry.GATE_PASSED, registry.GATE_LINE, "gate.version")}
 
 
 def run(spark, conf: Config, tracker) -> dict:

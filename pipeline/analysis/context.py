@@ -428,6 +428,7 @@ class Options:
 
 
 VARIANTS = ("intact", "object_filled", "context_filled")
+FIGURES = ("context_occlusion", "context_examples")
 
 
 @dataclass
@@ -722,8 +723,8 @@ def figures(result: ContextAudit, classes: Optional[Sequence[str]] = None) -> di
 
     matplotlib.use("Agg")
     o = result.options or Options()
-    drawn = {"context_occlusion": _summary_figure(result, o.fill, o.attribution)}
+    drawn = {FIGURES[0]: _summary_figure(result, o.fill, o.attribution)}
     if result.examples:
-        drawn["context_examples"] = _examples_figure(result, result.examples, get_task(result.task).detector,
+        drawn[FIGURES[1]] = _examples_figure(result, result.examples, get_task(result.task).detector,
                                                      classes, o.fill)
     return drawn

@@ -28,7 +28,7 @@ from pipeline.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-RANDOM = "random"
+RANDOM, PERMUTED = "random", "permuted"       # the two baselines a pair of nets is set against
 SEED_ROLE = "correlate-seed"     # the role tag (pipeline.models.lookup.ROLE_TAG) of the nets this stage trains
 MIN_UNITS = 32          # fewer units than this in a compared layer make a matching mean little
 
@@ -43,6 +43,7 @@ UNMATCHED = "unmatched_units.{layer}"
 DEAD = "dead_units.{net}.{layer}"
 MUTUAL_INFORMATION = "mutual_information_bits.{layer}"
 PROBE_SAMPLES = "probe_samples"
+FIGURES = ("correlate_{layer}_matrices", "correlate_matched_curves", "correlate_cka", "correlate_clusters")
 MODELS_PARAM, PROBE_PARAM, LAYERS_PARAM = "correlate.model_uris", "correlate.probe_url", "correlate.layers_resolved"
 
 
@@ -157,7 +158,7 @@ def layer_findings(sums: Sums, layer: str, a: str, b: str, threshold: float, clu
                                                   b: np.flatnonzero(m.dead(bb)).tolist()},
         within_a=within_a, within_b=within_b, between=between, matched=_matched_all(core),
         hungarian=(la[rows], lb[cols]), unmatched=unmatched,
-        baselines={"random": _matched_all(random_corr), "permuted": _matched_all(permuted)},
+        baselines={RANDOM: _matched_all(random_corr), PERMUTED: _matched_all(permuted)},
         cka=sums.mean.cka(ba, bb), cka_debiased=sums.mean.cka(ba, bb, debiased=True), svcca=m.svcca(ba, bb),
         clusters=matching.clusters(within_a[np.ix_(la, la)], within_b[np.ix_(lb, lb)], core, clusters, seed)
         if len(la) > 1 and len(lb) > 1 else {"labels": np.zeros(0), "clusters": []})
@@ -374,7 +375,7 @@ def log_artifacts(tracker, findings: list, cka: np.ndarray, cka_debiased: np.nda
         (root / "layers.json").write_text(json.dumps(list(layers)))
         mlflow.log_artifacts(str(root), "correlate")     # whole, after every file is written
     for f in findings:
-        tracker.log_figure(figures.correlation_matrices(f), f"correlate_{f.layer}_matrices")
-    tracker.log_figure(figures.matched_curves(findings), "correlate_matched_curves")
-    tracker.log_figure(figures.cka_figure(cka, cka_debiased, layers), "correlate_cka")
-    tracker.log_figure(figures.cluster_figure(findings), "correlate_clusters")
+        tracker.log_figure(figures.correlation_matrices(f), FIGURES[0].format(layer=f.layer))
+    tracker.log_figure(figures.matched_curves(findings), FIGURES[1])
+    tracker.log_figure(figures.cka_figure(cka, cka_debiased, layers), FIGURES[2])
+    tracker.log_figure(figures.cluster_figure(findings), FIGURES[3])

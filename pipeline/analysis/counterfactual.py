@@ -47,6 +47,7 @@ __all__ = ["VARIANTS", "TWINS", "Twins", "CounterfactualResult", "other_class", 
 
 VARIANTS = ("aligned", "context_twin", "lanes_twin")
 TWINS = ("context_twin", "lanes_twin")
+FIGURE = "context_counterfactual"
 _SALT_OTHER = 41          # the stream that draws a sequence's other class C
 
 
@@ -185,7 +186,7 @@ def measure(model, twins: Sequence[Twins], classes: Sequence[str], *, batch_size
                                   twins=int(2 * f.sum()))
     pick = np.random.default_rng([seed, 2]).permutation(len(twins))[:examples]
     result.examples = [(twins[j], {v: classes[preds[v][j]] for v in VARIANTS}) for j in sorted(pick)]
-    result.figures = {"context_counterfactual": _figure(result, p_lanes, p_context, aligned, chance)}
+    result.figures = {FIGURE: _figure(result, p_lanes, p_context, aligned, chance)}
     return result
 
 

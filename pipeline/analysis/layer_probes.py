@@ -44,6 +44,7 @@ def _targets():
 
 
 TARGETS = ("lane_class", "time_of_day", "scenery")
+FIGURE = "context_layer_probes"
 
 
 def codes(frame) -> dict:
@@ -196,7 +197,7 @@ def score(state: dict, layers: Sequence[str], resamples: int = 2000, seed: int =
             metrics.update(triple_metrics(f"probe.{target}.{layer}", triple))
     first = state["moments"][layers[0]]
     result = LayerProbes(list(layers), accuracy, chance, int(first.n), int(len(seqs)), metrics)
-    result.figures = {"context_layer_probes": figure(result)}
+    result.figures = {FIGURE: figure(result)}
     return result
 
 

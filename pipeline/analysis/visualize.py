@@ -42,6 +42,7 @@ PRE_STEPS = 16      # optimisation steps on the pre-ReLU value first (Lucid redi
 RATIO_MEDIAN = "ratio_median.{layer}"
 OBJECTIVE_GAIN = "objective_gain.{layer}"
 MODEL_PARAM, LAYERS_PARAM = "visualize.model_uri_resolved", "visualize.layers_resolved"
+FIGURES = ("visualize_{layer}", "visualize_filters", "visualize_dream")
 
 
 def default_layers(net, in_hw: tuple) -> tuple:
@@ -288,16 +289,16 @@ def _figures(tracker, net, results: dict, start, dreamed, dream_layer: str) -> N
                     axes[u, 1 + j].set_title("top real patches", fontsize=6)
         fig.suptitle(f"{layer}: synthetic (activation / best real image's) | facets | top real patches", fontsize=8)
         fig.tight_layout()
-        tracker.log_figure(fig, f"visualize_{layer}")
+        tracker.log_figure(fig, FIGURES[0].format(layer=layer))
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(render.filter_grid(net))
     ax.axis("off")
     ax.set_title("first-layer filters", fontsize=8)
-    tracker.log_figure(fig, "visualize_filters")
+    tracker.log_figure(fig, FIGURES[1])
     if dreamed is not None:
         fig, axes = plt.subplots(1, 2, figsize=(6, 3))
         for ax, image, title in zip(axes, (start, dreamed), ("real image", f"deep dream of {dream_layer}")):
             ax.imshow(image)
             ax.axis("off")
             ax.set_title(title, fontsize=8)
-        tracker.log_figure(fig, "visualize_dream")
+        tracker.log_figure(fig, FIGURES[2])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-FIGURES = "figures"          # Tracker.log_figure's folder (pipeline/tracking.py:320: figures/<name>.png)
+from pipeline.tracking import FIGURES   # Tracker.log_figure: figures/<name>.png
 
 
 def quiet_downloads():

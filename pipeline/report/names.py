@@ -1,22 +1,22 @@
-"""The names the report reads that their writer does not export yet: tags, params, metrics, files and figures.
-
-Each is written by the module (and function) named beside it; the report keeps its own copy here, in one
-place, until the writer exports a constant for it (then the report imports that instead). Names that
-correlate, visualize and audit export are imported from them in :mod:`pipeline.report.analysis`; the role tag
-from :mod:`pipeline.models.lookup`; MLflow's own tags from ``mlflow.utils.mlflow_tags``. A ``{...}`` is filled
-in with ``str.format``. Params named for a config key (``train.epochs``) are logged by
+"""The names the report reads: tags, params, metrics, files and figures, each imported from the module that
+writes it where that module exports it (tracking, the stage registry, the train and evaluate stages, the registry's
+gate, the analyses); the others are kept here beside the name of their writer. Names that correlate, visualize and
+audit export for their tables are imported from them in :mod:`pipeline.report.analysis`; the role tag from
+:mod:`pipeline.models.lookup`; MLflow's own tags from ``mlflow.utils.mlflow_tags``. A ``{...}`` is filled in with
+``str.format``; a ``*`` is a glob. Params named for a config key (``train.epochs``) are logged by
 ``Tracker.log_config`` (pipeline/tracking.py) from ``Config.flat()``.
 """
 from __future__ import annotations
 
-# ------------------------------------------------------------------------ tags of every stage run
-KIND_TAG = "pipeline.kind"                  # pipeline/tracking.py: Tracker.pipeline_run, Tracker.stage_run
-KIND_PIPELINE, KIND_STAGE = "pipeline", "stage"
-STAGE_TAG = "pipeline.stage"                # pipeline/tracking.py: Tracker.stage_run
-TASK_TAG = "pipeline.task"                  # pipeline/tracking.py: Tracker.stage_run
-SKIPPED_TAG = "pipeline.skipped"            # pipeline/stages.py: run_stage
-PARENT_SKIPPED_TAG = "pipeline.skipped.{job}"   # on the parent run: pipeline/cli.py: _execute
-ERROR_TAG = "error"                         # pipeline/tracking.py: Tracker._end_failed
+from pipeline.analysis import context, correlate, counterfactual, layer_probes, visualize
+from pipeline.analysis.audit import CONTEXT_PREFIX, INDEPENDENCE_FIGURE, INDEPENDENCE_PREFIX  # noqa: F401
+from pipeline.registry import GATE_LINE, GATE_PASSED  # noqa: F401
+from pipeline.stages import SKIPPED_JOB_TAG as PARENT_SKIPPED_TAG, SKIPPED_TAG  # noqa: F401
+from pipeline.tracking import (ERROR_TAG, KIND_PIPELINE, KIND_STAGE, KIND_TAG, STAGE_TAG,  # noqa: F401
+                               TASK_TAG)
+from pipeline.train import evaluate
+from pipeline.train.run import (CLASSES_PARAM as TRAIN_CLASSES, DATASET_PARAM as TRAIN_DATASET_URL,  # noqa: F401
+                                EPOCHS_RUN, SAMPLES_PER_S, TRAIN_LOSS, TRAIN_SECONDS)
 
 # ------------------------------------------------------------------------------------------ ingest
 INGEST_SUMMARY = "ingest_summary.json"      # pipeline/data/ingest.py: log_run (mlflow.log_dict)
@@ -44,11 +44,7 @@ AUGMENT_POLICY, AUGMENT_COPIES, AUGMENT_NAME = "augment.policy", "augment.copies
 AUGMENT_FIGURES = ("policy_*", "ops_*")     # policy_<kind>, ops_<kind>: augment/stage.py: log_run
 
 # ------------------------------------------------------------------------------------------- train
-TRAIN_LOSS, SAMPLES_PER_S = "train_loss", "samples_per_s"   # pipeline/train/run.py: train_fn (per epoch)
-EPOCHS_RUN = "epochs_run"                   # pipeline/train/run.py: ranks
-TRAIN_SECONDS = "train_seconds"             # pipeline/train/run.py: run
 VAL_LOSS = "val_loss"                       # read when present (no stage logs it today)
-TRAIN_CLASSES, TRAIN_DATASET_URL = "train.classes", "train.dataset_url"   # pipeline/train/run.py: run
 TRAIN_SETTINGS = ("train.epochs", "train.batch_size", "train.optimizer", "train.lr", "train.width",
                   "train.data")             # config keys
 
@@ -65,8 +61,8 @@ DETECTOR_ROWS = ("ap", "recall", "precision", "recall_at_p90", "lights", "loss")
 DETECTOR_COLUMNS = ("precision", "recall", "ap", "recall_at_p90", "lights")
 DISTANCE_METRIC = "{split}_{metric}_{distance}"
 EVALUATE_SPLIT = "evaluate.split"           # a config key
-CLASSIFIER_FIGURES = ("{split}_confusion", "{split}_worst_mistakes")   # evaluate.py: evaluate_classifier
-DETECTOR_FIGURES = ("{split}_pr_curve", "{split}_heatmaps")            # evaluate.py: evaluate_detector
+CLASSIFIER_FIGURES = tuple("{split}_" + name for name in evaluate.CLASSIFIER_FIGURES)
+DETECTOR_FIGURES = tuple("{split}_" + name for name in evaluate.DETECTOR_FIGURES)
 
 # ---------------------------------------------------------------------------------------- transfer
 TRANSFER_MODE, TRANSFER_DATA = "transfer.mode", "transfer.data"   # pipeline/analysis/transfer.py: run_sizes
@@ -81,14 +77,9 @@ TRANSFER_FIGURES = ("transfer_{split}", "transfer_sizes", "transfer_conv1")   # 
 
 # ------------------------------------------------------------------------------ correlate, visualize
 MATCHING_METHOD = "hungarian"               # one of pipeline/analysis/matching.py: METHODS
-PERMUTED = "permuted"                       # a baseline: pipeline/analysis/correlate.py: layer_findings
-CORRELATE_FIGURES = ("correlate_*_matrices", "correlate_matched_curves", "correlate_cka",
-                     "correlate_clusters")  # pipeline/analysis/correlate.py: log_artifacts
-VISUALIZE_FIGURES = ("visualize_{layer}", "visualize_filters", "visualize_dream")   # visualize.py: _figures
+PERMUTED = correlate.PERMUTED
+CORRELATE_FIGURES = tuple(name.replace("{layer}", "*") for name in correlate.FIGURES)
+VISUALIZE_FIGURES = visualize.FIGURES
 
 # ------------------------------------------------------------------------------------------- audit
-GATE_LINE, GATE_PASSED = "gate.line", "gate.passed"   # pipeline/registry.py: apply; audit.py: gate
-CONTEXT_PREFIX, INDEPENDENCE_PREFIX = "context.", "independence."   # audit.py: run, independence_audit
-CONTEXT_FIGURES = ("context_counterfactual", "context_layer_probes", "context_occlusion", "context_examples")
-# ^ pipeline/analysis/counterfactual.py, layer_probes.py, context.py: figures
-INDEPENDENCE_FIGURE = "independence"        # pipeline/analysis/audit.py: independence_audit
+CONTEXT_FIGURES = (counterfactual.FIGURE, layer_probes.FIGURE) + context.FIGURES

@@ -18,6 +18,11 @@ from pipeline.models.normalize import DETECTOR_STRIDE
 from pipeline.train.scoring import MISTAKES, classify, detect
 
 
+# The figures an evaluation draws, "<prefix><name>" (prefix: the split and "_")
+CLASSIFIER_FIGURES = ("confusion", "worst_mistakes")
+DETECTOR_FIGURES = ("pr_curve", "heatmaps")
+
+
 def _pyplot():
     import matplotlib
 
@@ -77,9 +82,9 @@ def evaluate_classifier(model, spec: LoaderSpec, classes: list, prefix: str, lim
     if not figures:
         return Evaluation(metrics)
     title = prefix.rstrip("_")
-    return Evaluation(metrics, {f"{prefix}confusion": confusion_figure(cm, classes, f"{title} confusion matrix"),
-                                f"{prefix}worst_mistakes": mistakes_figure(scored.mistakes, classes,
-                                                                           f"{title} worst mistakes")})
+    confusion, mistakes = (prefix + name for name in CLASSIFIER_FIGURES)
+    return Evaluation(metrics, {confusion: confusion_figure(cm, classes, f"{title} confusion matrix"),
+                                mistakes: mistakes_figure(scored.mistakes, classes, f"{title} worst mistakes")})
 
 
 # --------------------------------------------------------------------------------------- detector
@@ -135,9 +140,10 @@ def evaluate_detector(model, spec: LoaderSpec, prefix: str, limit=None, device="
     if not figures:
         return Evaluation(metrics)
     title = prefix.rstrip("_")
-    drawn = {f"{prefix}pr_curve": pr_figure(curves, f"{title} precision-recall")}
+    pr, heat = (prefix + name for name in DETECTOR_FIGURES)
+    drawn = {pr: pr_figure(curves, f"{title} precision-recall")}
     if scored.samples:
-        drawn[f"{prefix}heatmaps"] = overlay_figure(scored.samples, f"{title} heat maps")
+        drawn[heat] = overlay_figure(scored.samples, f"{title} heat maps")
     return Evaluation(metrics, drawn)
 
 

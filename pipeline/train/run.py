@@ -28,6 +28,11 @@ from pipeline.train.spec import TrainSpec, make_spec
 
 log = logging.getLogger(__name__)
 
+# What a train run logs besides the evaluation's <split>_* metrics, named once for the report
+TRAIN_LOSS, SAMPLES_PER_S, EPOCHS_RUN = "train_loss", "samples_per_s", "epochs_run"   # per epoch; ranks
+TRAIN_SECONDS = "train_seconds"
+CLASSES_PARAM, DATASET_PARAM = "train.classes", "train.dataset_url"
+
 
 # ------------------------------------------------------------------------------------------- ranks
 
@@ -164,7 +169,7 @@ def train_fn(spec: TrainSpec) -> None:
         if world > 1:
             dist.barrier()
         if rank == 0:
-            metrics = {"train_loss": loss, "samples_per_s": seen * world / elapsed,
+            metrics = {TRAIN_LOSS: loss, SAMPLES_PER_S: seen * world / elapsed,
                        "lr": scheduler.get_last_lr()[0], **augment_counts(ops, epoch)}
             if spec.validate:
                 metrics.update(_validate(model, spec, device))
@@ -288,7 +293,7 @@ class _RankTracker:
                            for r, p in enumerate(places)})
             for key, value in params.items():
                 self.client.set_tag(self.spec.run_id, key, value)
-            self.client.log_metric(self.spec.run_id, "epochs_run", epochs_to_run)
+            self.client.log_metric(self.spec.run_id, EPOCHS_RUN, epochs_to_run)
 
     def resumed(self, epoch: int) -> None:
         print(f"resuming from the checkpoint of epoch {epoch + 1}/{self.spec.train.epochs}", flush=True)
@@ -369,15 +374,15 @@ def run(spark, conf: Config, tracker) -> dict:
         skip_part(f"{job}: per-epoch validation", _empty(spec, "val"))
     if spec.keep_ids is not None:
         mlflow.log_param("train.rows_resolved", len(spec.keep_ids))
-    mlflow.log_params({"train.steps_per_epoch_resolved": spec.steps_per_epoch, "train.classes": ",".join(spec.classes),
-                       "train.in_hw": f"{spec.in_hw[0]}x{spec.in_hw[1]}", "train.dataset_url": spec.split_url("train")})
+    mlflow.log_params({"train.steps_per_epoch_resolved": spec.steps_per_epoch, CLASSES_PARAM: ",".join(spec.classes),
+                       "train.in_hw": f"{spec.in_hw[0]}x{spec.in_hw[1]}", DATASET_PARAM: spec.split_url("train")})
     tic = time.perf_counter()
     distribute(spec, conf.train.num_processes, conf.train.local_mode, conf.train.use_gpu)
     train_seconds = time.perf_counter() - tic
-    mlflow.log_metric("train_seconds", train_seconds)
+    mlflow.log_metric(TRAIN_SECONDS, train_seconds)
     model = load_trained(spec)
     logged = log_trained(model, spec, conf, tracker) if spec.log_model else None
-    results = {"train_seconds": train_seconds}
+    results = {TRAIN_SECONDS: train_seconds}
     run = tracker.client.get_run(spec.run_id)
     results.update({k: v for k, v in run.data.metrics.items() if k.startswith("val_") and is_key_metric(k)})
     empty = _empty(spec, "test")
