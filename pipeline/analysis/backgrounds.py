@@ -86,60 +86,81 @@ class Backgrounds:
     rows: int = 0
 
 
+@dataclass
+class _Tally:
+    """Per kept row, in reading order: its group, label, which variants it scored on, whether it found a partner
+    of its class (same) and of another class (rand), and whether mixed-rand followed the background's class."""
+    groups: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    hits: dict = field(default_factory=lambda: {v: [] for v in VARIANTS})
+    follows: list = field(default_factory=list)
+    same: list = field(default_factory=list)
+    rand: list = field(default_factory=list)
+
+
+def _score_batch(model, batch: list, kind: str, dilate: int, aspect: float, rng, device, tally: _Tally) -> None:
+    """The variants of one batch's labelled rows with an object, scored (a batch with fewer than 2: skipped)."""
+    from pipeline.analysis.context import object_mask
+    from pipeline.models.normalize import to_tensor
+
+    images = np.stack([np.asarray(r["image"], np.uint8) for r in batch])
+    masks = np.stack([object_mask(kind, r, dilate, aspect) for r in batch])
+    labels = np.array([int(r["label"]) for r in batch])
+    keep = masks.reshape(len(batch), -1).any(1) & (labels >= 0)
+    if keep.sum() < 2:
+        return
+    images, masks, labels = images[keep], masks[keep], labels[keep]
+    kept = [str(r.get("group", r.get("id", i))) for i, r in enumerate(np.array(batch, object)[keep])]
+    made = variants(images, masks, labels, rng, kept)
+    for v in VARIANTS:
+        with torch.no_grad():
+            pred = model(to_tensor(made[v]).to(device)).float().argmax(1).cpu().numpy()
+        tally.hits[v] += (pred == labels).tolist()
+        if v == "mixed_rand":
+            tally.follows.extend((pred == made["bg_label"]) & made["rand_ok"])
+    tally.same += made["same_ok"].tolist()
+    tally.rand += made["rand_ok"].tolist()
+    tally.groups.extend(kept)
+    tally.labels.extend(labels.tolist())
+
+
 def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, dilate: int = 2,
             batch_size: int = 64, max_rows: int = 0, resamples: int = 2000, seed: int = 0,
             device="cpu", light_aspect: Optional[float] = None) -> Backgrounds:
     """The protocol of the module docstring on ``rows`` (decoded rows of ``kind`` with ``image``, ``label`` and
     ``group``; road frames also ``lane_mask``). Variants pair rows within batches of ``batch_size``, so the
     partner rows are drawn from the same batch."""
-    from pipeline.analysis.context import LIGHT_ASPECT, object_mask
-    from pipeline.analysis.intervals import bootstrap, per_group, triple_metrics
-    from pipeline.models.normalize import to_tensor
+    from itertools import islice
+
+    from pipeline.analysis.context import LIGHT_ASPECT
 
     model.eval()
     rng = np.random.default_rng([seed, 3])
-    groups: list = []
-    hits = {v: [] for v in VARIANTS}
-    labels_all: list = []      # every kept row's label
-    follows: list = []         # mixed_rand predicted as the background's class (False where no partner)
-    used = {"same": [], "rand": []}
-    batch: list = []
     aspect = LIGHT_ASPECT if light_aspect is None else light_aspect
-
-    def flush():
-        images = np.stack([np.asarray(r["image"], np.uint8) for r in batch])
-        masks = np.stack([object_mask(kind, r, dilate, aspect) for r in batch])
-        labels = np.array([int(r["label"]) for r in batch])
-        keep = masks.reshape(len(batch), -1).any(1) & (labels >= 0)
-        if keep.sum() < 2:
-            batch.clear()
-            return
-        images, masks, labels = images[keep], masks[keep], labels[keep]
-        kept = [str(r.get("group", r.get("id", i))) for i, r in enumerate(np.array(batch, object)[keep])]
-        made = variants(images, masks, labels, rng, kept)
-        for v in VARIANTS:
-            with torch.no_grad():
-                pred = model(to_tensor(made[v]).to(device)).float().argmax(1).cpu().numpy()
-            hits[v] += (pred == labels).tolist()
-            if v == "mixed_rand":
-                follows.extend((pred == made["bg_label"]) & made["rand_ok"])
-        used["same"] += made["same_ok"].tolist()
-        used["rand"] += made["rand_ok"].tolist()
-        groups.extend(kept)
-        labels_all.extend(labels.tolist())
-        batch.clear()
-
-    for k, row in enumerate(rows):
-        if max_rows and k >= max_rows:
-            break
+    tally = _Tally()
+    batch: list = []
+    for row in islice(rows, max_rows) if max_rows else rows:
         batch.append(row)
         if len(batch) == batch_size:
-            flush()
+            _score_batch(model, batch, kind, dilate, aspect, rng, device, tally)
+            batch = []
     if batch:
-        flush()
-    if not groups:
+        _score_batch(model, batch, kind, dilate, aspect, rng, device, tally)
+    if not tally.groups:
         raise ValueError("no labelled row with an object to paste: the background protocol needs rows whose "
                          "object region is known (lane masks, light crops)")
+    return _summarize(tally, classes, resamples, seed)
+
+
+def _fmt(t) -> str:
+    return f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
+
+
+def _summarize(tally: _Tally, classes: Sequence[str], resamples: int, seed: int) -> Backgrounds:
+    """Accuracy per variant, BG-Gap and how often mixed-rand follows the background, with intervals over groups."""
+    from pipeline.analysis.intervals import bootstrap, per_group, triple_metrics
+
+    groups, used = tally.groups, {"same": tally.same, "rand": tally.rand}
     k = len(set(groups))
     metrics: dict = {"backgrounds.rows": float(len(groups)), "backgrounds.groups": float(k),
                      "backgrounds.mixed_same_rows": float(sum(used["same"])),
@@ -147,28 +168,24 @@ def measure(model, rows: Iterable[dict], kind: str, classes: Sequence[str], *, d
     triples = {}
     for v in VARIANTS:
         where = used["same"] if v == "mixed_same" else used["rand"] if v == "mixed_rand" else None
-        triples[v] = bootstrap(*per_group(groups, hits[v], where), resamples, seed)
+        triples[v] = bootstrap(*per_group(groups, tally.hits[v], where), resamples, seed)
         metrics.update(triple_metrics(f"backgrounds.{v}_accuracy", triples[v]))
     both = np.asarray(used["same"]) & np.asarray(used["rand"])
     metrics["backgrounds.paired_rows"] = float(both.sum())        # rows in the gap: both partners found
-    diff = np.asarray(hits["mixed_same"], np.float64) - np.asarray(hits["mixed_rand"], np.float64)
+    diff = np.asarray(tally.hits["mixed_same"], np.float64) - np.asarray(tally.hits["mixed_rand"], np.float64)
     gap = bootstrap(*per_group(groups, diff, both), resamples, seed)
     metrics.update(triple_metrics("backgrounds.bg_gap", gap))
     result = Backgrounds(metrics, "", rows=len(groups))
-    labels_all = np.asarray(labels_all)
+    labels_all = np.asarray(tally.labels)
     for lab in sorted(set(labels_all[np.asarray(used["rand"], bool)].tolist())):
         name = classes[lab] if 0 <= lab < len(classes) else str(lab)
         where = np.asarray(used["rand"], bool) & (labels_all == lab)
-        result.follows_background[name] = bootstrap(*per_group(groups, follows, where), resamples, seed)
+        result.follows_background[name] = bootstrap(*per_group(groups, tally.follows, where), resamples, seed)
         metrics.update(triple_metrics(f"backgrounds.follows_background.{name}", result.follows_background[name]))
-
-    def fmt(t):
-        return f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
-
     result.text = (f"backgrounds (Xiao et al. 2020) on {len(groups)} rows of {k} groups: accuracy original "
-                   f"{fmt(triples['original'])}, object only {fmt(triples['only_fg'])}, object inpainted away "
-                   f"{fmt(triples['only_bg'])}, on a background of its class {fmt(triples['mixed_same'])}, of another "
-                   f"class {fmt(triples['mixed_rand'])}; BG-Gap {fmt(gap)}")
+                   f"{_fmt(triples['original'])}, object only {_fmt(triples['only_fg'])}, object inpainted away "
+                   f"{_fmt(triples['only_bg'])}, on a background of its class {_fmt(triples['mixed_same'])}, of "
+                   f"another class {_fmt(triples['mixed_rand'])}; BG-Gap {_fmt(gap)}")
     missing = len(groups) - int(sum(used["same"]))
     if missing:
         result.text += (f" ({missing} rows found no row of their class outside their own sequence in their batch: "

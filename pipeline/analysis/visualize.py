@@ -136,13 +136,14 @@ def partner_metrics(net, partner, layer: str, synthetic: np.ndarray, real: np.nd
 
 
 def run(spark, conf: Config, tracker) -> dict:
-    """The visualize stage (registered in pipeline.stages)."""
+    """The visualize stage (registered in pipeline.stages): extract (the model, its layers, a partner, the top
+    images of every unit in one Spark pass), transform (per layer: synthesize, measure, multifaceted, patches),
+    load (metrics and figures)."""
     import mlflow
     import torch
 
-    from pipeline.analysis.inputs import check_layers, load_partner, stage_model
+    from pipeline.analysis.inputs import check_layers, stage_model
     from pipeline.data.splits import require_split
-    from pipeline.train.loader import rows
     from pipeline.train.spec import make_spec
 
     v = conf.visualize
@@ -152,46 +153,16 @@ def run(spark, conf: Config, tracker) -> dict:
     require_split(spec, v.split, "visualize.split")
     layers = check_layers(net, v.layers, "visualize.layers") if v.layers else default_layers(net, spec.in_hw)
     shapes = layer_shapes(net, spec.in_hw, layers)
-    units = {l: min(v.units, s[0]) for l, s in shapes.items()}
     mlflow.log_params({LAYERS_PARAM: ",".join(layers)})
-    partner = None
-    if v.partner_model:
-        partner = load_partner(conf, v.partner_model, "visualize.partner_model")
-        theirs = layer_shapes(partner, spec.in_hw, layers) if type(partner) is type(net) else {}
-        if theirs != shapes:
-            raise ConfigError(f"visualize.partner_model={v.partner_model} is a {type(partner).__name__} whose "
-                              f"layers {', '.join(layers)} are {theirs or 'absent'}; {uri} has {shapes}: a partner "
-                              f"is a net of the same architecture and width (e.g. another seed's)")
-        mlflow.log_param("visualize.partner_model_resolved", v.partner_model)
-
-    probe = Probe(spec.split_url(v.split), spec.kind, layers, "mean", 32, v.max_rows, v.partitions)
-    top = fold(spark, probe, {"model": net}, zero=lambda: TopK({l: s[0] for l, s in shapes.items()}, v.top_k),
-               add=lambda t, acts, _, ids: _add_all(t, acts, ids, layers), merge=lambda a, b: a.merge(b),
-               partners=False)
-    wanted = {i for l in layers for u in range(units[l]) for i in top.ids[l][u] if i is not None}
-    images = fetch_rows(spark, probe.url, spec.kind, wanted)
-    colors, sample = None, None
-    if v.decorrelate or partner is not None:
-        sample = np.stack([r["image"] for _, r in zip(range(v.color_images), rows(spec.loader("train")))])
-    if v.decorrelate:
-        colors = render.ColorStats.fit(sample)
+    partner = partner_of(conf, net, uri, spec, layers, shapes)
+    top, images = top_images(spark, net, spec, v, layers, shapes)
+    sample = colour_sample(spec, v) if v.decorrelate or partner is not None else None
+    colors = render.ColorStats.fit(sample) if v.decorrelate else None
     results, metrics = {}, {}
     for layer in layers:
-        objectives = [unit_objective(net, layer, u, shapes[layer], spec.task.detector) for u in range(units[layer])]
-        best_real = np.array([real_best(net, layer, u, o, top, images, spec.task.detector)
-                              for u, o in enumerate(objectives)])
-        synthetic, history = synthesize(net, objectives, best_real, v, spec.in_hw, colors)
-        reached = measure(net, objectives, synthetic)
-        found = layer_metrics(layer, reached, best_real, history, hidden=layer != render.head_of(net))
-        if partner is not None and layer != render.head_of(net):
-            found.update(partner_metrics(net, partner, layer, synthetic, sample))
+        results[layer], found = visualize_layer(net, partner, layer, shapes[layer], min(v.units, shapes[layer][0]),
+                                                top, images, sample, colors, spec, v)
         metrics.update(found)
-        ratio = np.array([found.get(f"ratio.{layer}.{u}", np.nan) for u in range(units[layer])])
-        facets = multifaceted(net, layer, objectives, best_real, top, images, v, colors)
-        field = receptive_field(net, layer)
-        patches = [[patch(images[i], field, *top.where[layer][u][j]) for j, i in enumerate(top.ids[layer][u])
-                    if i in images] for u in range(units[layer])]
-        results[layer] = (synthetic, facets, patches, ratio)
     dream_layer = v.dream_layer or layers[0]
     start = next(iter(images.values())) if images else None
     dreamed = render.dream(net, start, dream_layer, v.dream_steps, generator=v.seed)[0] \
@@ -202,6 +173,64 @@ def run(spark, conf: Config, tracker) -> dict:
                if k.startswith(("ratio_median", "objective_gain", "faithful_share", "off_start", "off_end",
                                 "partner_faithful_share"))},
             "model_uri": uri}
+
+
+def partner_of(conf: Config, net, uri: str, spec, layers: tuple, shapes: dict):
+    """``visualize.partner_model`` loaded and checked to have ``net``'s layers (None when unset)."""
+    import mlflow
+
+    from pipeline.analysis.inputs import load_partner
+
+    v = conf.visualize
+    if not v.partner_model:
+        return None
+    partner = load_partner(conf, v.partner_model, "visualize.partner_model")
+    theirs = layer_shapes(partner, spec.in_hw, layers) if type(partner) is type(net) else {}
+    if theirs != shapes:
+        raise ConfigError(f"visualize.partner_model={v.partner_model} is a {type(partner).__name__} whose "
+                          f"layers {', '.join(layers)} are {theirs or 'absent'}; {uri} has {shapes}: a partner "
+                          f"is a net of the same architecture and width (e.g. another seed's)")
+    mlflow.log_param("visualize.partner_model_resolved", v.partner_model)
+    return partner
+
+
+def top_images(spark, net, spec, v, layers: tuple, shapes: dict) -> tuple:
+    """The ``top_k`` real images of every unit of ``layers`` (one Spark pass over ``visualize.split``), and the
+    rows of those that the visualized units need (id -> image)."""
+    probe = Probe(spec.split_url(v.split), spec.kind, layers, "mean", 32, v.max_rows, v.partitions)
+    top = fold(spark, probe, {"model": net}, zero=lambda: TopK({l: s[0] for l, s in shapes.items()}, v.top_k),
+               add=lambda t, acts, _, ids: _add_all(t, acts, ids, layers), merge=lambda a, b: a.merge(b),
+               partners=False)
+    wanted = {i for l in layers for u in range(min(v.units, shapes[l][0])) for i in top.ids[l][u] if i is not None}
+    return top, fetch_rows(spark, probe.url, spec.kind, wanted)
+
+
+def colour_sample(spec, v) -> np.ndarray:
+    """The first ``visualize.color_images`` train images: the colour statistics, and the partner's real images."""
+    from pipeline.train.loader import rows
+
+    return np.stack([r["image"] for _, r in zip(range(v.color_images), rows(spec.loader("train")))])
+
+
+def visualize_layer(net, partner, layer: str, shape: tuple, units: int, top: TopK, images: dict, sample, colors,
+                    spec, v) -> tuple:
+    """One layer's first ``units`` units: their synthetic images and how far they drive each unit against its best
+    real value (and the partner's unit), the multifaceted images and the real patches. Returns the figure's inputs
+    (synthetic, facets, patches, ratio) and the layer's metrics."""
+    objectives = [unit_objective(net, layer, u, shape, spec.task.detector) for u in range(units)]
+    best_real = np.array([real_best(net, layer, u, o, top, images, spec.task.detector)
+                          for u, o in enumerate(objectives)])
+    synthetic, history = synthesize(net, objectives, best_real, v, spec.in_hw, colors)
+    reached = measure(net, objectives, synthetic)
+    found = layer_metrics(layer, reached, best_real, history, hidden=layer != render.head_of(net))
+    if partner is not None and layer != render.head_of(net):
+        found.update(partner_metrics(net, partner, layer, synthetic, sample))
+    ratio = np.array([found.get(f"ratio.{layer}.{u}", np.nan) for u in range(units)])
+    facets = multifaceted(net, layer, objectives, best_real, top, images, v, colors)
+    field = receptive_field(net, layer)
+    patches = [[patch(images[i], field, *top.where[layer][u][j]) for j, i in enumerate(top.ids[layer][u])
+                if i in images] for u in range(units)]
+    return (synthetic, facets, patches, ratio), found
 
 
 def regularized(v):
