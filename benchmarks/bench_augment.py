@@ -22,10 +22,10 @@ Variants, all in one run, interleaved per repeat so that machine noise hits ever
   ``pipeline.augment.rows.augment_row`` (``Policy.apply``) plus the ``ops`` JSON, as the Spark task does.
 * ``own ops loop, 2 processes (no Spark)``  that loop with the rows split over 2 plain processes (a started
   multiprocessing pool): what two cores give without Spark.
-* ``spark transform``  the stage's one Spark job alone: the stage's (kind, split, source file) units, balanced
-  into groups as the stage does (listing done once, untimed), ``parallelize(groups).mapPartitions(_augment_files)
-  .collect()`` into a throwaway folder: tasks read, decode once, augment, encode and write their own files. No
-  Petastorm metadata, sample rows, swap-in or MLflow.
+* ``spark transform``  the stage's one Spark job alone: the stage's (kind, split, source file) units grouped
+  into tasks by the stage's own planner (``stage.plan_groups``; listing done once, untimed), its job
+  ``stage.files_job(...).collect()`` into a throwaway folder: tasks read, decode once, augment, encode and write
+  their own files (``stage.augment_files``). No Petastorm metadata, sample rows, swap-in or MLflow.
 * ``spark stage, copies=C``  the whole augment stage through ``run_stage(get_stage("augment"), ...)`` with a real
   ``Tracker``: the above plus the file listing, Petastorm metadata, op counts, sample rows, the ``_ingest.json``,
   the swap-in, MLflow logging (metrics, dataset fingerprints, two figures per kind).
@@ -45,7 +45,7 @@ in which they used more than ``--retake-above`` cores (at most ``--retakes`` tim
 sample); helpers in ``benchmarks/_measure.py``.
 
 Where the time goes (``--no-profile`` skips it): per-step timing (parquet read / decode / augment / encode) of
-the two loops by kind, a cProfile of ``_augment_files`` on the train files in one process, the phases of one
+the two loops by kind, a cProfile of ``augment_files`` on the train files in one process, the phases of one
 instrumented stage run (functions the stage calls on the driver wrapped for timestamps, with the Spark jobs each
 started) and the latency of a trivial Spark job.
 
@@ -59,7 +59,6 @@ import argparse
 import cProfile
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -68,6 +67,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _measure as M  # noqa: E402  (puts the repo root on sys.path too)
+import common  # noqa: E402
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -117,34 +117,29 @@ def _hw(text: str) -> list:
 # ------------------------------------------------------------------------------------ data + configs
 
 def make_conf(work: Path, args, *extra):
-    from pipeline.config import load_config
-
-    overrides = [f"paths.work_dir={work}", f"spark.master={args.master}", f"ingest.num_frames={args.frames}",
-                 f"ingest.road_hw={_hw(args.road_hw)}", f"augment.policy={POLICY}", f"augment.copies={args.copies}",
-                 "spark.conf.spark.ui.showConsoleProgress=false"]   # no progress bars; no effect on timing
+    """The benchmark's config (:func:`common.make_conf`): ``--frames`` synthetic frames, policy ``basic``."""
+    overrides = [f"ingest.num_frames={args.frames}", f"ingest.road_hw={_hw(args.road_hw)}",
+                 f"augment.policy={POLICY}", f"augment.copies={args.copies}"]
     if args.render_hw:
         overrides.append(f"ingest.render_hw={_hw(args.render_hw)}")
-    return load_config("local", overrides=overrides + list(extra))
+    return common.make_conf(work, *overrides, *extra, master=args.master, progress=False)
 
 
 def ensure_ingested(spark, conf, work: Path, args) -> None:
-    """Run the real ingest stage once per work dir; a manifest says what is there, so later runs reuse it."""
+    """Run the real ingest stage once per work dir (:func:`common.ensure_dataset`); a manifest says with which
+    settings, so later runs reuse it."""
     from pipeline.data import store
 
-    root = store.dataset_root(conf.paths.data_url, conf.ingest.name)
-    manifest = work / "ingest_manifest.json"
     want = {"frames": args.frames, "road_hw": _hw(args.road_hw), "render_hw": args.render_hw or "default",
             "source": "synthetic", "seed": 0}
-    if not args.reingest and manifest.exists() and json.loads(manifest.read_text()) == want and \
-            store.exists(f"{root}/{store.META}"):
-        print(f"ingest: reusing {root}")
-        return
-    shutil.rmtree(work / "data", ignore_errors=True)
-    manifest.unlink(missing_ok=True)
-    wall, _, results, _ = M.stage_once(spark, conf, "ingest")
-    manifest.write_text(json.dumps(want))
-    print(f"ingest: {args.frames} synthetic frames -> {results['rows_written']} inputs written in {wall:.1f}s "
-          f"(once, untimed)")
+    tic = time.perf_counter()
+    results = common.ensure_dataset(spark, conf, want=want, manifest=work / "ingest_manifest.json",
+                                    fresh=args.reingest)
+    if results is None:
+        print(f"ingest: reusing {store.dataset_root(conf.paths.data_url, conf.ingest.name)}")
+    else:
+        print(f"ingest: {args.frames} synthetic frames -> {results['rows_written']} inputs written in "
+              f"{time.perf_counter() - tic:.1f}s (once, untimed)")
 
 
 def train_files(src: str, kind: str) -> tuple:
@@ -343,33 +338,14 @@ def run_loop_procs(pool, procs: int, src: str, copies: int, seed: int, png_level
 
 # ------------------------------------------------------------------------------------------------ Spark
 
-def stage_groups(spark, src: str, meta: dict, copies: int) -> list:
-    """The stage's (kind, split, source file) units, weighted and balanced into task groups as
-    ``pipeline.augment.stage.run`` does for a policy without context ops (mirrors it: keep the two in step)."""
-    from pipeline.augment.stage import _balanced
-    from pipeline.data import store
-
-    fs, root = store.filesystem(src)
-    units, weights = [], []
-    for kind, info in meta["datasets"].items():
-        for split in info["splits"]:
-            for path in sorted(fs.glob(f"{root}/{kind}/{split}/*.parquet")):
-                units.append((kind, split, f"{src}/{kind}/{split}/{path.rsplit('/', 1)[-1]}"))
-                size = fs.size(path)
-                weights.append(size * (1 + 3 * copies) if split == "train" else 0.1 * size)
-    return _balanced(units, weights, 2 * spark.sparkContext.defaultParallelism)
-
-
 def spark_transform(spark, groups: list, policy, copies: int, scratch: Path, rowgroup_mb: float,
-                    png_level: int) -> int:
-    """The stage's Spark job alone, into a throwaway folder under ``scratch`` (removed by the caller, untimed);
-    returns the rows written."""
-    from pipeline.augment.stage import _augment_files
+                    encoding: tuple) -> int:
+    """The stage's Spark job alone (``stage.files_job``), into a throwaway folder under ``scratch`` (removed by the
+    caller, untimed); returns the rows written."""
+    from pipeline.augment.stage import files_job
 
     url = f"file://{scratch}/{uuid.uuid4().hex[:8]}"
-    reports = spark.sparkContext.parallelize(groups, len(groups)).mapPartitions(
-        lambda it: _augment_files([u for group in it for u in group], policy, copies, url, rowgroup_mb,
-                                  png_level)).collect()
+    reports = files_job(spark, groups, policy, copies, url, rowgroup_mb, encoding).collect()
     return sum(info["rows"] for r in reports for written in r["files"] for info in written.values())
 
 
@@ -381,16 +357,16 @@ PHASE_NOTES = {
     "read_meta": "store.read_meta: the source's _ingest.json",
     ("read_meta", "recover"): "MLflow: policy dict + params",
     "recover": "store.recover (leftovers of killed runs)",
-    ("recover", "_balanced"): "list the source files (glob + size per file)",
-    "_balanced": "balance the units into task groups",
-    ("_balanced", "collect"): "parallelize the groups",
-    "collect": "THE Spark job: tasks read, decode once, augment, encode and write their own files (_augment_files)",
-    "_plan": "context policies only: plan join of (row, copy) to its background",
+    ("recover", "plan_tasks"): "list the source files (glob + size per file)",
+    "plan_tasks": "balance the units into task groups (writer.plan_tasks)",
+    ("plan_tasks", "collect"): "parallelize the groups",
+    "collect": "THE Spark job: tasks read, decode once, augment, encode and write their own files (augment_files)",
+    "context_plan": "context policies only: plan join of (row, copy) to its background",
     "finalize": "Petastorm metadata per dataset (parts.finalize: footers checked, _common_metadata)",
     ("finalize", "write_meta"): "op counts + sample rows from the task reports",
     "write_meta": "store.write_meta: _ingest.json",
     "swap_in": "store.swap_in: swap the dataset in",
-    "_log": "_log: MLflow metrics, dataset fingerprints (reads every output byte), 2 figures per kind",
+    "log_run": "log_run: MLflow metrics, dataset fingerprints (reads every output byte), 2 figures per kind",
 }
 
 
@@ -399,24 +375,24 @@ def stage_targets() -> list:
     from pyspark import RDD
 
     from pipeline.augment import stage
-    from pipeline.data import parts, store
+    from pipeline.data import parts, store, writer
 
     return [(stage, "run"), (stage, "get_policy"), (store, "read_meta"), (store, "recover"),
-            (stage, "_balanced"), (RDD, "collect"), (stage, "_plan"), (parts, "finalize"),
-            (store, "write_meta"), (store, "swap_in"), (stage, "_log")]
+            (writer, "plan_tasks"), (RDD, "collect"), (stage, "context_plan"), (parts, "finalize"),
+            (store, "write_meta"), (store, "swap_in"), (stage, "log_run")]
 
 
-def cprofile_files(groups: list, policy, copies: int, scratch: Path, rowgroup_mb: float, png_level: int,
+def cprofile_files(groups: list, policy, copies: int, scratch: Path, rowgroup_mb: float, encoding: tuple,
                    top: int = 16) -> tuple:
-    """cProfile of _augment_files on the train files (all of them, one task) in this process."""
-    from pipeline.augment.stage import _augment_files
+    """cProfile of augment_files on the train files (all of them, one task) in this process."""
+    from pipeline.augment.stage import augment_files
 
     units = [u for group in groups for u in group if u[1] == "train"]
     _set_threads(1, 1)
     prof = cProfile.Profile()
     try:
         prof.enable()
-        reports = list(_augment_files(units, policy, copies, f"file://{scratch}/profile", rowgroup_mb, png_level))
+        reports = list(augment_files(units, policy, copies, f"file://{scratch}/profile", rowgroup_mb, encoding))
         prof.disable()
     finally:
         _restore_threads()
@@ -457,6 +433,7 @@ def main(argv=None) -> int:
     import multiprocessing as mp
 
     from pipeline.augment.policy import get_policy
+    from pipeline.augment.stage import plan_groups
     from pipeline.data import store
     from pipeline.session import build_session
 
@@ -470,6 +447,7 @@ def main(argv=None) -> int:
         if args.policy_none and not args.skip_stage else None
     policy = get_policy(POLICY, conf.augment.seed, conf.augment.policies_file)
     rowgroup_mb, png = conf.ingest.rowgroup_size_mb, conf.ingest.png_compression
+    encoding = (png, conf.ingest.image_format)      # what the stage's tasks encode with
     scratch = work / "transform-out"
     M.clear(scratch)
 
@@ -494,7 +472,7 @@ def main(argv=None) -> int:
     n_aug = n_train * copies
     n_written = sum(train[k] * (copies + 1) + (all_rows[k] - train[k]) for k in train)
     shapes = {kind: first_image_shape(src, kind) for kind in train}
-    groups = stage_groups(spark, src, meta, copies)
+    groups = plan_groups(spark, src, meta, copies)
     print(f"dataset {src}: train rows {train} (image sizes {shapes}); all rows {all_rows}; "
           f"{sum(len(g) for g in groups)} source files in {len(groups)} task groups")
     print(f"augmented images per run (the numerator of every images/s): {n_aug} = {n_train} train rows "
@@ -502,7 +480,7 @@ def main(argv=None) -> int:
 
     # Warm-up (untimed): JIT, Python workers + imports, MLflow store, torchvision pipelines, the pool's imports.
     t0 = time.perf_counter()
-    spark_transform(spark, groups, policy, copies, scratch, rowgroup_mb, png)
+    spark_transform(spark, groups, policy, copies, scratch, rowgroup_mb, encoding)
     M.clear(scratch)
     if not args.skip_stage:
         M.stage_once(spark, conf, "augment")
@@ -516,7 +494,7 @@ def main(argv=None) -> int:
     v_tv1 = "torchvision v2 loop, 1 thread (baseline)"
     v_tvd = f"torchvision v2 loop, default threads ({TORCH_DEFAULT_THREADS})"
     v_own, v_own2 = "own ops loop (Policy.apply), 1 thread", f"own ops loop, {procs} processes (no Spark)"
-    v_tr = f"spark transform: _augment_files tasks, {len(groups)} groups"
+    v_tr = f"spark transform: augment_files tasks, {len(groups)} groups"
     v_st = f"spark stage (whole, run_stage), copies={copies}"
     v_hi = f"spark stage, copies={copies_hi}"
     v_none = f"spark stage, copies={copies}, policy=none"
@@ -543,7 +521,7 @@ def main(argv=None) -> int:
         for name, fn in loops:
             bench.record(name, lambda: M.timed(lambda: M.expect(fn(), n_aug, name), False), unit)
         bench.record(v_tr, lambda: M.timed(lambda: M.expect(
-            spark_transform(spark, groups, policy, copies, scratch, rowgroup_mb, png), n_written, v_tr)), unit)
+            spark_transform(spark, groups, policy, copies, scratch, rowgroup_mb, encoding), n_written, v_tr)), unit)
         M.clear(scratch)
         for name, c_conf, c in stages:
             out = bench.record(name, lambda c_conf=c_conf: M.stage_once(spark, c_conf, "augment"), unit, stage_note)
@@ -608,10 +586,10 @@ def main(argv=None) -> int:
                       + f"  = {sum(parts.values()):.3f} ms/img")
 
         M.wait_quiet(args.wait_quiet)
-        text, groups_prof = cprofile_files(groups, policy, copies, scratch, rowgroup_mb, png)
+        text, groups_prof = cprofile_files(groups, policy, copies, scratch, rowgroup_mb, encoding)
         M.clear(scratch)
         gt = groups_prof["total_s"]
-        print(f"cProfile of _augment_files on the train files ({groups_prof['rows']} rows written: copies "
+        print(f"cProfile of augment_files on the train files ({groups_prof['rows']} rows written: copies "
               f"0..{copies}) in one process: {gt:.2f}s = {gt / n_aug * 1e3:.2f} ms per augmented image under the "
               f"profiler:")
         for g, v in sorted(groups_prof["groups"].items(), key=lambda kv: -kv[1]):

@@ -30,6 +30,9 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
@@ -45,11 +48,9 @@ def args_parser() -> argparse.ArgumentParser:
 
 
 def _conf(work: str, *extra):
-    from pipeline.config import load_config
-
-    return load_config("local", overrides=[f"paths.work_dir={work}", "spark.master=local[2]",
-                                           "ingest.render_hw=[360,640]", "ingest.split={train: 0.9, val: 0.05, test: 0.05}",
-                                           *extra])
+    """The benchmark's config (:func:`common.make_conf`): 640x360 scenes, 90% of them train."""
+    return common.make_conf(work, "ingest.render_hw=[360,640]", "ingest.split={train: 0.9, val: 0.05, test: 0.05}",
+                            *extra)
 
 
 def _nets(in_hw):
@@ -162,16 +163,11 @@ def measure(variant: str, work: str, rows: int) -> dict:
 
 
 def prepare(work: str, frames: int) -> None:
-    from pipeline.data import store
     from pipeline.session import build_session
-    from pipeline.stages import get_stage, run_stage
-    from pipeline.tracking import Tracker
 
     conf = _conf(work, f"ingest.num_frames={int(frames / 0.88) + 50}")
-    if not store.exists(f"{store.dataset_root(conf.paths.data_url, 'synthetic')}/{store.META}"):
-        spark = build_session(conf)
-        run_stage(get_stage("ingest"), spark, conf, Tracker(conf))
-        spark.stop()
+    if common.ensure_dataset(lambda: build_session(conf), conf, name="synthetic") is not None:
+        build_session(conf).stop()                    # (the session the ingest ran on)
     if not Path(work, "order.json").exists():        # the stage's probe order: Spark's xxhash64 of the id, then id
         from pyspark.sql import functions as F
 

@@ -12,11 +12,10 @@ What is measured, all in one run, interleaved per repeat so that machine noise h
 * ``process_partition, 1 process``  ingest's own per-input code (``ingest.process_partition``) called in this one
                            process, no Spark, rows not written: what ingest does per image on top of the bare loop
                            (phash, lane mask, row encoding), without any parallelism.
-* ``spark transform``      the stage's one Spark job alone: ``parallelize(inputs, p).mapPartitionsWithIndex(
-                           write_partition).collect()`` into a throwaway folder (the tasks transform and write their
-                           own Parquet files and return their reports); no Petastorm metadata, accounting,
-                           near-duplicate join or MLflow. ``p`` is the stage's partition count unless ``--partitions``
-                           says otherwise.
+* ``spark transform``      the stage's one Spark job alone: ``ingest.write_job(..., p).collect()`` into a
+                           throwaway folder (the tasks transform and write their own Parquet files and return their
+                           reports); no Petastorm metadata, accounting, near-duplicate join or MLflow. ``p`` is the
+                           stage's task count (``ingest.task_count``) unless ``--partitions`` says otherwise.
 * ``spark stage, N frames``  the whole ingest stage through ``run_stage(get_stage("ingest"), ...)`` with a real
                            ``Tracker``, a fresh ``paths.work_dir`` per run, at ``--frames`` and at ``--small-frames``
                            (or at every size of ``--stage-frames``): a least-squares fit of stage time = fixed +
@@ -58,6 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _measure as M  # noqa: E402  (puts the repo root on sys.path too)
+import common  # noqa: E402
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -228,29 +228,19 @@ def run_partition_in_process(inputs, opts) -> int:
 # ---------------------------------------------------------------------------------------------- Spark
 
 def make_conf(work_dir: Path, source_path: Path, master: str):
-    from pipeline.config import load_config
-
-    return load_config("local", overrides=[
-        f"paths.work_dir={work_dir}", f"spark.master={master}", "ingest.source=imagefolder",
-        f"ingest.source_path={source_path}", f"ingest.road_hw=[{TARGET_HW[0]},{TARGET_HW[1]}]",
-        "spark.conf.spark.ui.showConsoleProgress=false"])   # no progress bars in the output; no effect on timing
-
-
-def stage_partitions(spark, conf, n: int) -> int:
-    """The partition count ``ingest.run`` picks for n inputs (mirrors it: keep the two in step)."""
-    default = max(spark.sparkContext.defaultParallelism, -(-n // 200))
-    return min(n, conf.ingest.partitions or default)
+    """The stage's config on the frames under ``source_path`` (ImageFolder), stored at 128x128."""
+    return common.make_conf(work_dir, "ingest.source=imagefolder", f"ingest.source_path={source_path}",
+                            f"ingest.road_hw=[{TARGET_HW[0]},{TARGET_HW[1]}]", master=master, progress=False)
 
 
 def spark_transform(spark, inputs, opts, partitions: int, scratch: Path, rowgroup_mb: float) -> tuple:
-    """The stage's Spark job alone, into a throwaway folder under ``scratch``: (inputs accounted in the task
-    reports, dataset rows written). The folder is removed by the caller, outside the timed region."""
-    from pipeline.data.ingest import LEDGER, QUARANTINE, write_partition
+    """The stage's Spark job alone (``ingest.write_job``), into a throwaway folder under ``scratch``: (inputs
+    accounted in the task reports, dataset rows written). The folder is removed by the caller, outside the timed
+    region."""
+    from pipeline.data.ingest import LEDGER, QUARANTINE, write_job
 
     url = f"file://{scratch}/{uuid.uuid4().hex[:8]}"
-    reports = (spark.sparkContext.parallelize(inputs, partitions)
-               .mapPartitionsWithIndex(lambda i, items: write_partition(i, items, opts, url, rowgroup_mb))
-               .collect())
+    reports = write_job(spark, inputs, opts, url, rowgroup_mb, partitions).collect()
     accounted = sum(n for r in reports for _, n in r["statuses"])
     rows = sum(info["rows"] for r in reports for folder, info in r["files"].items()
                if folder not in (LEDGER, QUARANTINE))
@@ -263,7 +253,7 @@ def spark_transform(spark, inputs, opts, partitions: int, scratch: Path, rowgrou
 PHASE_NOTES = {
     "plan_inputs": "plan_inputs (ImageFolder listing on the driver)",
     "recover": "store.recover (leftovers of killed runs)",
-    ("recover", "collect"): "parallelize the inputs",
+    ("recover", "collect"): "plan the inputs into tasks (writer.plan_tasks), parallelize them",
     "collect": "THE Spark job: tasks transform their inputs and write their own Parquet files (write_partition)",
     "commit": "commit of ledger + quarantine files (rename, footers)",
     "finalize": "Petastorm metadata per dataset (parts.finalize: footers checked, _common_metadata)",
@@ -274,7 +264,7 @@ PHASE_NOTES = {
     "count": "near-duplicate join: executed (pairs.cache().count())",
     "write_meta": "store.write_meta: _ingest.json",
     "swap_in": "store.swap_in: swap the dataset in",
-    "_log": "_log: MLflow metrics, dataset fingerprints, sample + near-duplicate figures",
+    "log_run": "log_run: MLflow metrics, dataset fingerprints, sample + near-duplicate figures",
 }
 
 
@@ -288,7 +278,7 @@ def stage_targets() -> list:
     return [(ingest, "run"), (ingest, "plan_inputs"), (store, "recover"), (RDD, "collect"),
             (parts, "commit"), (parts, "finalize"), (ingest, "account"), (DataFrameReader, "parquet"),
             (ingest, "near_duplicate_pairs"), (DataFrame, "count"), (store, "write_meta"),
-            (store, "swap_in"), (ingest, "_log")]
+            (store, "swap_in"), (ingest, "log_run")]
 
 
 def cprofile_partition(inputs, opts, scratch: Path, rowgroup_mb: float, top: int = 16) -> tuple:
@@ -362,7 +352,7 @@ def main(argv=None) -> int:
     M.METER.start(spark)
     print(f"SparkSession ({args.master}, pyspark {pyspark.__version__}) built in {time.perf_counter() - t0:.1f}s "
           f"(JVM pid {M.METER.jvm_pid}); untimed")
-    partitions = args.partitions or stage_partitions(spark, conf, n)
+    partitions = args.partitions or ingest.task_count(spark, conf.ingest, n)
 
     # Warm-up (untimed): JVM JIT, Python worker start + imports, MLflow store; the same code paths as timed runs.
     t0 = time.perf_counter()

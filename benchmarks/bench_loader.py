@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _measure  # noqa: E402
+import common  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
 from pipeline.tasks import TASKS  # noqa: E402
 from pipeline.train import loader  # noqa: E402
 
@@ -58,22 +58,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def ensure_data(args, image_format: str):
-    """The dataset ingested with ``image_format`` (once), and its train split's URL and kind."""
-    from pipeline.data import store
+    """The dataset ingested with ``image_format`` (once, :func:`common.ensure_dataset`), as a training spec."""
+    from pipeline.session import build_session
     from pipeline.train.spec import make_spec
 
-    conf = load_config("local", overrides=[
-        f"paths.work_dir={args.work_dir}", f"ingest.num_frames={args.frames}", "spark.master=local[2]",
-        f"ingest.name=bench-{image_format}", f"ingest.image_format={image_format}", f"train.task={args.task}",
-        f"train.data=bench-{image_format}", f"train.batch_size={args.batch_size}"])
-    if not store.exists(f"{store.dataset_root(conf.paths.data_url, conf.ingest.name)}/{store.META}"):
-        from pipeline.session import build_session
-        from pipeline.stages import get_stage, run_stage
-        from pipeline.tracking import Tracker
-
-        print(f"ingesting {args.frames} synthetic frames as {image_format} into {args.work_dir} (once) ...",
-              flush=True)
-        run_stage(get_stage("ingest"), build_session(conf), conf, Tracker(conf))
+    conf = common.make_conf(args.work_dir, f"ingest.num_frames={args.frames}", f"ingest.name=bench-{image_format}",
+                            f"ingest.image_format={image_format}", f"train.task={args.task}",
+                            f"train.data=bench-{image_format}", f"train.batch_size={args.batch_size}")
+    common.ensure_dataset(lambda: build_session(conf), conf, say=f"ingesting {args.frames} synthetic frames as "
+                          f"{image_format} into {args.work_dir} (once) ...")
     return make_spec(conf)
 
 

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repo root on sys.path too)
 
-from pipeline.config import load_config  # noqa: E402
 from pipeline.tasks import TASKS  # noqa: E402
 from pipeline.train import loader  # noqa: E402
 from pipeline.train.run import build, distribute, task_loss  # noqa: E402
@@ -57,22 +56,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def ensure_data(args, image_format: str = "png") -> object:
-    overrides = [f"paths.work_dir={args.work_dir}", f"ingest.num_frames={args.frames}", "spark.master=local[2]",
-                 f"train.task={args.task}", f"train.batch_size={args.batch_size}", f"train.width={args.width}",
-                 "train.epochs=2", f"train.use_gpu={args.device == 'cuda'}", f"ingest.image_format={image_format}",
-                 f"ingest.name=synthetic-{image_format}", f"train.data=synthetic-{image_format}"]
-    conf = load_config("local", overrides=overrides)
-    from pipeline.data import store
+    """The config of the dataset ingested with ``image_format`` (once, :func:`common.ensure_dataset`)."""
     from pipeline.session import build_session
 
+    conf = common.make_conf(args.work_dir, f"ingest.num_frames={args.frames}", f"train.task={args.task}",
+                            f"train.batch_size={args.batch_size}", f"train.width={args.width}", "train.epochs=2",
+                            f"train.use_gpu={args.device == 'cuda'}", f"ingest.image_format={image_format}",
+                            f"ingest.name=synthetic-{image_format}", f"train.data=synthetic-{image_format}")
     spark = build_session(conf)  # TorchDistributor needs an active session
-    if not store.exists(f"{store.dataset_root(conf.paths.data_url, conf.ingest.name)}/{store.META}"):
-        from pipeline.stages import get_stage, run_stage
-        from pipeline.tracking import Tracker
-
-        print(f"ingesting {args.frames} synthetic frames ({image_format}) into {args.work_dir} (once) ...",
-              flush=True)
-        run_stage(get_stage("ingest"), spark, conf, Tracker(conf))
+    common.ensure_dataset(spark, conf, say=f"ingesting {args.frames} synthetic frames ({image_format}) into "
+                                           f"{args.work_dir} (once) ...")
     return conf
 
 

@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repo root on sys.path too)
 
-from pipeline.config import load_config  # noqa: E402
 from pipeline.session import build_session  # noqa: E402
 from pipeline.stages import get_stage, run_stage  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
@@ -59,12 +58,11 @@ def main() -> int:
                         "in <work-dir>/models.json) instead of training them again")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
-    common = [f"paths.work_dir={args.work_dir}", f"ingest.num_frames={args.frames}", "ingest.frames_per_sequence=4",
-              f"train.epochs={args.epochs}", "train.task=lane_classifier", "mlflow.experiment=context-failure",
-              *args.overrides]
+    shared = [f"ingest.num_frames={args.frames}", "ingest.frames_per_sequence=4", f"train.epochs={args.epochs}",
+              "train.task=lane_classifier", "mlflow.experiment=context-failure", *args.overrides]
 
     def conf(*extra):
-        return load_config("local", overrides=[*common, *extra])
+        return common.make_conf(args.work_dir, *shared, *extra, master=None)
 
     spark = build_session(conf())
     tic = time.perf_counter()
@@ -75,17 +73,14 @@ def main() -> int:
 
     data = Path(args.work_dir) / "data"
 
-    def made(name):   # a dataset a previous run of this script wrote whole (the stage swaps it in at the end)
-        if (data / name / "road_frames" / "test").is_dir() and not args.fresh:
-            print(f"== {name}: already in {data} (--fresh writes it again)", flush=True)
-            return True
-        return False
+    def made(name, c):   # the dataset a previous run of this script wrote whole (a stage swaps it in last), or now
+        say = f"== {name} ({c.train.data if name != 'ingest' else c.ingest.name})"
+        if common.ensure_dataset(spark, c, name, fresh=args.fresh, say=say) is None:
+            print(f"== {getattr(c, name).name}: already in {data} (--fresh writes it again)", flush=True)
 
     for bias, name in ((0.0, "fair"), (0.95, "biased"), (1.0, "tied")):
-        if not made(name):
-            stage("ingest", conf(f"ingest.context_bias={bias}", f"ingest.name={name}"))
-    if not made("biased-context"):
-        stage("augment", conf("augment.source=biased", "augment.policy=context", "augment.name=biased-context"))
+        made("ingest", conf(f"ingest.context_bias={bias}", f"ingest.name={name}"))
+    made("augment", conf("augment.source=biased", "augment.policy=context", "augment.name=biased-context"))
     rows = []
     known = Path(args.work_dir) / "models.json"      # row -> model URI of the nets trained so far
     models = json.loads(known.read_text()) if known.exists() else {}

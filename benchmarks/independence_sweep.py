@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repo root on sys.path too)
 
-from pipeline.config import load_config  # noqa: E402
 from pipeline.session import build_session  # noqa: E402
 from pipeline.stages import get_stage, run_stage  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
@@ -44,11 +43,10 @@ def main() -> int:
     parser.add_argument("--work-dir", default="/tmp/independence_sweep")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
-    common = [f"paths.work_dir={args.work_dir}", "train.task=lane_classifier", "mlflow.experiment=independence-sweep",
-              *args.overrides]
+    shared = ["train.task=lane_classifier", "mlflow.experiment=independence-sweep", *args.overrides]
 
     def conf(*extra):
-        return load_config("local", overrides=[*common, *extra])
+        return common.make_conf(args.work_dir, *shared, *extra, master=None)
 
     from pipeline.analysis.intervals import bootstrap, gap, grouped_counts
     from pipeline.models.lookup import load_model

@@ -5,7 +5,7 @@ unit is its best channel mean over the val split. Usage:
     .venv/bin/python benchmarks/visualize_off_units.py <task> <model URI> <layer> [work dir, default ./work]
 """
 import sys, numpy as np, torch
-from pipeline.config import load_config
+import common  # (the benchmarks' folder is on sys.path when run as a script)
 from pipeline.train.spec import make_spec
 from pipeline.models.lookup import load_model
 from pipeline.train.loader import rows, to_tensor
@@ -13,7 +13,7 @@ from pipeline.analysis import visualize as V, render
 task, uri, layer = sys.argv[1], sys.argv[2], sys.argv[3]
 import os
 work = os.path.abspath(sys.argv[4] if len(sys.argv) > 4 else "work")
-conf = load_config("local", overrides=[f"paths.work_dir={work}", f"train.task={task}"])
+conf = common.make_conf(work, f"train.task={task}", master=None)
 net = load_model(uri, conf).eval()
 spec = make_spec(conf)
 torch.set_num_threads(1)

@@ -114,10 +114,8 @@ def plan_halves(rows: list, kind: str, labels: list, splits: list, sizes: list, 
 
 def _derive_files(units, plan: Plan, roots: dict, encoding: tuple, mb: float):
     """Spark task: (split, source file) units -> rows of each half, transformed, into each output's files."""
-    import pyarrow.parquet as pq
-
     from pipeline.data.images import resize
-    from pipeline.data.parts import PartWriter, arrow_schema, encode_row
+    from pipeline.data.parts import PartWriter, arrow_schema, encode_row, row_groups
     from pipeline.session import quiet_warnings
     from schemas.datasets import SCHEMAS, decode_row
 
@@ -129,23 +127,19 @@ def _derive_files(units, plan: Plan, roots: dict, encoding: tuple, mb: float):
     for split_name, path in units:
         part = f"{split_name}-{path.rsplit('/', 1)[-1].split('.', 1)[0]}"
         writers = {key: PartWriter(roots[key], part, mb) for key in plan.outputs()}
-        fs, local = store.filesystem(path)
-        with fs.open(local, "rb") as fh:
-            source = pq.ParquetFile(fh)
-            for group in range(source.num_row_groups):
-                for stored in source.read_row_group(group, columns=list(schema.fields)).to_pylist():
-                    targets = _targets(plan, split_name, stored)
-                    if not targets:
-                        continue
-                    row = decode_row(schema, stored)
-                    if plan.image_hw:
-                        row["image"] = resize(row["image"], plan.image_hw)
-                        if "lane_mask" in row:
-                            row["lane_mask"] = resize(row["lane_mask"], plan.image_hw, nearest=True)
-                    for key, folder in targets:
-                        out = dict(row, label=index[key][row["label_name"]])
-                        writers[key].add(f"{plan.kind}/{folder}", out_schema,
-                                         encode_row(schema, out, *encoding))
+        for table in row_groups(path, list(schema.fields)):
+            for stored in table.to_pylist():
+                targets = _targets(plan, split_name, stored)
+                if not targets:
+                    continue
+                row = decode_row(schema, stored)
+                if plan.image_hw:
+                    row["image"] = resize(row["image"], plan.image_hw)
+                    if "lane_mask" in row:
+                        row["lane_mask"] = resize(row["lane_mask"], plan.image_hw, nearest=True)
+                for key, folder in targets:
+                    out = dict(row, label=index[key][row["label_name"]])
+                    writers[key].add(f"{plan.kind}/{folder}", out_schema, encode_row(schema, out, *encoding))
         results.append({key: writer.close() for key, writer in writers.items()})
     yield results
 
@@ -167,7 +161,7 @@ def derive(spark, conf: Config, spec) -> Plan:
     """Write every half as a dataset of its own (swapped in whole; a killed run leaves the previous ones)."""
     from pyspark.sql import functions as F
 
-    from pipeline.data import parts
+    from pipeline.data import writer
     from schemas.datasets import SCHEMAS
 
     c = conf.transfer
@@ -183,48 +177,59 @@ def derive(spark, conf: Config, spec) -> Plan:
         if len(plan.labels[key]) < 2:
             raise ConfigError(f"transfer: half {key[1]} of the {key[0]} split has one class "
                               f"({', '.join(plan.labels[key])}): the task needs 4 or more classes for a class split")
-    roots = {key: store.dataset_root(conf.paths.data_url, dataset_name(conf.train.data, *key)) for key in plan.outputs()}
-    for final in roots.values():
-        store.recover(final)
-    tmp = {key: store.temporary(final) for key, final in roots.items()}
-    fs, path = store.filesystem(root)
-    units = [(split, f"{spec.split_url(split)}/{p.rsplit('/', 1)[-1]}")
-             for split in ("train",) + EVAL_SPLITS if spec.has_split(split)
-             for p in sorted(fs.glob(f"{path}/{kind}/{split}/*.parquet"))]
-    sc = spark.sparkContext
-    groups = [units[i::2 * sc.defaultParallelism] for i in range(min(len(units), 2 * sc.defaultParallelism))]
+    outs = {key: writer.Output(store.dataset_root(conf.paths.data_url, dataset_name(conf.train.data, *key)))
+            for key in plan.outputs()}
+    tmp = {key: out.tmp for key, out in outs.items()}
+    units, weights = _derive_units(spec)
     mb, encoding = conf.ingest.rowgroup_size_mb, (conf.ingest.png_compression, conf.ingest.image_format)
-    reports = sc.parallelize(groups, len(groups)).mapPartitions(
-        lambda it: _derive_files([u for g in it for u in g], plan, tmp, encoding, mb)).collect()
-    for key in plan.outputs():
-        files = parts.merge(r[key] for task in reports for r in task)
-        splits, classes = {}, {}
-        for folder, infos in files.items():
-            splits[folder.split("/", 1)[1]] = parts.finalize(f"{tmp[key]}/{folder}", SCHEMAS[kind], infos,
-                                                             image_format=conf.ingest.image_format)
-        for folder, expected in plan.sizes[key].items():
-            if splits.get(folder, 0) != expected:
-                raise RuntimeError(f"transfer wrote {splits.get(folder, 0)} rows to {roots[key]}/{kind}/{folder}, "
-                                   f"expected {expected}")
-        missing = [s for s in EVAL_SPLITS if not splits.get(s)]
-        if missing:
-            from pipeline.data.splits import fix, rows_in
-            from pipeline.errors import EmptySplit
-
-            meta = store.read_meta(root)
-            held = " and ".join(f"{rows_in(meta, kind, s)} {s}" for s in missing)
-            raise EmptySplit(f"transfer: half {key[1]} of the {key[0]} split ({', '.join(plan.labels[key])}) has no "
-                             f"{' or '.join(missing)} rows: dataset {root.rsplit('/', 1)[-1]}, kind {kind}, holds "
-                             f"{held} rows, none of this half's; {fix(meta, missing[0])}", root, kind, missing[0])
-        store.write_meta(tmp[key], {"datasets": {kind: {"rows": sum(splits.values()), "splits": splits,
-                                                        "classes": classes, "labels": plan.labels[key]}},
-                                    "kinds": [kind], "classes": plan.labels[key],
-                                    "transfer": {"source": root, "split": key[0], "half": key[1],
-                                                 "image_hw": list(plan.image_hw or spec.in_hw)}})
-        store.swap_in(tmp[key], roots[key])
-        print(f"transfer: half {key[1]} of the {key[0]} split: {', '.join(plan.labels[key])}; "
-              + ", ".join(f"{folder} {n}" for folder, n in sorted(splits.items())), flush=True)
+    groups = writer.plan_tasks(units, writer.spark_tasks(spark), weights)
+    reports = writer.task_job(spark, groups, lambda index, group: _derive_files(group, plan, tmp, encoding, mb)
+                              ).collect()
+    for key, out in outs.items():
+        _publish_half(out, key, plan, [r[key] for task in reports for r in task], spec, conf)
     return plan
+
+
+def _derive_units(spec) -> tuple[list, list]:
+    """The source files derive reads, as units ``(split, file URL)`` (train, then val and test), weighted by
+    their bytes."""
+    fs, path = store.filesystem(spec.data_root)
+    units, weights = [], []
+    for split in ("train",) + EVAL_SPLITS:
+        if spec.has_split(split):
+            for p in sorted(fs.glob(f"{path}/{spec.kind}/{split}/*.parquet")):
+                units.append((split, f"{spec.split_url(split)}/{p.rsplit('/', 1)[-1]}"))
+                weights.append(fs.size(p))
+    return units, weights
+
+
+def _publish_half(out, key: tuple, plan: Plan, written: list, spec, conf: Config) -> None:
+    """Commit one half's files (``written``: its part of the tasks' reports), check every folder holds the rows
+    planned and val and test are not empty, and swap the half's dataset in."""
+    from pipeline.data import parts, writer
+    from schemas.datasets import SCHEMAS
+
+    kind, root = spec.kind, spec.data_root
+    on_disk = out.commit(parts.merge(written), lambda folder: SCHEMAS[kind], conf.ingest.image_format)
+    writer.expect_rows(f"transfer ({out.root})", on_disk, {f"{kind}/{f}": n for f, n in plan.sizes[key].items()})
+    splits = {folder.split("/", 1)[1]: n for folder, n in on_disk.items()}
+    missing = [s for s in EVAL_SPLITS if not splits.get(s)]
+    if missing:
+        from pipeline.data.splits import fix, rows_in
+        from pipeline.errors import EmptySplit
+
+        meta = store.read_meta(root)
+        held = " and ".join(f"{rows_in(meta, kind, s)} {s}" for s in missing)
+        raise EmptySplit(f"transfer: half {key[1]} of the {key[0]} split ({', '.join(plan.labels[key])}) has no "
+                         f"{' or '.join(missing)} rows: dataset {root.rsplit('/', 1)[-1]}, kind {kind}, holds "
+                         f"{held} rows, none of this half's; {fix(meta, missing[0])}", root, kind, missing[0])
+    out.publish({"datasets": {kind: {"rows": sum(splits.values()), "splits": splits, "classes": {},
+                                     "labels": plan.labels[key]}},
+                 "kinds": [kind], "classes": plan.labels[key],
+                 "transfer": {"source": root, "split": key[0], "half": key[1],
+                              "image_hw": list(plan.image_hw or spec.in_hw)}})
+    print(f"transfer: half {key[1]} of the {key[0]} split: {', '.join(plan.labels[key])}; "
+          + ", ".join(f"{folder} {n}" for folder, n in sorted(splits.items())), flush=True)
 
 
 # --------------------------------------------------------------------------------------------- grid

@@ -1,12 +1,14 @@
 """The ingest stage: sources -> decoded, validated, resized, split rows -> Petastorm datasets + quarantine.
 
-extract   : plan the inputs on the driver (synthetic frame indices, or a reader's canonical records);
+extract   : plan the inputs on the driver (synthetic frame indices, or a reader's canonical records;
+            :func:`extract`);
 transform : Spark tasks render / read + decode their own inputs (paths travel, not bytes), validate, resize,
             and emit one ledger row per input plus the dataset rows it yields (``process_partition``);
 load      : the same tasks write their rows themselves, a Parquet file per dataset and task
-            (``write_partition``, :mod:`pipeline.data.parts`): one Spark job in all. The driver commits the files,
-            adds the Petastorm metadata and checks the footers; every dataset of one ingest is written under a
-            temporary folder and swapped in whole.
+            (``write_partition``, :mod:`pipeline.data.parts`): one Spark job in all (:func:`write_job`). The
+            driver commits the files, adds the Petastorm metadata, checks the footers and accounts for every input
+            (:func:`load`); every dataset of one ingest is written under a temporary folder and swapped in whole
+            (:mod:`pipeline.data.writer`).
 
 Accounting: every input yields exactly one ledger row, ``written`` or ``quarantined`` with its reason,
 so rows in = rows written + rows quarantined is checked on every run.
@@ -39,9 +41,10 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from pipeline.config import Config, IngestSection
-from pipeline.data import store
+from pipeline.data import store, writer
 from pipeline.data.images import resize
 from pipeline.data.records import CROP_CLASSES, DISTANCES, TL_STATES, Box, stable_hash
+from pipeline.data.writer import AccountingError
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -57,10 +60,6 @@ QUARANTINE_COLUMNS = ("input_id", "source_id", "path", "group", "reason")
 
 class IngestError(UserError):
     """A source that cannot be read at all (missing path, no images): the message names the fix."""
-
-
-class AccountingError(RuntimeError):
-    """Ingest cannot account for its inputs (rows in != written + quarantined): a bug, never bad input."""
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -617,97 +616,178 @@ def groups_across_splits(ledger) -> int:
             .agg(F.countDistinct("split").alias("splits")).filter(F.col("splits") > 1).count())
 
 
+# ------------------------------------------------------------------------------------------- stage
+
 def run(spark, conf: Config, tracker) -> dict:
-    """The ingest stage (registered in pipeline.stages): plan -> one Spark job -> datasets swapped in whole."""
-    import mlflow
-
-    from pipeline.data import parts
-    from schemas.datasets import SCHEMAS
-
+    """The ingest stage (registered in pipeline.stages): plan the inputs (extract), one Spark job transforms and
+    writes them (:func:`write_job`), the tasks' files are committed and every input accounted for (load), and
+    the dataset is described and swapped in whole."""
     c = conf.ingest
+    plan = extract(spark, conf)
+    say_plan(plan)
+    out = writer.Output(store.dataset_root(conf.paths.data_url, c.name))
+    reports = write_job(spark, plan.inputs, plan.opts, out.tmp, c.rowgroup_size_mb,
+                        task_count(spark, c, len(plan.inputs))).collect()
+    summary = load(out, reports, plan)
+    pairs = describe(spark, f"{out.tmp}/{LEDGER}", plan, summary)
+    out.publish(summary)
+    log_run(tracker, conf, out.root, summary, samples_of(reports, summary["kinds"]), pairs)
+    pairs.unpersist()
+    return stage_results(summary, say_empty_splits(out.root, summary), out.root)
+
+
+# ----------------------------------------------------------------------------------- extract (driver)
+
+@dataclass
+class IngestPlan:
+    """What the driver planned before the Spark job: the inputs, the options every task gets, what the plan
+    changed (``{"val_carved": n}``), and with ``ingest.group_near_duplicates`` what the first pass merged and how
+    many merged groups have source-fixed inputs in several splits (``spanning``)."""
+    inputs: list
+    opts: IngestOptions
+    changes: dict
+    regrouping: Regrouping
+    spanning: int = 0
+
+    @property
+    def section(self) -> IngestSection:
+        return self.opts.section
+
+
+def check_options(c: IngestSection) -> None:
+    """Refuse options that contradict each other, naming the fix."""
     if c.split_by == "frame" and c.group_near_duplicates:
         raise IngestError("ingest.split_by=frame splits every frame on its own, so ingest.group_near_duplicates=true "
                           "would join groups for nothing: set ingest.split_by=group to keep near-duplicates "
                           "together, or ingest.group_near_duplicates=false to measure the frame-level leak")
+
+
+def extract(spark, conf: Config) -> IngestPlan:
+    """Plan the inputs (:func:`plan_inputs`); with ``ingest.group_near_duplicates`` the first Spark pass joins
+    the groups of near-duplicates (:func:`find_near_duplicate_groups`) before any split is decided."""
+    c = conf.ingest
+    check_options(c)
     regrouping = Regrouping()
 
-    def regroup(items: list) -> dict:   # the first pass of ingest.group_near_duplicates
+    def regroup(items: list) -> dict:
         nonlocal regrouping
         regrouping = find_near_duplicate_groups(spark, items, IngestOptions(c, ()), c.near_duplicate_bits,
-                                                _partitions(spark, c, len(items)))
+                                                task_count(spark, c, len(items)))
         return regrouping.merged
 
     inputs, classes, changes = plan_inputs(conf, regroup if c.group_near_duplicates else None)
     forced, spanning = forced_splits(inputs, regrouping.merged)
-    opts = IngestOptions(c, classes, regrouping.merged, forced)
+    return IngestPlan(inputs, IngestOptions(c, classes, regrouping.merged, forced), changes, regrouping, spanning)
+
+
+def plan_notes(plan: IngestPlan) -> dict:
+    """``{MLflow tag: line}``: what the stage says about its plan (a leaky split, the groups it joined, a val
+    carved out of a train folder), in the order it says them."""
+    c, regrouping, notes = plan.section, plan.regrouping, {}
     if c.split_by == "frame":
-        note = ("ingest.split_by=frame: every frame is split on its own, so frames of one sequence / group land in "
-                "different splits (the leak the independence audit measures); never for real models")
-        print(note, flush=True)
-        mlflow.set_tag("ingest.split_note", note)
+        notes["ingest.split_note"] = (
+            "ingest.split_by=frame: every frame is split on its own, so frames of one sequence / group land in "
+            "different splits (the leak the independence audit measures); never for real models")
     if c.group_near_duplicates:
         note = (f"ingest.group_near_duplicates: {regrouping.pairs_across_groups} near-duplicate pairs (<= "
                 f"{c.near_duplicate_bits} bits) between groups among {regrouping.inputs_hashed} hashed inputs; "
                 f"{regrouping.groups_merged} groups joined another's, "
                 f"{len(set(regrouping.merged.values()))} merged groups")
-        if spanning:
-            note += (f"; {spanning} merged groups have inputs whose splits the source fixes to different splits: "
-                     f"they stay split (nothing can move) and their pairs remain in near_duplicates_across_splits")
+        if plan.spanning:
+            note += (f"; {plan.spanning} merged groups have inputs whose splits the source fixes to different "
+                     f"splits: they stay split (nothing can move) and their pairs remain in "
+                     f"near_duplicates_across_splits")
+        notes["ingest.group_near_duplicates"] = note
+    if "val_carved" in plan.changes:
+        notes["ingest.val_carve"] = (
+            f"ingest: the source fixes train and test but has no val: {plan.changes['val_carved']} train inputs "
+            f"(ingest.val_from_train={c.val_share:.3g} of the train folder's groups) became val; test untouched")
+    return notes
+
+
+def say_plan(plan: IngestPlan) -> None:
+    """Print :func:`plan_notes` and tag the run with them; a carved val is also a metric."""
+    import mlflow
+
+    for tag, note in plan_notes(plan).items():
         print(note, flush=True)
-        mlflow.set_tag("ingest.group_near_duplicates", note)
-    if "val_carved" in changes:
-        note = (f"ingest: the source fixes train and test but has no val: {changes['val_carved']} train inputs "
-                f"(ingest.val_from_train={conf.ingest.val_share:.3g} of the train folder's groups) became val; "
-                f"test untouched")
-        print(note, flush=True)
-        mlflow.log_metric("val_carved_from_train", changes["val_carved"])
-        mlflow.set_tag("ingest.val_carve", note)
-    root = store.dataset_root(conf.paths.data_url, conf.ingest.name)
-    store.recover(root)
-    tmp = store.temporary(root)
-    kinds = list(opts.kinds)
-    partitions = _partitions(spark, c, len(inputs))
-    rowgroup_mb = conf.ingest.rowgroup_size_mb
-    reports = (spark.sparkContext.parallelize(inputs, partitions)
-               .mapPartitionsWithIndex(lambda i, items: write_partition(i, items, opts, tmp, rowgroup_mb))
-               .collect())
-    files = parts.merge(r["files"] for r in reports)
-    written_rows = {}
-    for folder, infos in sorted(files.items()):  # Petastorm metadata per dataset; footers checked
-        if folder in (LEDGER, QUARANTINE):
-            written_rows[folder] = parts.commit(f"{tmp}/{folder}", infos)
-        else:
-            kind = folder.split("/")[0]
-            written_rows[folder] = parts.finalize(f"{tmp}/{folder}", SCHEMAS[kind], infos,
-                                                  image_format=conf.ingest.image_format)
-    summary = account(reports, written_rows, kinds, len(inputs))
+        if tag == "ingest.val_carve":
+            mlflow.log_metric("val_carved_from_train", plan.changes["val_carved"])
+        mlflow.set_tag(tag, note)
+
+
+def task_count(spark, section: IngestSection, n: int) -> int:
+    """The Spark tasks of an ingest of ``n`` inputs: ``ingest.partitions`` if set, else one task per core unless
+    the inputs are many (>= 200 per task): measured fastest on 2 cores (benchmarks/RESULTS.md); every split
+    still gets a file per task, enough row groups to shard."""
+    default = max(spark.sparkContext.defaultParallelism, -(-n // 200))
+    return max(1, min(n, section.partitions or default))
+
+
+# -------------------------------------------------------------------------------------- load (driver)
+
+def write_job(spark, inputs: list, opts: IngestOptions, out_url: str, rowgroup_size_mb: float, tasks: int):
+    """The ingest's one Spark job, not run yet: the inputs in ``tasks`` contiguous runs
+    (:func:`writer.plan_tasks`), each task transforming and writing its own (:func:`write_partition`) into
+    ``out_url``; ``.collect()`` gives the tasks' reports."""
+    return writer.task_job(spark, writer.plan_tasks(inputs, tasks),
+                           lambda index, items: write_partition(index, items, opts, out_url, rowgroup_size_mb))
+
+
+def _schema_of(folder: str):
+    """The Unischema of a folder an ingest task writes: none for the plain ledger and quarantine tables."""
+    from schemas.datasets import SCHEMAS
+
+    return None if folder in (LEDGER, QUARANTINE) else SCHEMAS[folder.split("/")[0]]
+
+
+def load(out: writer.Output, reports: list, plan: IngestPlan) -> dict:
+    """Commit the files the tasks reported (datasets with their Petastorm metadata, footers checked) and account
+    for every input (:func:`account`): the dataset's summary, with each kind's label names."""
+    from pipeline.data import parts
+
+    kinds = list(plan.opts.kinds)
+    written = out.commit(parts.merge(r["files"] for r in reports), _schema_of, plan.section.image_format)
+    summary = account(reports, written, kinds, len(plan.inputs))
     for kind in kinds:
         summary["datasets"][kind]["labels"] = list(CROP_CLASSES if kind == "tl_crops" else
-                                                   ("light",) if kind == "tl_frames" else classes)
-    samples = {kind: [row for r in reports for row in r["samples"].get(kind, [])][:12] for kind in kinds}
-    ledger = spark.read.parquet(f"{tmp}/{LEDGER}")
-    pairs = near_duplicate_pairs(ledger, conf.ingest.near_duplicate_bits).cache()
+                                                   ("light",) if kind == "tl_frames" else plan.opts.classes)
+    return summary
+
+
+def describe(spark, ledger_url: str, plan: IngestPlan, summary: dict):
+    """Add to ``summary`` what the written ledger says about the splits (near-duplicates and groups across them,
+    groups per split, what decided them, the near-duplicate grouping) and what was planned. Returns the
+    near-duplicate pairs across splits (cached, for the figure; the caller unpersists them)."""
+    c, regrouping = plan.section, plan.regrouping
+    ledger = spark.read.parquet(ledger_url)
+    pairs = near_duplicate_pairs(ledger, c.near_duplicate_bits).cache()
     summary["near_duplicates_across_splits"] = pairs.count()
     summary["split_by"] = c.split_by
     summary["groups_across_splits"] = groups_across_splits(ledger)
     summary["split_groups"] = split_groups(ledger)
-    summary["split_rule"] = split_rule(c, inputs)
+    summary["split_rule"] = split_rule(c, plan.inputs)
     if c.group_near_duplicates:
         summary["near_duplicate_grouping"] = {
             "inputs_hashed": regrouping.inputs_hashed, "pairs_across_groups": regrouping.pairs_across_groups,
             "groups_merged": regrouping.groups_merged, "merged_groups": len(set(regrouping.merged.values())),
             "inputs_regrouped": ledger.filter((ledger["status"] == "written")
                                               & (ledger["group"] != ledger["split_group"])).count(),
-            "merges_spanning_fixed_splits": spanning}
+            "merges_spanning_fixed_splits": plan.spanning}
         summary["near_duplicate_groups_merged"] = regrouping.groups_merged
-    summary["classes"] = list(classes)
-    summary["kinds"] = kinds
-    summary.update(changes)
-    store.write_meta(tmp, summary)
-    store.swap_in(tmp, root)
-    _log(tracker, conf, root, summary, samples, pairs)
-    pairs.unpersist()
-    empty = say_empty_splits(root, summary)
+    summary["classes"] = list(plan.opts.classes)
+    summary["kinds"] = list(plan.opts.kinds)
+    summary.update(plan.changes)
+    return pairs
+
+
+def samples_of(reports: list, kinds: list) -> dict:
+    """A few written rows per kind for the sample figures (the first tasks' first rows)."""
+    return {kind: [row for r in reports for row in r["samples"].get(kind, [])][:12] for kind in kinds}
+
+
+def stage_results(summary: dict, empty: list, root: str) -> dict:
+    """What the stage returns (and ``pipeline run`` prints): its counts and the dataset's URL."""
     return {"rows_in": summary["rows_in"], "rows_written": summary["rows_written"],
             "rows_quarantined": summary["rows_quarantined"],
             "near_duplicates_across_splits": summary["near_duplicates_across_splits"],
@@ -755,13 +835,6 @@ def say_empty_splits(root: str, summary: dict) -> list:
     return empty
 
 
-def _partitions(spark, section: IngestSection, n: int) -> int:
-    # One task per core unless the inputs are many (>= 200 per task): measured fastest on 2 cores
-    # (benchmarks/RESULTS.md); every split still gets a file per task, enough row groups to shard.
-    default = max(spark.sparkContext.defaultParallelism, -(-n // 200))
-    return max(1, min(n, section.partitions or default))
-
-
 def account(reports: list, written_rows: dict, kinds: list, rows_in: int) -> dict:
     """Counts per status / split / class / reason from the tasks' reports, checked against the inputs the
     reader planned (``rows_in``, counted before the job) and the rows on disk (file footers). Raises
@@ -804,7 +877,9 @@ def account(reports: list, written_rows: dict, kinds: list, rows_in: int) -> dic
             "quarantine_reasons": reasons, "fixes": fixes, "datasets": datasets}
 
 
-def _log(tracker, conf: Config, root: str, summary: dict, samples: dict, pairs) -> None:
+def log_run(tracker, conf: Config, root: str, summary: dict, samples: dict, pairs) -> None:
+    """The run's metrics (counts per status, split, class, quarantine reason and fix), the summary, the datasets
+    with their fingerprints, and the sample and near-duplicate figures."""
     import mlflow
 
     from pipeline.data import figures

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import pickle
 import uuid
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,6 +72,16 @@ def encode_row(unischema, values: dict, png_level: Optional[int] = None, image_f
         else:
             out[name] = field.codec.encode(field, value) if field.codec is not None else value
     return out
+
+
+def row_groups(url: str, columns: list) -> Iterator[pa.Table]:
+    """The row groups of one Parquet file at ``url``, one Arrow table at a time (bounded memory), with
+    ``columns`` only: how a task reads a source file of a dataset it derives another from."""
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as fh:
+        source = pq.ParquetFile(fh)
+        for group in range(source.num_row_groups):
+            yield source.read_row_group(group, columns=columns)
 
 
 class _Folder:

@@ -95,6 +95,28 @@ def test_augment_is_tracked_with_op_counts_and_pictures(augmented):
     assert {"figures/policy_road_frames.png", "figures/ops_tl_frames.png"} <= figures
 
 
+def test_copies_of_one_stored_row_without_spark_or_files():
+    """The stage's transform alone: copy 0 is the stored row with its lineage, copies 1..N its re-derivable
+    augmentations, each with the ops it says were applied."""
+    from pipeline.augment.stage import copies_of
+    from pipeline.data.parts import encode_row
+    from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS, decode_row
+
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    stored = encode_row(SCHEMAS["tl_crops"], {"id": "f1#0", "group": "g", "split": "train", "source": "s",
+                                              "image": image, "label": 0, "label_name": "red", "distance": "near"})
+    policy = get_policy("basic", seed=0)
+    out = list(copies_of("tl_crops", stored, policy, 2))
+    assert [(r["id"], r["parent_id"], r["copy"]) for r, _ in out] == [
+        ("f1#0", "f1#0", 0), ("f1#0~1", "f1#0", 1), ("f1#0~2", "f1#0", 2)]
+    assert out[0][0]["image"] == stored["image"] and out[0][1] == [] and out[0][0]["ops"] == "[]"
+    for row, applied in out[1:]:
+        again, ops = augment_row("tl_crops", decode_row(SCHEMAS["tl_crops"], stored), policy, "f1#0", row["copy"])
+        assert applied == ops == json.loads(row["ops"])
+        assert np.array_equal(decode_row(AUGMENTED_SCHEMAS["tl_crops"], row)["image"], again["image"])
+    assert any(json.loads(row["ops"]) for row, _ in out[1:])
+
+
 def test_context_policy_pastes_onto_a_recorded_background(spark, tiny_data):
     conf = tiny_data("augment.policy=context", "augment.copies=1", "augment.name=ctx")
     augment(spark, conf)
