@@ -155,6 +155,7 @@ class IngestSection(_Section):
     png_compression: Annotated[int, Field(ge=0, le=9)]
     image_format: Literal["png", "raw"]
     near_duplicate_bits: Annotated[int, Field(ge=0, le=63)]
+    samples: Positive
     split_by: Literal["group", "frame"]
     group_near_duplicates: bool
     label_map: dict[str, str]
@@ -325,7 +326,6 @@ class AuditSection(_Section):
 
 class ReportSection(_Section):
     out_dir: str
-    samples: Positive
 
 
 class RunSection(_Section):

@@ -107,6 +107,17 @@ def test_no_module_takes_a_private_name_of_another():
     assert not private, "private names taken across modules:\n" + "\n".join(private)
 
 
+def test_no_benchmark_or_job_takes_a_private_name_of_the_library():
+    """The benchmarks and jobs call what the library makes public (planners, jobs, the scorer), not its helpers."""
+    private = []
+    for folder in ("benchmarks", "jobs"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            private += [f"{path.relative_to(ROOT)}:{line}: imports {base}.{n}"
+                        for line, base, names in imports(path, f"{folder}.{path.stem}") for n in names
+                        if n.startswith("_") and not n.startswith("__")]
+    assert not private, "private names of pipeline/ taken by benchmarks or jobs:\n" + "\n".join(private)
+
+
 @pytest.mark.parametrize("source, expected", [
     ("from pipeline.analysis import audit\n", "pipeline.analysis.audit"),
     ("from pipeline.report import run\n", "pipeline.report"),

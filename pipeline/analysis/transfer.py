@@ -45,6 +45,10 @@ GRID_VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
 SIZE_VARIANTS = ("scratch", "pretrained", "aux")
 OWN = "dataset"          # the split name of ``transfer.mode=sizes`` cells (the dataset itself, not a half)
 EVAL_SPLITS = ("val", "test")
+# What a transfer run logs besides the cells' metrics, named once for the report
+MODE_PARAM, DATA_PARAM, LAYERS_PARAM = "transfer.mode", "transfer.data", "transfer.layers_resolved"
+TRAININGS, GRID_SECONDS, AS_IS = "trainings", "grid_seconds", "sizes.as_is"
+FIGURES = ("transfer_{split}", "transfer_sizes", "transfer_conv1")
 
 
 def dataset_name(data: str, split: str, half: str) -> str:
@@ -389,7 +393,7 @@ def run(spark, conf: Config, tracker) -> dict:
     if capped != sorted(set(c.sizes)):
         print(f"transfer: B of the {c.size_split} split has {b_sizes['train']} train rows: sizes "
               f"{sorted(set(c.sizes))} become {capped}", flush=True)
-    mlflow.log_params({"transfer.layers_resolved": ",".join(c.layers), "transfer.task_kind": spec.kind,
+    mlflow.log_params({LAYERS_PARAM: ",".join(c.layers), "transfer.task_kind": spec.kind,
                        **{f"transfer.{s}.{h}.classes": ",".join(plan.labels[(s, h)]) for s, h in plan.outputs()},
                        **{f"transfer.{s}.{h}.train_rows": plan.sizes[(s, h)]["train"] for s, h in plan.outputs()}})
     first, second = plan_cells(c)
@@ -413,12 +417,12 @@ def run(spark, conf: Config, tracker) -> dict:
         tracker.client.set_terminated(run_id, "FINISHED")
     seconds = time.perf_counter() - tic
     metrics = summarize(results, first + second, c)
-    metrics["grid_seconds"] = seconds
-    metrics["trainings"] = len(results)
+    metrics[GRID_SECONDS] = seconds
+    metrics[TRAININGS] = len(results)
     metrics.update(audit_second_loss(conf, c, specs))
     mlflow.log_metrics(metrics)
     _log_figures(tracker, results, first + second, c, specs, plan)
-    return {k: v for k, v in metrics.items() if k.endswith(".mean") or k in ("grid_seconds", "trainings")}
+    return {k: v for k, v in metrics.items() if k.endswith(".mean") or k in (GRID_SECONDS, TRAININGS)}
 
 
 def cell_runs(tracker, cells: list) -> dict:
@@ -457,7 +461,7 @@ def run_sizes(spark, conf: Config, tracker, spec) -> dict:
               f"{sorted({len(ids) for ids in keep.values()})}", flush=True)
     cells = [Cell(OWN, v, seed, size=size) for seed in range(c.seeds) for size in sorted(keep)
              for v in ("scratch", "pretrained")]
-    mlflow.log_params({"transfer.mode": "sizes", "transfer.task_kind": spec.kind, "transfer.data": conf.train.data,
+    mlflow.log_params({MODE_PARAM: "sizes", "transfer.task_kind": spec.kind, DATA_PARAM: conf.train.data,
                        **{k.replace("train.", "transfer.", 1): v for k, v in init_params.items()},
                        **{f"transfer.rows.n{size}": len(ids) for size, ids in keep.items()}})
     runs = cell_runs(tracker, cells)
@@ -488,22 +492,22 @@ def run_sizes(spark, conf: Config, tracker, spec) -> dict:
 
         found = evaluate(build(tuned)[0].eval(), spec.task, spec.loader("test"), list(spec.classes), "test_",
                          figures=False)
-        metrics["sizes.as_is"] = float(found.metrics["test_accuracy"])
-        print(f"transfer: {c.init_model} as it is (no fine-tuning): test accuracy {metrics['sizes.as_is']:.3f}",
+        metrics[AS_IS] = float(found.metrics["test_accuracy"])
+        print(f"transfer: {c.init_model} as it is (no fine-tuning): test accuracy {metrics[AS_IS]:.3f}",
               flush=True)
     for size in keep:
         scratch = accuracies(results, cells, variant="scratch", size=size)
         pre = accuracies(results, cells, variant="pretrained", size=size)
         if scratch and pre:
             metrics[f"sizes.gain.n{size}"] = float(np.mean(pre) - np.mean(scratch))
-    metrics["grid_seconds"] = time.perf_counter() - tic
-    metrics["trainings"] = len(results)
+    metrics[GRID_SECONDS] = time.perf_counter() - tic
+    metrics[TRAININGS] = len(results)
     mlflow.log_metrics(metrics)
     from pipeline.analysis import figures
 
     tracker.log_figure(figures.size_curve(results, cells, {s: len(ids) for s, ids in keep.items()}, OWN,
                                           data=conf.train.data, source=c.init_model,
-                                          as_is=metrics.get("sizes.as_is")), "transfer_sizes")
+                                          as_is=metrics.get(AS_IS)), FIGURES[1])
     mlflow.log_table({"cell": [k for k in results], "test_accuracy": [r["test_accuracy"] for r in results.values()],
                       "train_seconds": [r["train_seconds"] for r in results.values()]}, "transfer_cells.json")
     for size in sorted(keep):
@@ -511,7 +515,7 @@ def run_sizes(spark, conf: Config, tracker, spec) -> dict:
               f"{metrics.get(f'sizes.scratch.n{size}.mean', float('nan')):.3f}, pre-trained "
               f"{metrics.get(f'sizes.pretrained.n{size}.mean', float('nan')):.3f} (mean of {c.seeds} seeds)",
               flush=True)
-    return {k: v for k, v in metrics.items() if k.endswith(".mean") or k in ("grid_seconds", "trainings")}
+    return {k: v for k, v in metrics.items() if k.endswith(".mean") or k in (GRID_SECONDS, TRAININGS)}
 
 
 def audit_second_loss(conf: Config, c, specs: dict) -> dict:
@@ -588,10 +592,10 @@ def _log_figures(tracker, results: dict, cells: list, c, specs: dict, plan: Plan
     from pipeline.analysis import figures
 
     for split in c.splits:
-        tracker.log_figure(figures.transfer_curve(results, cells, split, c.layers, plan.labels), f"transfer_{split}")
+        tracker.log_figure(figures.transfer_curve(results, cells, split, c.layers, plan.labels), FIGURES[0].format(split=split))
     rows = plan.sizes[(c.size_split, "B")]
     tracker.log_figure(figures.size_curve(results, cells, {s: rows[subset_folder(s)] for s in c.sizes}, c.size_split),
-                       "transfer_sizes")
+                       FIGURES[1])
     smallest = min(c.sizes)
     pair = [specs.get(Cell(c.size_split, v, 0, size=smallest).key) for v in ("scratch", "pretrained")]
     if all(pair):
@@ -600,7 +604,7 @@ def _log_figures(tracker, results: dict, cells: list, c, specs: dict, plan: Plan
         nets = [load_trained(s) for s in pair]
         tracker.log_figure(figures.filters_side_by_side(nets, [f"from scratch on {smallest} images",
                                                                f"pre-trained on A, fine-tuned on {smallest}"]),
-                           "transfer_conv1")
+                           FIGURES[2])
     table = [{"cell": cell.key, **{k: v for k, v in results[cell.key].items() if k != "key"}}
              for cell in cells if cell.key in results]
     import mlflow

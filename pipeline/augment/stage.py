@@ -24,6 +24,11 @@ from pipeline.config import Config, ConfigError
 from pipeline.data import store, writer
 from pipeline.data.records import stable_hash
 
+# What an augment run logs, named once for the report
+OUTPUT_PARAM = "augment.output_url"
+OPS_METRIC, SPLIT_METRIC = "ops.{kind}.{op}", "{kind}.{split}"
+FIGURES = ("policy_{kind}", "ops_{kind}")
+
 
 def run(spark, conf: Config, tracker) -> dict:
     """The augment stage (registered in pipeline.stages): plan the source files into tasks, one Spark job
@@ -36,7 +41,7 @@ def run(spark, conf: Config, tracker) -> dict:
     meta = store.read_meta(src)
     joined = needs_background(policy) and a.copies > 0
     mlflow.log_dict(policy.describe(), "augment_policy.json")
-    mlflow.log_params({"augment.source_url": src, "augment.output_url": dst})
+    mlflow.log_params({"augment.source_url": src, OUTPUT_PARAM: dst})
     out = writer.Output(dst)
     groups = plan_groups(spark, src, meta, a.copies, joined)
     encoding = (c.png_compression, c.image_format)
@@ -342,11 +347,11 @@ def log_run(tracker, conf: Config, policy: Policy, dst: str, counts: dict, op_co
     from pipeline.augment import figures
     from pipeline.tracking import fingerprint_files
 
-    mlflow.log_metrics({f"ops.{kind}.{op}": n for kind, ops in op_counts.items() for op, n in ops.items()})
+    mlflow.log_metrics({OPS_METRIC.format(kind=kind, op=op): n for kind, ops in op_counts.items() for op, n in ops.items()})
     for kind, info in counts.items():
-        mlflow.log_metrics({f"{kind}.{split}": n for split, n in info["splits"].items()})
+        mlflow.log_metrics({SPLIT_METRIC.format(kind=kind, split=split): n for split, n in info["splits"].items()})
         url = f"{dst}/{kind}"
         tracker.log_dataset(f"{conf.augment.name}/{kind}", url, info["rows"], fingerprint_files(url))
         if samples[kind]:
-            tracker.log_figure(figures.policy_figure(kind, samples[kind], policy.name), f"policy_{kind}")
-            tracker.log_figure(figures.ops_figure(kind, samples[kind][0], policy), f"ops_{kind}")
+            tracker.log_figure(figures.policy_figure(kind, samples[kind], policy.name), FIGURES[0].format(kind=kind))
+            tracker.log_figure(figures.ops_figure(kind, samples[kind][0], policy), FIGURES[1].format(kind=kind))

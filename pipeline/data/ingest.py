@@ -43,9 +43,10 @@ import numpy as np
 from pipeline.config import Config, IngestSection
 from pipeline.data import store, writer
 from pipeline.data.images import resize
-from pipeline.data.records import CROP_CLASSES, DISTANCES, TL_STATES, Box, stable_hash
+from pipeline.data.records import Box, stable_hash
 from pipeline.data.writer import AccountingError
 from pipeline.errors import UserError
+from pipeline.vocab import CROP_CLASSES, DISTANCES, TL_STATES, distance_bucket
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ LEDGER = "ledger"
 LEDGER_COLUMNS = ("input_id", "source_id", "path", "group", "split_group", "split", "label", "status", "reason",
                   "fixes", "phash")
 QUARANTINE = "quarantine"
+# What an ingest run logs, named once for the report: the summary file, the metric names, the figures
+SUMMARY_FILE = "ingest_summary.json"
+COUNTS = ("rows_in", "rows_written", "rows_quarantined", "near_duplicates_across_splits", "groups_across_splits")
+QUARANTINE_METRIC, FIX_METRIC = "quarantine.{reason}", "fixes.{fix}"
+SPLIT_METRIC, CLASS_METRIC = "{kind}.{split}", "{kind}.class.{name}"
+SAMPLES_FIGURE, NEAR_DUPLICATES_FIGURE = "samples_{kind}", "near_duplicates"
+NOTE_TAGS = ("ingest.split_note", "ingest.group_near_duplicates", "ingest.val_carve")   # the plan's notes, as tags
 QUARANTINE_COLUMNS = ("input_id", "source_id", "path", "group", "reason")
 
 
@@ -173,11 +181,6 @@ def split_for(opts: IngestOptions, item_id: str, group: str, preset: Optional[st
     return split_of(unit, opts.fractions, preset or opts.forced.get(unit)), unit, unit
 
 
-def distance_of(box_height: float, image_height: int, buckets: tuple) -> str:
-    frac = box_height / image_height
-    return "far" if frac < buckets[0] else "medium" if frac < buckets[1] else "near"
-
-
 def phash64(rgb: np.ndarray) -> int:
     """64-bit perceptual hash (ImageHash's pHash: DCT of a 32x32 grey image) as a signed int64 (a Parquet long)."""
     import imagehash
@@ -233,7 +236,7 @@ class _Emitter:
         o = self.opts.section
         height = full.shape[0]
         frame, scaled = resize_with_boxes(full, boxes, o.frame_hw)
-        distances = [distance_of(b.y_max - b.y_min, height, o.distance_buckets) for b in boxes]
+        distances = [distance_bucket(b.y_max - b.y_min, height, o.distance_buckets) for b in boxes]
         yield self.row("tl_frames", **ident, image=frame,
                        boxes=np.array([[b.x_min, b.y_min, b.x_max, b.y_max] for b in scaled],
                                       np.float32).reshape(-1, 4),
@@ -548,7 +551,7 @@ def write_partition(index: int, items: Iterable[dict], opts: IngestOptions, out_
         if "label_name" in row:
             classes[(kind, row["label_name"])] += 1
         kept = samples.setdefault(kind, [])
-        if index < 4 and len(kept) < 12:  # for the sample figures: a few tasks' worth, not every task's
+        if index < 4 and len(kept) < opts.section.samples:  # the sample grid: a few tasks' worth, not every task's
             kept.append(row)
     yield {"files": writer.close(), "statuses": list(statuses.items()), "fixes": dict(fixes),
            "classes": list(classes.items()), "samples": samples}
@@ -631,7 +634,7 @@ def run(spark, conf: Config, tracker) -> dict:
     summary = load(out, reports, plan)
     pairs = describe(spark, f"{out.tmp}/{LEDGER}", plan, summary)
     out.publish(summary)
-    log_run(tracker, conf, out.root, summary, samples_of(reports, summary["kinds"]), pairs)
+    log_run(tracker, conf, out.root, summary, samples_of(reports, summary["kinds"], conf.ingest.samples), pairs)
     pairs.unpersist()
     return stage_results(summary, say_empty_splits(out.root, summary), out.root)
 
@@ -685,7 +688,7 @@ def plan_notes(plan: IngestPlan) -> dict:
     carved out of a train folder), in the order it says them."""
     c, regrouping, notes = plan.section, plan.regrouping, {}
     if c.split_by == "frame":
-        notes["ingest.split_note"] = (
+        notes[NOTE_TAGS[0]] = (
             "ingest.split_by=frame: every frame is split on its own, so frames of one sequence / group land in "
             "different splits (the leak the independence audit measures); never for real models")
     if c.group_near_duplicates:
@@ -697,9 +700,9 @@ def plan_notes(plan: IngestPlan) -> dict:
             note += (f"; {plan.spanning} merged groups have inputs whose splits the source fixes to different "
                      f"splits: they stay split (nothing can move) and their pairs remain in "
                      f"near_duplicates_across_splits")
-        notes["ingest.group_near_duplicates"] = note
+        notes[NOTE_TAGS[1]] = note
     if "val_carved" in plan.changes:
-        notes["ingest.val_carve"] = (
+        notes[NOTE_TAGS[2]] = (
             f"ingest: the source fixes train and test but has no val: {plan.changes['val_carved']} train inputs "
             f"(ingest.val_from_train={c.val_share:.3g} of the train folder's groups) became val; test untouched")
     return notes
@@ -711,7 +714,7 @@ def say_plan(plan: IngestPlan) -> None:
 
     for tag, note in plan_notes(plan).items():
         print(note, flush=True)
-        if tag == "ingest.val_carve":
+        if tag == NOTE_TAGS[2]:
             mlflow.log_metric("val_carved_from_train", plan.changes["val_carved"])
         mlflow.set_tag(tag, note)
 
@@ -781,9 +784,9 @@ def describe(spark, ledger_url: str, plan: IngestPlan, summary: dict):
     return pairs
 
 
-def samples_of(reports: list, kinds: list) -> dict:
-    """A few written rows per kind for the sample figures (the first tasks' first rows)."""
-    return {kind: [row for r in reports for row in r["samples"].get(kind, [])][:12] for kind in kinds}
+def samples_of(reports: list, kinds: list, n: int) -> dict:
+    """``n`` written rows per kind for the sample figures (``ingest.samples``: the first tasks' first rows)."""
+    return {kind: [row for r in reports for row in r["samples"].get(kind, [])][:n] for kind in kinds}
 
 
 def stage_results(summary: dict, empty: list, root: str) -> dict:
@@ -885,11 +888,7 @@ def log_run(tracker, conf: Config, root: str, summary: dict, samples: dict, pair
     from pipeline.data import figures
     from pipeline.tracking import fingerprint_files
 
-    metrics = {"rows_in": summary["rows_in"], "rows_written": summary["rows_written"],
-               "rows_quarantined": summary["rows_quarantined"],
-               "near_duplicates_across_splits": summary["near_duplicates_across_splits"],
-               "groups_across_splits": summary["groups_across_splits"],
-               "split_by_frame": int(summary["split_by"] == "frame")}
+    metrics = {**{name: summary[name] for name in COUNTS}, "split_by_frame": int(summary["split_by"] == "frame")}
     grouping = summary.get("near_duplicate_grouping")
     if grouping:
         metrics.update({"near_duplicate_groups_merged": grouping["groups_merged"],
@@ -897,19 +896,19 @@ def log_run(tracker, conf: Config, root: str, summary: dict, samples: dict, pair
                         "near_duplicate_pairs_across_groups": grouping["pairs_across_groups"],
                         "near_duplicate_inputs_regrouped": grouping["inputs_regrouped"],
                         "near_duplicate_merges_spanning_fixed_splits": grouping["merges_spanning_fixed_splits"]})
-    metrics.update({f"quarantine.{k}": v for k, v in summary["quarantine_reasons"].items()})
-    metrics.update({f"fixes.{k}": v for k, v in summary["fixes"].items()})
+    metrics.update({QUARANTINE_METRIC.format(reason=k): v for k, v in summary["quarantine_reasons"].items()})
+    metrics.update({FIX_METRIC.format(fix=k): v for k, v in summary["fixes"].items()})
     for kind, info in summary["datasets"].items():
-        metrics.update({f"{kind}.{split}": n for split, n in info["splits"].items()})
-        metrics.update({f"{kind}.class.{name}": n for name, n in info["classes"].items()})
+        metrics.update({SPLIT_METRIC.format(kind=kind, split=split): n for split, n in info["splits"].items()})
+        metrics.update({CLASS_METRIC.format(kind=kind, name=name): n for name, n in info["classes"].items()})
     mlflow.log_metrics({k.replace(" ", "_"): float(v) for k, v in metrics.items()})
-    mlflow.log_dict(summary, "ingest_summary.json")
+    mlflow.log_dict(summary, SUMMARY_FILE)
     for kind, info in summary["datasets"].items():
         url = f"{root}/{kind}"
         tracker.log_dataset(f"{conf.ingest.name}/{kind}", url, info["rows"], fingerprint_files(url))
     for kind, rows in samples.items():
         if rows:
-            tracker.log_figure(figures.sample_grid(kind, rows), f"samples_{kind}")
+            tracker.log_figure(figures.sample_grid(kind, rows), SAMPLES_FIGURE.format(kind=kind))
     examples = pairs.orderBy("distance", "id_a").limit(6).collect()
     if examples:
-        tracker.log_figure(figures.pair_grid(root, summary["kinds"][0], examples), "near_duplicates")
+        tracker.log_figure(figures.pair_grid(root, summary["kinds"][0], examples), NEAR_DUPLICATES_FIGURE)

@@ -13,7 +13,6 @@ import hashlib
 from dataclasses import dataclass, field, asdict
 from typing import Optional
 
-from pipeline.vocab import CROP_CLASSES, DISTANCES, TL_STATES  # noqa: F401  (the records' vocabulary)
 
 
 def stable_hash(text: str) -> int:

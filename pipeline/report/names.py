@@ -8,7 +8,9 @@ audit export for their tables are imported from them in :mod:`pipeline.report.an
 """
 from __future__ import annotations
 
-from pipeline.analysis import context, correlate, counterfactual, layer_probes, visualize
+from pipeline.analysis import context, correlate, matching, counterfactual, layer_probes, transfer, visualize
+from pipeline.augment import stage as augment
+from pipeline.data import ingest
 from pipeline.analysis.audit import CONTEXT_PREFIX, INDEPENDENCE_FIGURE, INDEPENDENCE_PREFIX  # noqa: F401
 from pipeline.registry import GATE_LINE, GATE_PASSED  # noqa: F401
 from pipeline.stages import SKIPPED_JOB_TAG as PARENT_SKIPPED_TAG, SKIPPED_TAG  # noqa: F401
@@ -19,29 +21,26 @@ from pipeline.train.run import (CLASSES_PARAM as TRAIN_CLASSES, DATASET_PARAM as
                                 EPOCHS_RUN, SAMPLES_PER_S, TRAIN_LOSS, TRAIN_SECONDS)
 
 # ------------------------------------------------------------------------------------------ ingest
-INGEST_SUMMARY = "ingest_summary.json"      # pipeline/data/ingest.py: log_run (mlflow.log_dict)
+INGEST_SUMMARY = ingest.SUMMARY_FILE
 # the summary's keys besides the counts below (pipeline/data/ingest.py: account, describe), a dataset's entry's
 SUMMARY_DATASETS, SUMMARY_REASONS, SUMMARY_FIXES = "datasets", "quarantine_reasons", "fixes"
 SUMMARY_SPLIT_BY = "split_by"
 DATASET_ROWS, DATASET_SPLITS, DATASET_CLASSES = "rows", "splits", "classes"
-# metrics (and summary keys) of pipeline/data/ingest.py: log_run
-ROWS_IN, ROWS_WRITTEN, ROWS_QUARANTINED = "rows_in", "rows_written", "rows_quarantined"
-NEAR_DUPLICATES_ACROSS_SPLITS = "near_duplicates_across_splits"
-GROUPS_ACROSS_SPLITS = "groups_across_splits"
-QUARANTINE_PREFIX = "quarantine."           # quarantine.<reason>
-FIXES_PREFIX = "fixes."                     # fixes.<fix>
-KIND_SPLIT_METRIC = "{kind}.{split}"        # also pipeline/augment/stage.py: log_run
-KIND_CLASS_PREFIX = "{kind}.class."         # <kind>.class.<name>
-SAMPLES_FIGURE = "samples_{kind}"           # pipeline/data/ingest.py: log_run (figures.sample_grid)
-NEAR_DUPLICATES_FIGURE = "near_duplicates"  # pipeline/data/ingest.py: log_run (figures.pair_grid)
-INGEST_NOTE_TAGS = ("ingest.split_note", "ingest.group_near_duplicates", "ingest.val_carve")   # ingest.py: plan_notes
+# metrics (and summary keys) of the ingest run
+ROWS_IN, ROWS_WRITTEN, ROWS_QUARANTINED, NEAR_DUPLICATES_ACROSS_SPLITS, GROUPS_ACROSS_SPLITS = ingest.COUNTS
+QUARANTINE_PREFIX = ingest.QUARANTINE_METRIC.format(reason="")     # quarantine.<reason>
+FIXES_PREFIX = ingest.FIX_METRIC.format(fix="")                    # fixes.<fix>
+KIND_SPLIT_METRIC = ingest.SPLIT_METRIC                            # also the augment run's
+KIND_CLASS_PREFIX = ingest.CLASS_METRIC.replace("{name}", "")      # <kind>.class.<name>
+SAMPLES_FIGURE, NEAR_DUPLICATES_FIGURE = ingest.SAMPLES_FIGURE, ingest.NEAR_DUPLICATES_FIGURE
+INGEST_NOTE_TAGS = ingest.NOTE_TAGS
 INGEST_SOURCE, INGEST_NAME, INGEST_SPLIT_BY = "ingest.source", "ingest.name", "ingest.split_by"   # config keys
 
 # ----------------------------------------------------------------------------------------- augment
-OPS_PREFIX = "ops."                         # ops.<kind>.<op>: pipeline/augment/stage.py: log_run
-AUGMENT_OUTPUT_URL = "augment.output_url"   # pipeline/augment/stage.py: run
+OPS_PREFIX = augment.OPS_METRIC.split("{")[0]                      # ops.<kind>.<op>
+AUGMENT_OUTPUT_URL = augment.OUTPUT_PARAM
 AUGMENT_POLICY, AUGMENT_COPIES, AUGMENT_NAME = "augment.policy", "augment.copies", "augment.name"   # config keys
-AUGMENT_FIGURES = ("policy_*", "ops_*")     # policy_<kind>, ops_<kind>: augment/stage.py: log_run
+AUGMENT_FIGURES = tuple(name.replace("{kind}", "*") for name in augment.FIGURES)
 
 # ------------------------------------------------------------------------------------------- train
 VAL_LOSS = "val_loss"                       # read when present (no stage logs it today)
@@ -65,18 +64,17 @@ CLASSIFIER_FIGURES = tuple("{split}_" + name for name in evaluate.CLASSIFIER_FIG
 DETECTOR_FIGURES = tuple("{split}_" + name for name in evaluate.DETECTOR_FIGURES)
 
 # ---------------------------------------------------------------------------------------- transfer
-TRANSFER_MODE, TRANSFER_DATA = "transfer.mode", "transfer.data"   # pipeline/analysis/transfer.py: run_sizes
+TRANSFER_MODE, TRANSFER_DATA = transfer.MODE_PARAM, transfer.DATA_PARAM
 MODE_SIZES = "sizes"
 TRANSFER_INIT = ("transfer.init_model_resolved", "transfer.init_layers", "transfer.init_head")   # run_sizes
-TRANSFER_LAYERS = "transfer.layers_resolved"                      # pipeline/analysis/transfer.py: run
-TRAININGS, GRID_SECONDS = "trainings", "grid_seconds"             # pipeline/analysis/transfer.py: run, run_sizes
-AS_IS = "sizes.as_is"                                             # pipeline/analysis/transfer.py: run_sizes
+TRANSFER_LAYERS = transfer.LAYERS_PARAM
+TRAININGS, GRID_SECONDS, AS_IS = transfer.TRAININGS, transfer.GRID_SECONDS, transfer.AS_IS
 MEAN_SUFFIX = ".mean"        # <split>.<variant>[.<layer>].mean, sizes.<variant>.n<size>.mean: transfer.summarize
 SIZES_PREFIX = "sizes"
-TRANSFER_FIGURES = ("transfer_{split}", "transfer_sizes", "transfer_conv1")   # transfer.py: _log_figures
+TRANSFER_FIGURES = transfer.FIGURES
 
 # ------------------------------------------------------------------------------ correlate, visualize
-MATCHING_METHOD = "hungarian"               # one of pipeline/analysis/matching.py: METHODS
+MATCHING_METHOD = matching.METHODS[1]        # the Hungarian matching
 PERMUTED = correlate.PERMUTED
 CORRELATE_FIGURES = tuple(name.replace("{layer}", "*") for name in correlate.FIGURES)
 VISUALIZE_FIGURES = visualize.FIGURES

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.analysis import backgrounds as B
-from pipeline.data.records import CROP_CLASSES
+from pipeline.vocab import CROP_CLASSES
 from tests.analysis.test_context import _nets, _rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/analysis/conftest.py)

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 from pipeline.analysis import context as C
 from pipeline.data.images import crop
-from pipeline.data.records import CROP_CLASSES, Box
+from pipeline.data.records import Box
+from pipeline.vocab import CROP_CLASSES
 from pipeline.models import build_model
 from pipeline.models.normalize import to_tensor
 

@@ -107,7 +107,7 @@ def test_the_red_logit_wants_red_and_the_green_logit_green(lights):
     import torch
 
     from pipeline.analysis import render, visualize
-    from pipeline.data.records import CROP_CLASSES
+    from pipeline.vocab import CROP_CLASSES
     from pipeline.data.synth import _LENS_LIT
     from pipeline.models.lookup import load_model
     from pipeline.train.loader import rows

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline.augment import FLIP_LABELS, OPS, Sample
 from pipeline.augment import ops
-from pipeline.data.records import TL_STATES
+from pipeline.vocab import TL_STATES
 from pipeline.data.synth import LANE_CLASSES
 from tests.augment import LIGHT_FRAMES, frame, sample_of
 

@@ -147,3 +147,16 @@ def test_no_carve_when_the_source_has_a_val_folder_or_no_fixed_splits_or_share_z
     free = [SourceRecord(f"{i}", f"/x/{i}.png", f"g{i}", "a") for i in range(10)]
     assert carve_val(free, 0.2) is None
     assert carve_val(_folder_records(), 0.0) is None
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_the_sample_grid_keeps_ingest_samples_rows_per_kind(tmp_path, n):
+    """ingest.samples rows of each kind reach the logged sample grid (the report shows that grid): each task keeps
+    at most that many, and the driver takes that many of the first tasks'."""
+    from pipeline.data.synth import LANE_CLASSES
+
+    opts = options(tmp_path, f"ingest.samples={n}", classes=tuple(LANE_CLASSES))
+    reports, _ = _reports(tmp_path, opts, [{"index": i} for i in range(4)])
+    assert all(len(rows) <= n for r in reports for rows in r["samples"].values())
+    grids = ingest.samples_of(reports + reports, list(opts.kinds), n)
+    assert {kind: len(rows) for kind, rows in grids.items()} == {kind: n for kind in opts.kinds}

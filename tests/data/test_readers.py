@@ -14,7 +14,8 @@ from pipeline.data import readers
 from pipeline.data.readers import (AnnotationError, READERS, read_bosch, read_coco, read_culane,
                                    read_dtld, read_imagefolder, read_lisa, read_source,
                                    read_tusimple)
-from pipeline.data.records import TL_STATES, Box
+from pipeline.data.records import Box
+from pipeline.vocab import TL_STATES
 
 _PIXELS = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
 PNG = cv2.imencode(".png", _PIXELS)[1].tobytes()

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.data.records import DISTANCES, TL_STATES, Box
+from pipeline.data.records import Box
+from pipeline.vocab import DISTANCES, TL_STATES
 from pipeline.data.synth import (
     LANE_CLASSES, TIMES_OF_DAY, Frame, SynthConfig, distance_bucket, render_frame,
 )

@@ -9,7 +9,8 @@ from pipeline.data.readers.common import (AnnotationError, Resolved, Source, add
                                           annotation_root, is_image, lines, load_json,
                                           require_dir, top_list, walk, yaml_items)
 from pipeline.data.readers.fields import add_box, flag, frame, number, truthy
-from pipeline.data.records import TL_STATES, SourceRecord
+from pipeline.data.records import SourceRecord
+from pipeline.vocab import TL_STATES
 
 BOSCH_STATES = {
     **dict.fromkeys(("Green", "GreenLeft", "GreenRight", "GreenStraight", "GreenStraightLeft",
