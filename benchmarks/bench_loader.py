@@ -39,6 +39,7 @@ import _measure  # noqa: E402
 import common  # noqa: E402
 
 from pipeline.tasks import TASKS  # noqa: E402
+from pipeline.models.normalize import to_tensor  # noqa: E402
 from pipeline.train import loader  # noqa: E402
 
 
@@ -87,7 +88,7 @@ def _make_reader(spec, workers: int, n: int):
         for i, batch in enumerate(batches):
             if i == n:
                 return
-            yield loader.to_tensor(batch["image"].numpy()), batch["label"].long()
+            yield to_tensor(batch["image"].numpy()), batch["label"].long()
 
 
 def _batch_reader(spec, workers: int, n: int):
@@ -110,7 +111,7 @@ def _batch_reader(spec, workers: int, n: int):
         for i, batch in enumerate(batches):
             if i == n:
                 return
-            yield loader.to_tensor(batch["image"].numpy()), batch["label"].long()
+            yield to_tensor(batch["image"].numpy()), batch["label"].long()
 
 
 VARIANTS = {"ours": _ours, "make_reader": _make_reader, "batch_reader": _batch_reader}

@@ -8,7 +8,7 @@ In the style of lucent (Olah et al. 2017, "Feature Visualization"), cut to small
   ``heatmap``, ``diversity``; combine with ``+``, ``-``, ``*`` / ``/`` by a number and ``sum``; :func:`batched`
   gives batch element *i* objective *i*, so 64 channels are optimised as one batch of 64.
 * **Parameterizations** (:class:`Pixels`, :class:`Fourier`): ``params()`` for the optimiser, ``image()`` the
-  normalised input (``pipeline.train.loader.to_tensor``'s space) of pixels in [0, 1] through a sigmoid, and
+  normalised input (``pipeline.models.normalize.to_tensor``'s space) of pixels in [0, 1] through a sigmoid, and
   ``set_image(x)`` its inverse (used to start from a real image and by the projections of the loop: blur,
   :func:`clip_small`). ``decorrelated=ColorStats.fit(training images)`` optimises in whitened colour space.
 * **Penalties** ``fn(x) -> (B,)`` on the parameter image (:func:`l2`, :func:`total_variation`,

@@ -31,6 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/analysis/conftest.p
 
 SMALL = SynthConfig(width=320, height=180, frames_per_sequence=4)
 HW = (64, 64)
+# The layer probes on the number of sequences the audit renders for them by default (audit.counterfactual.
+# probe_sequences in conf/base.yaml): every 4th held out, 32 sequences to score on.
+PROBE_SEQUENCES = 128
 
 
 # ------------------------------------------------------------------------------------------------- twins
@@ -258,7 +261,7 @@ def test_layer_probes_find_the_context_in_the_context_net_and_the_lanes_in_the_l
     day better than the second's, and the second's the lane class better than the first's."""
     from pipeline.analysis import layer_probes as lp
 
-    rendered = render_in_spark(spark, lambda seqs: lp.render(seqs, 2000003, SMALL, HW, 2), 80)
+    rendered = render_in_spark(spark, lambda seqs: lp.render(seqs, 2000003, SMALL, HW, 2), PROBE_SEQUENCES)
     probes = {name: lp.score(lp.partial(trained[name], ["fc7", "fc8"], rendered), ["fc7", "fc8"], resamples=1000)
               for name in ("bias 0", "lanes erased")}
     for name, p in probes.items():

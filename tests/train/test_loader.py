@@ -57,12 +57,14 @@ def test_missing_dataset_names_the_fix(tiny_data):
 
 
 def test_to_tensor_normalises_and_from_tensor_inverts():
+    from pipeline.models import normalize
+
     images = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
-    x = loader.to_tensor(images)
+    x = normalize.to_tensor(images)
     assert x.shape == (3, 3, 5, 7) and x.dtype == torch.float32
-    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255 - loader.MEAN) / loader.STD
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255 - normalize.MEAN) / normalize.STD
     assert torch.allclose(x.double(), expected, atol=1e-5)
-    assert np.array_equal(loader.from_tensor(x), images)
+    assert np.array_equal(normalize.from_tensor(x), images)
 
 
 def test_image_decode_matches_the_petastorm_codec_and_is_contiguous():
