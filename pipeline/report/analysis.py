@@ -1,7 +1,7 @@
 """The analysis sections: correlation between seeds, unit visualizations, transfer, the audits.
 
-The metric, param, tag and file names correlate, visualize and audit export are imported from them, inside the
-functions (those modules import torch: only when there is a run to show)."""
+The metric, param, tag and file names correlate, visualize and audit export for their tables are imported from
+them (:mod:`pipeline.report.names` imports the writers' other names)."""
 from __future__ import annotations
 
 import re
@@ -90,7 +90,7 @@ def visualize_section(found: Found, art: Artifacts) -> str:
     r = found.get("visualize")
     if r is None:
         return not_run("visualize", found.mode)
-    from pipeline.analysis import visualize as v   # (imports torch: only when there is a run to show)
+    from pipeline.analysis import visualize as v
 
     m, p = r.metrics, r.params
     layers = layers_of(p, v.LAYERS_PARAM, m, layer_pattern(v.RATIO_MEDIAN, ".+"))

@@ -98,7 +98,7 @@ def key(run) -> tuple:
 
 def is_stage_run(run, exclude: set) -> bool:
     """A run of a shown stage, not one an analysis made for itself (a role tag), not in ``exclude``."""
-    from pipeline.models.lookup import ROLE_TAG   # (imports torch: only when the report runs)
+    from pipeline.models.lookup import ROLE_TAG
 
     tags = run.data.tags
     return (tags.get(names.KIND_TAG) == names.KIND_STAGE and tags.get(names.STAGE_TAG) in STAGE_NAMES
