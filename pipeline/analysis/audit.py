@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pipeline.analysis.inputs import resolved_param
 from pipeline.config import Config
 
 # What the report reads of an audit run besides its metrics (context.*, independence.*), named once here
 CONTEXT_VERDICT, INDEPENDENCE_VERDICT = "audit.context_verdict", "audit.independence_verdict"
 CONTEXT_NOTES = "audit/context.txt"
-MODEL_PARAM, DATA_PARAM = "audit.model_uri_resolved", "audit.data_url"
+MODEL_PARAM, DATA_PARAM = resolved_param("audit.model_uri"), "audit.data_url"
 FRAME_SPLIT_ROLE = "audit-frame-split"   # the role tag of the net audit.frame_split trains
 CONTEXT_PREFIX, INDEPENDENCE_PREFIX = "context.", "independence."   # the audit's metrics
 INDEPENDENCE_FIGURE = "independence"

@@ -15,7 +15,12 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from pipeline.config import Config, ConfigError
-from pipeline.models.lookup import ROLE_TAG, load_model, resolve  # noqa: F401  (ROLE_TAG: the stages' name for it)
+from pipeline.models.lookup import load_model, resolve
+
+
+def resolved_param(key: str) -> str:
+    """The param :func:`stage_model` logs the URI it resolved ``key`` to under (the report reads it)."""
+    return f"{key}_resolved"
 
 
 def stage_model(tracker, conf: Config, uri: Optional[str], key: str, net: Optional[str] = None):
@@ -28,7 +33,7 @@ def stage_model(tracker, conf: Config, uri: Optional[str], key: str, net: Option
     resolved = resolve(tracker, conf, uri, key)
     model = load_model(resolved, conf, key).eval()
     check_net(model, net or get_task(conf.train.task).net, resolved, key)
-    mlflow.log_param(f"{key}_resolved", resolved)
+    mlflow.log_param(resolved_param(key), resolved)
     return resolved, model
 
 

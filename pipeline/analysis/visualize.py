@@ -33,6 +33,7 @@ import numpy as np
 
 from pipeline.analysis import render
 from pipeline.analysis.evidence import TopK, patch, receptive_field
+from pipeline.analysis.inputs import resolved_param
 from pipeline.analysis.probe import Probe, fetch_rows, fold, layer_shapes
 from pipeline.config import Config, ConfigError
 
@@ -41,7 +42,7 @@ PRE_STEPS = 16      # optimisation steps on the pre-ReLU value first (Lucid redi
 # What the stage logs per layer, named once for it and for the report
 RATIO_MEDIAN = "ratio_median.{layer}"
 OBJECTIVE_GAIN = "objective_gain.{layer}"
-MODEL_PARAM, LAYERS_PARAM = "visualize.model_uri_resolved", "visualize.layers_resolved"
+MODEL_PARAM, LAYERS_PARAM = resolved_param("visualize.model_uri"), "visualize.layers_resolved"
 FIGURES = ("visualize_{layer}", "visualize_filters", "visualize_dream")
 
 

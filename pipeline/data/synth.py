@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from pipeline.data.records import Box
-from pipeline.vocab import DISTANCES, LANE_CLASSES, TL_STATES, distance_bucket  # noqa: F401  (the renderer's names)
+from pipeline.vocab import LANE_CLASSES, TL_STATES, distance_bucket  # noqa: F401  (the renderer's names)
 TIMES_OF_DAY = ("day", "dusk", "night")
 WEATHERS = ("clear", "fog", "rain")           # context["weather"]
 SCENERIES = ("urban", "suburban", "rural")    # context["scenery"]

@@ -13,8 +13,8 @@ The page needs nothing but itself: every image is a base64 ``data:`` URI, the st
 no script and no external URL. It is written to ``<report.out_dir>/<pipeline run id>.html`` and logged to the
 report's own run as ``report/index.html``.
 
-Modules, each importing only those above it: :mod:`~pipeline.report.names` (the names the stages log that
-their writers do not export yet), :mod:`~pipeline.report.runs` (which stage runs),
+Modules, each importing only those above it (never this package's ``__init__``): :mod:`~pipeline.report.names`
+(the names the stages log, imported from their writers), :mod:`~pipeline.report.runs` (which stage runs),
 :mod:`~pipeline.report.artifacts` (their files, downloaded once), :mod:`~pipeline.report.html` (escaping,
 tables, inline images, the stylesheet), :mod:`~pipeline.report.plots` (what the report draws itself), the
 sections (:mod:`~pipeline.report.dataset`, :mod:`~pipeline.report.training`, :mod:`~pipeline.report.analysis`)

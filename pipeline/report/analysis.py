@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.report import names
+import pipeline.report.names as names
 from pipeline.report.artifacts import Artifacts
 from pipeline.report.html import esc, figures_html, fmt, not_run, run_line, table
 from pipeline.report.runs import Found, StageRun, task_order

@@ -9,7 +9,7 @@ import json
 import re
 
 from pipeline.data.splits import SPLITS
-from pipeline.report import names
+import pipeline.report.names as names
 from pipeline.report.artifacts import Artifacts
 from pipeline.report.html import esc, figures_html, fmt, image, not_run, run_line, table
 from pipeline.report.runs import Found, StageRun

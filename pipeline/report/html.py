@@ -11,7 +11,7 @@ import fnmatch
 import html
 from typing import Iterable, Optional
 
-from pipeline.report import names
+import pipeline.report.names as names
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ from typing import Optional
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from pipeline.config import Config
-from pipeline.report import names
+import pipeline.report.names as names
 from pipeline.report.analysis import audit_section, correlate_section, transfer_section, visualize_section
 from pipeline.report.artifacts import Artifacts
 from pipeline.report.dataset import augment_section, dataset_section

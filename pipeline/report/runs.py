@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipeline.config import Config
-from pipeline.report import names
+import pipeline.report.names as names
 from pipeline.stages import STAGES, Stage, read_marker
 from pipeline.tasks import TASKS
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from pipeline.vocab import DISTANCES
-from pipeline.report import names, plots
+import pipeline.report.names as names
+import pipeline.report.plots as plots
 from pipeline.report.artifacts import Artifacts
 from pipeline.report.html import esc, figures_html, image, not_run, run_line, table
 from pipeline.report.runs import Found, StageRun
