@@ -207,6 +207,9 @@ class TrainSection(_Section):
     init_freeze: Optional[str]
     init_lr_scale: Annotated[float, Field(gt=0)]
     max_rows: Annotated[int, Field(ge=0)]
+    crop_hw: Optional[HW]
+    crop_on_lights: Fraction
+    crops_per_frame: Positive
     per_task: dict[str, dict[str, Any]]
 
     @field_validator("per_task")
@@ -232,7 +235,7 @@ class EvaluateSection(_Section):
     split: Literal["train", "val", "test"]
     max_batches: Annotated[int, Field(ge=0)]
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)]
-    match_distance: Annotated[float, Field(gt=0.0)]
+    match_radius: Annotated[float, Field(gt=0.0)]
 
 
 class CorrelateSection(_Section):

@@ -96,7 +96,7 @@ def test_flat_has_every_leaf():
 
 def test_per_task_settings_apply_to_their_task_only_and_under_command_line_overrides():
     full = load_config("full", overrides=["train.task=tl_detector"])
-    assert full.train.epochs == 30                                   # the detector's own setting in full.yaml
+    assert full.train.epochs == 6 and full.train.lr == 0.003        # the detector's own settings (full.yaml, base)
     assert load_config("full", overrides=["train.task=lane_classifier"]).train.epochs == 10
     assert load_config("full", overrides=["train.task=tl_detector", "train.epochs=3"]).train.epochs == 3
     with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'"):

@@ -36,6 +36,7 @@ MODEL_PARAM, DATA_PARAM = resolved_param("audit.model_uri"), "audit.data_url"
 FRAME_SPLIT_ROLE = "audit-frame-split"   # the role tag of the net audit.frame_split trains
 CONTEXT_PREFIX, INDEPENDENCE_PREFIX = "context.", "independence."   # the audit's metrics
 INDEPENDENCE_FIGURE = "independence"
+WHOLE_RECALL_AT_P90 = "independence.whole_recall_at_p90"   # the detector's, on the whole audited split: the gate's
 
 
 def audit_rows(spec, split: str):
@@ -54,7 +55,7 @@ def context_audit(model, spec, conf: Config, split: str):
     a = conf.audit
     options = Options(fill=a.fill, dilate=a.dilate, attribution=a.attribution, ig_steps=a.ig_steps,
                       examples=a.examples, seed=a.seed, max_rows=a.max_rows, threshold=conf.evaluate.threshold,
-                      match_distance=conf.evaluate.match_distance)
+                      match_radius=conf.evaluate.match_radius)
     return audit(model, spec.train.task, audit_rows(spec, split), options, kind=spec.kind)
 
 
@@ -187,9 +188,11 @@ def independence_audit(spark, model, spec, conf: Config, split: str, tracker,
     twins = ind.near_duplicates_of_train(spark, spec.data_root, spec.kind, split, bits)
     result = ind.accuracy_with_and_without(model, spec.task, spec.loader(split), list(spec.classes), twins.ids,
                                            threshold=conf.evaluate.threshold,
-                                           match_distance=conf.evaluate.match_distance)
+                                           match_radius=conf.evaluate.match_radius)
     metrics = {"independence.whole": result.whole, "independence.without_near_duplicates": result.without,
                "independence.near_duplicate_rows": float(len(twins.ids)), "independence.rows": float(twins.rows)}
+    if spec.task.detector:   # the gate's score, from this same pass over the audited split (not a second one)
+        metrics[WHOLE_RECALL_AT_P90] = float(result.metrics["whole"]["recall_at_p90"])
     comparison = frame_twins = None
     if conf.audit.frame_split:
         comparison, frame_twins = frame_split_comparison(spark, conf, spec, model, tracker)
@@ -260,32 +263,23 @@ def frame_split_comparison(spark, conf: Config, spec, model, tracker):
     scores = []
     for net, s in ((model, spec), (framed_model, framed_spec)):
         result = evaluate(net, s.task, s.loader("val"), list(s.classes), "val_", threshold=conf.evaluate.threshold,
-                          match_distance=conf.evaluate.match_distance, figures=False)
+                          match_radius=conf.evaluate.match_radius, figures=False)
         scores.append(float(result.metrics.get(metric, float("nan"))))
     twins = ind.near_duplicates_of_train(spark, framed_spec.data_root, framed_spec.kind, "val",
                                          conf.ingest.near_duplicate_bits)
     return ind.SplitComparison(group=scores[0], frame=scores[1], split="val", metric=metric[4:]), twins
 
 
-def gate(model, spec, conf: Config, uri: str, said_context: str, relies: bool, metrics: dict, independent: dict,
+def gate(spec, conf: Config, uri: str, said_context: str, relies: bool, metrics: dict, independent: dict,
          said: str) -> dict:
     """The registry's gate on this audit's findings (:mod:`pipeline.registry`): the held-out score (a classifier's
-    accuracy on the audited split, measured above; the detector's recall at precision 0.9, measured here), the
+    accuracy on the audited split; the detector's recall at precision 0.9 there, both measured above), the
     decision as tags of the audit run and of the model's version, the alias moved only when it passed."""
     import mlflow
 
     from pipeline import registry
 
-    a = conf.audit
-    if spec.task.detector:
-        from pipeline.train.evaluate import evaluate
-
-        result = evaluate(model, spec.task, spec.loader(a.split), list(spec.classes), f"{a.split}_",
-                          threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance,
-                          figures=False)
-        score = result.metrics.get(f"{a.split}_recall_at_p90")
-    else:
-        score = metrics.get("context.accuracy")
+    score = independent.get(WHOLE_RECALL_AT_P90) if spec.task.detector else metrics.get("context.accuracy")
     flagged = bool(independent.get("independence.val_test_gap_flagged", 0.0))
     decided = registry.decide(conf, spec.task.detector, said_context, relies, score, flagged, said)
     run_id = mlflow.active_run().info.run_id
@@ -343,7 +337,7 @@ def run(spark, conf: Config, tracker) -> dict:
     mlflow.set_tag(INDEPENDENCE_VERDICT, said[:5000])
     mlflow.log_text(said + "\n", "audit/independence.txt")
     print(f"audit: independence: {said}", flush=True)
-    decision = gate(model, spec, conf, uri, said_context, relies, metrics, independent, said)
+    decision = gate(spec, conf, uri, said_context, relies, metrics, independent, said)
     return {"context.verdict": said_context, "context.relies_on_context": relies, **decision,
             "context.counterfactual_verdict": twins.verdict if twins is not None else None,
             **{k: v for k, v in metrics.items()

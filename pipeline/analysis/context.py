@@ -401,7 +401,7 @@ class Options:
     ``fill``: one of :data:`FILLS`; ``dilate``: pixels the object region grows by; ``attribution``: one of
     :data:`ATTRIBUTIONS` (``ig_steps`` midpoints for integrated gradients) against ``baseline``;
     ``batch_size`` rows at a time, only the first ``max_rows`` (> 0); ``examples`` rows, picked uniformly by a
-    reservoir seeded by ``seed``, kept for the examples figure; ``threshold`` and ``match_distance`` score the
+    reservoir seeded by ``seed``, kept for the examples figure; ``threshold`` and ``match_radius`` score the
     detector as the evaluate stage does; ``light_aspect``: the light assumed inside a crop; ``device``: where
     ``model`` is."""
     fill: str = "mean"
@@ -413,7 +413,7 @@ class Options:
     examples: int = 8
     seed: int = 0
     threshold: float = 0.5
-    match_distance: float = 8.0
+    match_radius: float = 0.5
     baseline: str = BASELINE
     light_aspect: float = LIGHT_ASPECT
     device: str = "cpu"
@@ -512,7 +512,7 @@ def _score_lights(batch: _Batch, outputs: dict, o: Options, tally: _Tally) -> di
 
     results = {}
     for name, out in outputs.items():
-        counts = light_counts(torch.sigmoid(out).cpu(), batch.boxes, o.threshold, o.match_distance)
+        counts = light_counts(torch.sigmoid(out).cpu(), batch.boxes, o.threshold, o.match_radius)
         for found, peaks, hits in counts:
             tally.found[name] += found
             tally.peaks[name] += peaks

@@ -151,7 +151,7 @@ class WithAndWithout:
 
 def accuracy_with_and_without(model, task, loader_spec, classes, exclude_ids: Iterable, *, limit: Optional[int] = None,
                               device: str = "cpu", metric: Optional[str] = None, threshold: float = 0.5,
-                              match_distance: float = 8.0) -> WithAndWithout:
+                              match_radius: float = 0.5) -> WithAndWithout:
     """The model's key metric on the split ``loader_spec`` reads, over all its rows and over the rows whose id is
     not in ``exclude_ids``, in one pass of the scorer every stage uses (:mod:`pipeline.train.scoring`):
     classifiers (``task.detector`` false) get accuracy (and precision / recall / F1 per class, macro F1 in
@@ -164,7 +164,7 @@ def accuracy_with_and_without(model, task, loader_spec, classes, exclude_ids: It
     metric = metric or ("ap" if task.detector else "accuracy")
     split = loader_spec.url.rstrip("/").rsplit("/", 1)[-1]
     if task.detector:
-        scored = detect(model, loader_spec, limit, device, threshold, match_distance,
+        scored = detect(model, loader_spec, limit, device, threshold, match_radius,
                         groups=lambda row: ("whole",) if row["id"] in excluded else ("whole", "without"))
         rows, kept = scored.rows, scored.group_rows.get("without", 0)
         both = {part: scored.tally(part).metrics("", threshold)[0] for part in ("whole", "without")}

@@ -109,31 +109,47 @@ def pr_figure(curves: dict, title: str):
 
 
 def overlay_figure(samples: list, title: str):
-    """Sample responses: frame, heat map overlay, boxes; one row per distance bucket found."""
+    """The talk's figure: sample responses at each distance found, each from a different frame. Per row the frame
+    with its boxes, the heat map over it, and both around the bucket's light, enlarged (a far light is a few
+    pixels of the frame)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(len(samples), 2, figsize=(7, 2.2 * len(samples)), squeeze=False)
-    for (ax_img, ax_heat), (bucket, image, heat, boxes) in zip(axes, samples):
-        for ax in (ax_img, ax_heat):
+    fig, axes = plt.subplots(len(samples), 3, figsize=(10, 2.2 * len(samples)), squeeze=False,
+                             gridspec_kw={"width_ratios": [16, 16, 9]})
+    for (ax_img, ax_heat, ax_zoom), (bucket, image, heat, boxes, k) in zip(axes, samples):
+        h, w = image.shape[:2]
+        for ax in (ax_img, ax_heat, ax_zoom):
             ax.axis("off")
             ax.imshow(image)
             for x0, y0, x1, y1 in boxes:
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=0.8))
-        h, w = image.shape[:2]
-        ax_heat.imshow(heat, cmap="inferno", alpha=0.6, extent=(0, heat.shape[1] * DETECTOR_STRIDE,
-                                                                heat.shape[0] * DETECTOR_STRIDE, 0))
+        for ax in (ax_heat, ax_zoom):
+            ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0,
+                      extent=(0, heat.shape[1] * DETECTOR_STRIDE, heat.shape[0] * DETECTOR_STRIDE, 0))
         ax_heat.set_xlim(0, w)
         ax_heat.set_ylim(h, 0)
+        x0, y0, x1, y1 = boxes[k]
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(4 * (y1 - y0), 8 * DETECTOR_STRIDE)
+        ax_zoom.set_xlim(cx - half * 9 / 16, cx + half * 9 / 16)
+        ax_zoom.set_ylim(cy + half / 2, cy - half / 2)
         ax_img.set_title(f"sample response: {bucket} distance", fontsize=8)
+        ax_zoom.set_title(f"its {bucket} light ({y1 - y0:.0f} px tall), peak {heat_at(heat, cx, cy):.2f}",
+                          fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
 
+def heat_at(heat: np.ndarray, x: float, y: float) -> float:
+    """The heat map's highest value within one cell of the pixel (x, y): the response to the light there."""
+    gx, gy = int(x // DETECTOR_STRIDE), int(y // DETECTOR_STRIDE)
+    return float(heat[max(gy - 1, 0):gy + 2, max(gx - 1, 0):gx + 2].max())
+
+
 def evaluate_detector(model, spec: LoaderSpec, prefix: str, limit=None, device="cpu", threshold: float = 0.5,
-                      match_distance: float = 8.0, figures: bool = True) -> Evaluation:
+                      match_radius: float = 0.5, figures: bool = True) -> Evaluation:
     """Precision, recall, AP and recall at precision 0.9, overall and per distance bucket, on ``spec``'s split;
     with ``figures``, the PR curves and one sample response per bucket."""
-    scored = detect(model, spec, limit, device, threshold, match_distance, samples=figures)
+    scored = detect(model, spec, limit, device, threshold, match_radius, samples=figures)
     if scored.tally().empty:
         raise ValueError(f"no frames with lights to evaluate in {spec.url}")
     metrics, curves = scored.tally().metrics(prefix, threshold)
@@ -148,10 +164,10 @@ def evaluate_detector(model, spec: LoaderSpec, prefix: str, limit=None, device="
 
 
 def evaluate(model, task: Task, spec: LoaderSpec, classes: list, prefix: str, limit=None, device="cpu",
-             threshold: float = 0.5, match_distance: float = 8.0, figures: bool = True) -> Evaluation:
+             threshold: float = 0.5, match_radius: float = 0.5, figures: bool = True) -> Evaluation:
     """The task's scores on ``spec``'s split, named ``<prefix><metric>``; its figures only with ``figures``."""
     if task.detector:
-        return evaluate_detector(model, spec, prefix, limit, device, threshold, match_distance, figures)
+        return evaluate_detector(model, spec, prefix, limit, device, threshold, match_radius, figures)
     return evaluate_classifier(model, spec, classes, prefix, limit, device, figures)
 
 
@@ -171,7 +187,7 @@ def run(spark, conf, tracker) -> dict:
     require_split(spec, e.split, "evaluate.split")
     mlflow.log_params({"evaluate.model_uri_resolved": uri, "evaluate.dataset_url": spec.split_url(e.split)})
     result = evaluate(model, spec.task, spec.loader(e.split), list(spec.classes), f"{e.split}_",
-                      limit=e.max_batches or None, threshold=e.threshold, match_distance=e.match_distance)
+                      limit=e.max_batches or None, threshold=e.threshold, match_radius=e.match_radius)
     mlflow.log_metrics(result.metrics)
     for name, fig in result.figures.items():
         tracker.log_figure(fig, name)

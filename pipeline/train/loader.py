@@ -27,8 +27,13 @@ AUGMENT_FIELDS = {"road_frames": ("lane_mask", "label_name"), "class_images": ("
 # A second loss from the same images (the talk's "multiple loss functions"): the target each kind carries.
 AUX_TARGETS = {"road_frames": "lane_mask", "tl_crops": "distance"}
 
+CROP_STREAM = 0x63726F70   # the crops' random stream, apart from the shuffle's (seed * 1000 + epoch)
+
+
 def heat_target(boxes: np.ndarray, hw: tuple, stride: int = DETECTOR_STRIDE) -> np.ndarray:
-    """A (1, ceil(H/stride), ceil(W/stride)) map: a Gaussian of peak 1 at each light's centre, sized by the box."""
+    """A (1, ceil(H/stride), ceil(W/stride)) map: a Gaussian of peak 1 at each light's centre, sized by the box.
+    Boxes may lie partly or wholly outside the image (a training crop): their Gaussian's part inside is kept,
+    so a crop's target is the whole frame's target cut to the crop."""
     gh, gw = math.ceil(hw[0] / stride), math.ceil(hw[1] / stride)
     target = np.zeros((1, gh, gw), np.float32)
     ys, xs = np.mgrid[0:gh, 0:gw].astype(np.float32)
@@ -37,8 +42,35 @@ def heat_target(boxes: np.ndarray, hw: tuple, stride: int = DETECTOR_STRIDE) -> 
         sigma = max(0.5, 0.25 * max(x1 - x0, y1 - y0) / stride)
         blob = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2))
         target[0] = np.maximum(target[0], blob)
-        target[0, int(np.clip(round(cy), 0, gh - 1)), int(np.clip(round(cx), 0, gw - 1))] = 1.0
+        if -0.5 <= cy < gh - 0.5 and -0.5 <= cx < gw - 0.5:   # the cell holding the centre is exactly 1
+            target[0, int(np.floor(cy + 0.5)), int(np.floor(cx + 0.5))] = 1.0   # (round() would go to even)
     return target
+
+
+def crop_frames(batch: list, hw: tuple, rng: np.random.Generator, on_lights: float,
+                stride: int = DETECTOR_STRIDE) -> list:
+    """Training crops of detector frames, as detection training samples them: with probability ``on_lights``
+    a crop holding one of the frame's lights (drawn uniformly) at a uniform place inside it, else a crop anywhere.
+    Crops start on multiples of ``stride``, so their heat-map cells are the whole frame's cells; a frame no larger
+    than ``hw`` stays whole. Every box is kept, shifted into the crop's pixels (:func:`heat_target` cuts them)."""
+    out = []
+    for row in batch:
+        image = row["image"]
+        height, width = image.shape[:2]
+        ch, cw = min(hw[0], height), min(hw[1], width)
+        boxes = np.asarray(row["boxes"], np.float32).reshape(-1, 4)
+        if len(boxes) and rng.random() < on_lights:
+            x0, y0, x1, y1 = boxes[rng.integers(len(boxes))]
+            # less one cell of room: the crop's start is rounded down to a cell, and the centre stays inside
+            top = (y0 + y1) / 2 - rng.uniform(0.0, max(ch - stride, 0))
+            left = (x0 + x1) / 2 - rng.uniform(0.0, max(cw - stride, 0))
+        else:
+            top, left = rng.uniform(0, height - ch + 1), rng.uniform(0, width - cw + 1)
+        top = int(np.clip(top, 0, height - ch)) // stride * stride
+        left = int(np.clip(left, 0, width - cw)) // stride * stride
+        out.append(dict(row, image=image[top:top + ch, left:left + cw],
+                        boxes=boxes - np.array([left, top, left, top], np.float32)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -54,6 +86,8 @@ class LoaderSpec:
     pin_memory: bool = False         # page-locked batches (training on CUDA: the copy to the GPU overlaps)
     extra: tuple = ()                # more stored fields the rows carry (analyses: e.g. group, lane_mask)
     keep: Optional[frozenset] = None # only the rows with these ids (train.max_rows); None: every row
+    crop: Optional[tuple] = None     # detector training: random crops of this (height, width) (crop_frames)
+    crop_on_lights: float = 0.5      # the share of crops placed on a light
 
     @property
     def fields(self) -> tuple:
@@ -243,11 +277,14 @@ def augment_batch(spec: LoaderSpec, batch: list, epoch: int, op_counts: Optional
 
 def _batches(spec: LoaderSpec, steps: int, rank: int, world: int, epoch: int, op_counts) -> Iterator[tuple]:
     source = rows(spec, rank=rank, world=world, seed=spec.seed * 1000 + epoch, shuffle=True, infinite=True)
+    crops = np.random.default_rng([spec.seed, epoch, rank, CROP_STREAM]) if spec.crop else None
     try:
         for _ in range(steps):
             batch = [next(source) for _ in range(spec.batch_size)]
-            if spec.policy is not None:
+            if spec.policy is not None:   # on whole frames: context ops see the whole scene
                 batch = augment_batch(spec, batch, epoch, op_counts)
+            if crops is not None:
+                batch = crop_frames(batch, spec.crop, crops, spec.crop_on_lights)
             out = collate(spec.kind, batch, spec.aux)
             yield tuple(t.pin_memory() for t in out) if spec.pin_memory and torch.cuda.is_available() else out
     finally:

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import Config, ConfigError
 from pipeline.data.splits import check_split, skip_part
@@ -42,15 +43,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def heat_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """The detector's loss: the penalty-reduced focal loss of heat-map detectors (CenterNet, Zhou et al. 2019).
+    A light's centre cell (target 1) costs ``-(1 - p)^alpha log p``; every other cell ``-(1 - t)^beta p^alpha
+    log(1 - p)``, so cells near a light (``t`` close to 1) are barely penalised and easy background counts little;
+    the sum is divided by the number of lights. Measured against BCE with the cells near a light weighed x21 (the
+    loss before), same crops and steps: far-light AP 0.83 against 0.06 (README: the detector)."""
+    logits, target = logits.float(), target.float()
+    p = torch.sigmoid(logits)
+    centre = (target >= 1.0).float()
+    on = -((1 - p) ** alpha) * F.logsigmoid(logits) * centre
+    off = -((1 - target) ** beta) * p ** alpha * F.logsigmoid(-logits) * (1 - centre)
+    return (on.sum() + off.sum()) / centre.sum().clamp(min=1.0)
+
+
 def task_loss(task):
-    """The task's loss: cross-entropy for classifiers; for the detector, BCE on the heat map with the cells near
-    a light weighed up (lights are rare)."""
-    if task.detector:
-        def heat_loss(logits, target):  # lights are rare: weigh cells near a light up
-            weight = 1.0 + 20.0 * target
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
-        return heat_loss
-    return torch.nn.functional.cross_entropy
+    """The task's loss: cross-entropy for classifiers; for the detector, :func:`heat_loss` on the heat map."""
+    return heat_loss if task.detector else F.cross_entropy
 
 
 def _setup_distributed(spec: TrainSpec):
@@ -390,7 +399,7 @@ def run(spark, conf: Config, tracker) -> dict:
         skip_part(f"{job}: the test pass", empty)
     else:
         result = evaluate(model, spec.task, spec.loader("test"), list(spec.classes), "test_",
-                          threshold=conf.evaluate.threshold, match_distance=conf.evaluate.match_distance)
+                          threshold=conf.evaluate.threshold, match_radius=conf.evaluate.match_radius)
         mlflow.log_metrics(result.metrics, model_id=logged.model_id if logged else None,   # the Models page's
                            dataset=tracker.dataset_of(f"{spec.train.data}/{spec.kind}/test", spec.split_url("test")))
         for name, fig in result.figures.items():

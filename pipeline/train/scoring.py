@@ -8,12 +8,14 @@ Classifiers: :func:`classify` runs one ordered pass and keeps every row's truth,
 (the most confident mistakes on request); :func:`classification_metrics` turns truth and predictions into
 accuracy, per-class precision / recall / F1 and macro F1.
 Detector: heat-map peaks (3x3 max-pool NMS + threshold, :func:`heatmap_peaks`) matched greedily by score to the
-ground-truth lights (:func:`match_peaks`: a peak inside the box or within ``match_distance`` pixels of its
-centre); a :class:`DetectorTally` per group of rows gives precision, recall and AP overall and per distance
+ground-truth lights (:func:`match_peaks`: a peak inside the box, or within ``match_radius`` times the light's
+height of its centre and never less than one heat-map cell: a rule in the light's own size, so scores compare
+across stored resolutions); a :class:`DetectorTally` per group of rows gives precision, recall and AP overall and per distance
 bucket; :func:`detect` runs one pass filling one tally per group a row belongs to.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -103,19 +105,27 @@ def heatmap_peaks(heat: torch.Tensor, threshold: float, stride: int = DETECTOR_S
     return out
 
 
-def match_peaks(peaks: list, boxes: np.ndarray, match_distance: float) -> tuple[list, list]:
-    """Greedy by score: each peak takes the nearest unmatched light that contains it or is within reach.
+def reach(box, match_radius: float, stride: int = DETECTOR_STRIDE) -> float:
+    """How far from a light's centre a peak may lie and still be on it, in input pixels: ``match_radius`` light
+    heights, at least one heat-map cell (``stride`` pixels: a peak cannot be placed finer than its cell)."""
+    return max(match_radius * float(box[3] - box[1]), float(stride))
+
+
+def match_peaks(peaks: list, boxes: np.ndarray, match_radius: float) -> tuple[list, list]:
+    """Greedy by score: each peak takes the nearest unmatched light that contains it or is within its
+    :func:`reach`.
 
     Returns, per peak in score order, (score, matched box index or -1, nearest box within reach or -1, taken
     or not: for an unmatched peak this says which light it duplicates), and the matched box flags."""
     order = sorted(peaks, key=lambda p: -p[2])
     taken = [False] * len(boxes)
     result = []
+    reaches = [reach(box, match_radius) for box in boxes]
     for x, y, score in order:
         best, best_d, near, near_d = -1, None, -1, None
         for k, (x0, y0, x1, y1) in enumerate(boxes):
             d = float(np.hypot(x - (x0 + x1) / 2, y - (y0 + y1) / 2))
-            if (x0 <= x <= x1 and y0 <= y <= y1) or d <= match_distance:
+            if (x0 <= x <= x1 and y0 <= y <= y1) or d <= reaches[k]:
                 if near_d is None or d < near_d:
                     near, near_d = k, d
                 if not taken[k] and (best_d is None or d < best_d):
@@ -126,12 +136,12 @@ def match_peaks(peaks: list, boxes: np.ndarray, match_distance: float) -> tuple[
     return result, taken
 
 
-def light_counts(heat: torch.Tensor, boxes: list, threshold: float, match_distance: float) -> list:
+def light_counts(heat: torch.Tensor, boxes: list, threshold: float, match_radius: float) -> list:
     """Per image of ``heat`` (sigmoid heat maps, N x 1 x h x w): (lights found, peaks, peaks on a light) against
     its ``boxes``, with the peak finding and matching every detector score uses."""
     out = []
     for peaks, b in zip(heatmap_peaks(heat, threshold), boxes):
-        matched, taken = match_peaks(peaks, b, match_distance)
+        matched, taken = match_peaks(peaks, b, match_radius)
         out.append((int(sum(taken)), len(peaks), sum(1 for _, k, _ in matched if k >= 0)))
     return out
 
@@ -157,8 +167,8 @@ class DetectorTally:
     tps: dict = field(default_factory=lambda: {b: [] for b in ("all",) + DISTANCES})
     positives: dict = field(default_factory=lambda: {b: 0 for b in ("all",) + DISTANCES})
 
-    def add(self, peaks: list, boxes: np.ndarray, distances: np.ndarray, match_distance: float) -> None:
-        matched, _ = match_peaks(peaks, boxes, match_distance)
+    def add(self, peaks: list, boxes: np.ndarray, distances: np.ndarray, match_radius: float) -> None:
+        matched, _ = match_peaks(peaks, boxes, match_radius)
         self.positives["all"] += len(boxes)
         for d in distances:
             self.positives[DISTANCES[int(d)]] += 1
@@ -198,7 +208,7 @@ class DetectorTally:
 class Detected:
     """One pass of the detector over a split: a tally per group of rows (a group no row fell in: an empty
     tally), the frames read, and (on request) one sample frame per distance bucket, each a different frame:
-    (bucket, image, heat map, boxes)."""
+    (bucket, image, heat map, boxes, index of the box of that bucket), each frame from another sequence."""
     tallies: dict
     rows: int
     group_rows: dict = field(default_factory=dict)   # group -> frames in it
@@ -214,7 +224,7 @@ def every_row(row: dict) -> tuple:
 
 @torch.no_grad()
 def detect(model, spec: LoaderSpec, limit: Optional[int] = None, device="cpu", threshold: float = 0.5,
-           match_distance: float = 8.0, groups: Callable[[dict], Iterable[str]] = every_row,
+           match_radius: float = 0.5, groups: Callable[[dict], Iterable[str]] = every_row,
            samples: bool = False) -> Detected:
     """Score the detector on every frame of ``spec``'s split (``limit``: batches); each frame's peaks (down to
     ``min(0.05, threshold)``, so that the PR curve reaches below the operating point) go into the tally of each
@@ -223,7 +233,10 @@ def detect(model, spec: LoaderSpec, limit: Optional[int] = None, device="cpu", t
     tallies: dict = {}
     group_rows: dict = {}
     picked: dict = {}
+    shown: set = set()   # the sequences (groups) the samples come from: one frame of each at most
     rows = 0
+    if samples and "group" not in spec.fields:
+        spec = dataclasses.replace(spec, extra=spec.extra + ("group",))
     for x, _, batch_rows in eval_batches(spec, limit):
         heat = torch.sigmoid(model(x.to(device)).float()).cpu()
         images = from_tensor(x) if samples else [None] * len(batch_rows)
@@ -231,11 +244,14 @@ def detect(model, spec: LoaderSpec, limit: Optional[int] = None, device="cpu", t
             rows += 1
             boxes = np.asarray(row["boxes"], np.float32).reshape(-1, 4)
             for group in groups(row):
-                tallies.setdefault(group, DetectorTally()).add(peaks, boxes, row["distances"], match_distance)
+                tallies.setdefault(group, DetectorTally()).add(peaks, boxes, row["distances"], match_radius)
                 group_rows[group] = group_rows.get(group, 0) + 1
-            missing = [DISTANCES[int(d)] for d in row["distances"] if DISTANCES[int(d)] not in picked]
-            if samples and missing:   # one frame per bucket, a different frame for each
-                picked[missing[0]] = (missing[0], img, h[0].numpy(), boxes)
+            missing = [(DISTANCES[int(d)], k) for k, d in enumerate(row["distances"])
+                       if DISTANCES[int(d)] not in picked]
+            if samples and missing and row["group"] not in shown:   # one frame per bucket, each of another scene
+                bucket, k = missing[0]
+                picked[bucket] = (bucket, img, h[0].numpy(), boxes, k)
+                shown.add(row["group"])
     if not rows:
         raise ValueError(f"no frames with lights to evaluate in {spec.url}")
     return Detected(tallies, rows, group_rows, [picked[b] for b in DISTANCES if b in picked])

@@ -67,7 +67,9 @@ class TrainSpec:
         return LoaderSpec(self.split_url(split), self.kind, t.batch_size, t.seed,
                           decode_workers(t.loader_workers, t.num_processes), policy=policy,
                           aux=self.aux if split == "train" else None, pin_memory=t.use_gpu,
-                          keep=self.keep_ids if split == "train" else None)
+                          keep=self.keep_ids if split == "train" else None,
+                          crop=tuple(t.crop_hw) if split == "train" and t.crop_hw and self.task.detector else None,
+                          crop_on_lights=t.crop_on_lights)
 
     def checkpoint_args(self) -> dict:
         """What a checkpoint records of the run (plain values: what ``torch.load(weights_only=True)`` accepts)."""
@@ -110,10 +112,17 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
     in_hw = _stored_hw(LoaderSpec(f"{root}/{kind}/train", kind, 1))  # the train split is non-empty (checked above)
     return TrainSpec(
         train=t, kind=kind, data_root=root, classes=tuple(info["labels"]), in_hw=in_hw,
-        steps_per_epoch=t.steps_per_epoch or max(1, train_rows // (t.batch_size * processes)),
+        steps_per_epoch=t.steps_per_epoch or max(1, train_rows * samples_per_row(t, task)
+                                                  // (t.batch_size * processes)),
         checkpoint_url=f"{conf.paths.checkpoint_url.rstrip('/')}/{t.data}/{t.task}",
         run_id=run_id, tracking_uri=conf.mlflow.tracking_uri, augment=policy,
         validate=bool(rows_in(meta, kind, "val")), keep_ids=keep)
+
+
+def samples_per_row(t: TrainSection, task: Task) -> int:
+    """Training samples one train row gives per epoch: ``train.crops_per_frame`` for the detector trained on
+    crops (a crop is a small part of its frame), else 1."""
+    return t.crops_per_frame if task.detector and t.crop_hw else 1
 
 
 def first_rows(url: str, n: int) -> frozenset:

@@ -103,3 +103,19 @@ def test_a_net_that_relies_on_context_is_refused_and_the_alias_stays(gated, coun
     assert _version(client, "road-lanes", "audited") == before
     tags = client.get_model_version("road-lanes", version).tags
     assert tags["gate.passed"] == "false" and tags["gate.reasons"].startswith("it relies on context")
+
+
+def test_the_detector_gate_scores_the_audited_split_as_its_test_pass_did(gated, capsys):
+    """The detector's gate score is its recall at precision 0.9 on the audited split, from the independence audit's
+    own pass over it: the same number the train stage's test pass logged (same split, same scorer)."""
+    work = gated
+    args = [f"paths.work_dir={work}", *TINY, "train.epochs=1", "run.tasks=[tl_detector]", "train.task=tl_detector",
+            "registry.gate.detector_recall=0.0"]
+    assert main(["run", "--only", "train,audit", *args]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("gate: "))
+    client = MlflowClient(make_conf(work).mlflow.tracking_uri)
+    version = max(client.search_model_versions("name='road-light-detector'"), key=lambda v: int(v.version))
+    audit = client.get_run(version.tags["gate.audit_run"]).data.metrics
+    trained = client.get_run(version.run_id).data.metrics["test_recall_at_p90"]
+    assert audit["independence.whole_recall_at_p90"] == pytest.approx(trained, abs=1e-9)
+    assert f"recall at precision 0.9 {trained:.3f}" in line or " failed: " in line, line

@@ -70,7 +70,7 @@ def run_detector(tmp_path, frames: list, batch_size: int = 2) -> dict:
     assert parts.finalize(f"{url}/tl_frames/test", schema, files) == len(frames)
     try:
         result = evaluate_detector(FakeDetector(logits), LoaderSpec(f"{url}/tl_frames/test", "tl_frames", batch_size),
-                                   "t_", threshold=0.5, match_distance=8.0)
+                                   "t_", threshold=0.5, match_radius=0.5)
     finally:
         plt.close("all")
     return result.metrics
@@ -174,10 +174,10 @@ def test_peaks_matching_and_tally_on_plain_arrays():
     assert sorted(peaks, key=lambda p: -p[2]) == [(10.0, 10.0, pytest.approx(0.9)), (50.0, 50.0, pytest.approx(0.8)),
                                                  (10.0, 42.0, pytest.approx(0.7)), (42.0, 26.0, pytest.approx(0.3))]
     boxes = np.array([box(2, 2, NEAR), box(2, 10, NEAR), box(10, 6, NEAR)], np.float32)
-    matched, taken = match_peaks(peaks, boxes, 8.0)
+    matched, taken = match_peaks(peaks, boxes, 0.5)
     assert [(k, near) for _, k, near in matched] == [(0, 0), (-1, -1), (1, 1), (2, 2)] and taken == [True] * 3
     tally = DetectorTally()
-    tally.add(peaks, boxes, np.array([NEAR] * 3), 8.0)
+    tally.add(peaks, boxes, np.array([NEAR] * 3), 0.5)
     m, curves = tally.metrics("t_", threshold=0.5)
     # "all" = near: ranks TP, FP, TP, TP (the last under the threshold) with 3 lights:
     #   interpolated AP = 5/6, raw AP = 29/36 (as in test_interpolated_ap_not_raw_ap); recall@P90 = 1/3;

@@ -9,8 +9,49 @@ from pipeline.train.spec import make_spec
 def test_heat_target_peaks_at_each_light_centre():
     t = loader.heat_target(np.array([[8, 8, 16, 24], [40, 0, 44, 6]], np.float32), (32, 64))
     assert t.shape == (1, 8, 16)
-    assert t[0, 4, 2] == 1.0 and t[0, 0, 10] == 1.0          # centres (12, 16) and (42, 3) in 4-px cells
-    assert t.max() == 1.0 and 0 < t[0, 4, 3] < 1 and t[0, 7, 15] < 1e-3
+    assert t[0, 4, 3] == 1.0 and t[0, 0, 10] == 1.0          # centres (12, 16) and (42, 3) in 4-px cells
+    assert t.max() == 1.0 and 0 < t[0, 4, 2] < 1 and t[0, 7, 15] < 1e-3
+
+
+def _frame_with_lights(height=64, width=96):
+    """A frame whose pixels say where they are (row, column), with two lights."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    image = np.stack([ys, xs, np.zeros_like(ys)], axis=-1).astype(np.uint8)
+    return {"id": "f", "image": image, "boxes": np.array([[10, 6, 14, 18], [70, 40, 73, 47]], np.float32)}
+
+
+def test_detector_crops_are_the_frame_cut_on_its_cells_with_its_target_cut_alike():
+    row = _frame_with_lights()
+    whole = loader.heat_target(row["boxes"], (64, 96))
+    rng = np.random.default_rng(0)
+    starts = set()
+    for on_lights in (1.0, 0.0):
+        for _ in range(40):
+            crop = loader.crop_frames([row], (32, 48), rng, on_lights)[0]
+            top, left = int(crop["image"][0, 0, 0]), int(crop["image"][0, 0, 1])
+            starts.add((top, left))
+            assert crop["image"].shape == (32, 48, 3) and top % 4 == 0 and left % 4 == 0
+            assert (crop["image"][..., 0] == np.arange(top, top + 32)[:, None]).all()
+            target = loader.heat_target(crop["boxes"], (32, 48))
+            np.testing.assert_allclose(target, whole[:, top // 4:top // 4 + 8, left // 4:left // 4 + 12], atol=1e-6)
+            if on_lights:   # a light's centre (its cell exactly 1) is inside every crop placed on a light
+                assert target.max() == 1.0
+    assert len(starts) > 20   # placed at random, not at one spot
+
+
+def test_crops_on_lights_follow_the_share_asked_for():
+    row = _frame_with_lights(144, 256)
+    rng = np.random.default_rng(1)
+    holds = lambda share: np.mean([loader.heat_target(c["boxes"], (32, 32)).max() == 1.0  # noqa: E731
+                                   for c in loader.crop_frames([row] * 400, (32, 32), rng, share)])
+    none, half, every = holds(0.0), holds(0.5), holds(1.0)
+    assert every == 1.0 and none < 0.15 and 0.4 < half < 0.65
+
+
+def test_a_frame_no_larger_than_the_crop_stays_whole():
+    row = _frame_with_lights(24, 40)
+    crop = loader.crop_frames([row], (32, 48), np.random.default_rng(0), 1.0)[0]
+    assert crop["image"].shape == (24, 40, 3) and (crop["boxes"] == row["boxes"]).all()
 
 
 def test_shards_are_disjoint_and_cover_the_split(tiny_data):
@@ -45,10 +86,20 @@ def test_batches_are_reproducible_per_seed_and_epoch(tiny_data):
 
 
 def test_detector_batches_carry_heat_maps(tiny_data):
-    spec = make_spec(tiny_data("train.task=tl_detector")).loader("train")
+    spec = make_spec(tiny_data("train.task=tl_detector", "train.crop_hw=null")).loader("train")
     x, y = next(loader.batches(spec, 1))
     assert x.shape == (8, 3, 72, 128) and y.shape == (8, 1, 18, 32)
     assert y.max() == 1.0
+
+
+def test_the_detector_trains_on_crops_and_is_validated_on_whole_frames(tiny_data):
+    spec = make_spec(tiny_data("train.task=tl_detector", "train.crop_hw=[32,48]"))
+    x, y = next(loader.batches(spec.loader("train"), 1))
+    assert x.shape == (8, 3, 32, 48) and y.shape == (8, 1, 8, 12)
+    x, y, _ = next(loader.eval_batches(spec.loader("val")))
+    assert x.shape[1:] == (3, 72, 128) and y.shape[1:] == (1, 18, 32)
+    classifier = make_spec(tiny_data("train.task=tl_classifier", "train.crop_hw=[16,16]")).loader("train")
+    assert classifier.crop is None   # classifiers ignore it
 
 
 def test_missing_dataset_names_the_fix(tiny_data):

@@ -118,7 +118,7 @@ def test_traffic_light_classifier_and_detector_train(spark, tiny_data):
     spec = make_spec(det_conf)
     again = evaluate(load_model(run.data.tags["pipeline.model_uri"], det_conf), spec.task, spec.loader("test"),
                      list(spec.classes), "test_", threshold=det_conf.evaluate.threshold,
-                     match_distance=det_conf.evaluate.match_distance)
+                     match_radius=det_conf.evaluate.match_radius)
     import matplotlib.pyplot as plt
 
     plt.close("all")
@@ -130,6 +130,17 @@ def test_traffic_light_classifier_and_detector_train(spark, tiny_data):
     assert "figures/test_pr_curve.png" in figures and "figures/test_heatmaps.png" in figures
     model = stored.load(det["model_uri"])
     assert model(torch.zeros(1, 3, 50, 70)).shape == (1, 1, 13, 18)    # any input size at inference
+    # the figure's sample responses: one per distance bucket, each from another sequence
+    from dataclasses import replace
+
+    from pipeline.train.loader import rows
+    from pipeline.train.scoring import detect
+
+    test = spec.loader("test")
+    group_of = {r["boxes"].tobytes(): r["group"] for r in rows(replace(test, extra=("group",)))}
+    samples = detect(model, test, samples=True).samples
+    assert samples and len({b for b, *_ in samples}) == len(samples)
+    assert len({group_of[boxes.tobytes()] for _, _, _, boxes, _ in samples}) == len(samples)
 
 
 # ------------------------------------------------------------------ determinism and resume (no Spark)
