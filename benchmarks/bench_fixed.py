@@ -85,7 +85,8 @@ def job_times(log: Path) -> dict:
 
 
 def job_table(demo: dict, least: dict) -> list:
-    rows = ["| job | demo (s) | fixed: at least work (s) | work (s) | fixed share |", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = ["| job | demo (s) | fixed: at least work (s) | work (s) | fixed share |",
+            "| --- | ---: | ---: | ---: | ---: |"]
     for job in demo:
         if job.startswith("("):
             continue
@@ -151,12 +152,12 @@ def parts(work: Path, repeats: int) -> list:
     sc.parallelize(range(2), 2).mapPartitions(_torch_in_worker).collect()
     rows.append(f"| first Spark job: two fresh Python workers importing torch | {time.perf_counter() - tic:.2f} | "
                 f"by each stage whose workers run torch, when its workers are new |")
-    rows.append(f"| a Spark job of 2 tasks on warm workers | "
-                f"{median_of(lambda: sc.parallelize(range(2), 2).mapPartitions(_torch_in_worker).collect(), max(repeats, 5)):.2f} "
-                f"| per Spark job |")
-    rows.append(f"| TorchDistributor, 1 rank, local mode: spawn + import, no training | "
-                f"{median_of(lambda: TorchDistributor(num_processes=1, local_mode=True, use_gpu=False).run(_import_training), repeats):.2f}"
-                f" | by every training (train, correlate's seeds) |")
+    warm = median_of(lambda: sc.parallelize(range(2), 2).mapPartitions(_torch_in_worker).collect(), max(repeats, 5))
+    rows.append(f"| a Spark job of 2 tasks on warm workers | {warm:.2f} | per Spark job |")
+    spawn = median_of(lambda: TorchDistributor(num_processes=1, local_mode=True, use_gpu=False).run(_import_training),
+                      repeats)
+    rows.append(f"| TorchDistributor, 1 rank, local mode: spawn + import, no training | {spawn:.2f} | by every "
+                f"training (train, correlate's seeds) |")
     mlflow.set_tracking_uri(conf.mlflow.tracking_uri)
     mlflow.set_experiment("bench-fixed")
 

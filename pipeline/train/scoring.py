@@ -10,8 +10,8 @@ accuracy, per-class precision / recall / F1 and macro F1.
 Detector: heat-map peaks (3x3 max-pool NMS + threshold, :func:`heatmap_peaks`) matched greedily by score to the
 ground-truth lights (:func:`match_peaks`: a peak inside the box, or within ``match_radius`` times the light's
 height of its centre and never less than one heat-map cell: a rule in the light's own size, so scores compare
-across stored resolutions); a :class:`DetectorTally` per group of rows gives precision, recall and AP overall and per distance
-bucket; :func:`detect` runs one pass filling one tally per group a row belongs to.
+across stored resolutions); a :class:`DetectorTally` per group of rows gives precision, recall and AP overall and
+per distance bucket; :func:`detect` runs one pass filling one tally per group a row belongs to.
 """
 from __future__ import annotations
 
@@ -222,6 +222,27 @@ def every_row(row: dict) -> tuple:
     return ("all",)
 
 
+class SamplePicker:
+    """The figure's sample responses: the first frame offered that holds a light of a distance bucket not shown
+    yet, one per bucket, and each from a sequence (group) no other sample comes from."""
+
+    def __init__(self) -> None:
+        self.picked: dict = {}
+        self.groups: set = set()
+
+    def offer(self, row: dict, image, heat, boxes: np.ndarray) -> None:
+        missing = [(DISTANCES[int(d)], k) for k, d in enumerate(row["distances"])
+                   if DISTANCES[int(d)] not in self.picked]
+        if missing and row["group"] not in self.groups:
+            bucket, k = missing[0]
+            self.picked[bucket] = (bucket, image, heat, boxes, k)
+            self.groups.add(row["group"])
+
+    def samples(self) -> list:
+        """(bucket, image, heat map, boxes, index of the bucket's box) per bucket, near to far."""
+        return [self.picked[b] for b in DISTANCES if b in self.picked]
+
+
 @torch.no_grad()
 def detect(model, spec: LoaderSpec, limit: Optional[int] = None, device="cpu", threshold: float = 0.5,
            match_radius: float = 0.5, groups: Callable[[dict], Iterable[str]] = every_row,
@@ -232,8 +253,7 @@ def detect(model, spec: LoaderSpec, limit: Optional[int] = None, device="cpu", t
     model.eval()
     tallies: dict = {}
     group_rows: dict = {}
-    picked: dict = {}
-    shown: set = set()   # the sequences (groups) the samples come from: one frame of each at most
+    picked = SamplePicker()
     rows = 0
     if samples and "group" not in spec.fields:
         spec = dataclasses.replace(spec, extra=spec.extra + ("group",))
@@ -246,12 +266,8 @@ def detect(model, spec: LoaderSpec, limit: Optional[int] = None, device="cpu", t
             for group in groups(row):
                 tallies.setdefault(group, DetectorTally()).add(peaks, boxes, row["distances"], match_radius)
                 group_rows[group] = group_rows.get(group, 0) + 1
-            missing = [(DISTANCES[int(d)], k) for k, d in enumerate(row["distances"])
-                       if DISTANCES[int(d)] not in picked]
-            if samples and missing and row["group"] not in shown:   # one frame per bucket, each of another scene
-                bucket, k = missing[0]
-                picked[bucket] = (bucket, img, h[0].numpy(), boxes, k)
-                shown.add(row["group"])
+            if samples:
+                picked.offer(row, img, h[0].numpy(), boxes)
     if not rows:
         raise ValueError(f"no frames with lights to evaluate in {spec.url}")
-    return Detected(tallies, rows, group_rows, [picked[b] for b in DISTANCES if b in picked])
+    return Detected(tallies, rows, group_rows, picked.samples())

@@ -110,3 +110,16 @@ def test_the_sample_responses_enlarge_each_bucket_light_with_its_peak():
     assert zoom.get_title() == "its far light (8 px tall), peak 0.90"
     assert rows[1, 2].get_xlim()[0] < 100 < rows[1, 2].get_xlim()[1]   # row 2's bucket light is its box 1
     assert rows[0, 1].get_xlim() == (0, 512)                            # the whole frame beside it
+
+
+def test_the_sample_responses_come_one_per_bucket_each_from_another_sequence():
+    from pipeline.train.scoring import SamplePicker
+
+    picker = SamplePicker()
+    frames = [("a", [0]), ("a", [1, 2]), ("b", [0, 1]), ("b", [2]), ("c", [2, 0])]   # (group, bucket per light)
+    for i, (group, buckets) in enumerate(frames):
+        boxes = np.zeros((len(buckets), 4), np.float32) + i
+        picker.offer({"group": group, "distances": np.array(buckets)}, f"image {i}", None, boxes)
+    got = [(bucket, image, k) for bucket, image, _, _, k in picker.samples()]
+    # near from frame 0 (a); medium from frame 2 (b: frame 1 is of a); far from frame 4 (c), its first light
+    assert got == [("near", "image 0", 0), ("medium", "image 2", 1), ("far", "image 4", 0)]
