@@ -48,7 +48,7 @@ def heat_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, be
     A light's centre cell (target 1) costs ``-(1 - p)^alpha log p``; every other cell ``-(1 - t)^beta p^alpha
     log(1 - p)``, so cells near a light (``t`` close to 1) are barely penalised and easy background counts little;
     the sum is divided by the number of lights. Measured against BCE with the cells near a light weighed x21 (the
-    loss before), same crops and steps: far-light AP 0.83 against 0.06 (README: the detector)."""
+    loss before), same crops and steps: far-light AP 0.93 against 0.10 (benchmarks/RESULTS.md: the detector)."""
     logits, target = logits.float(), target.float()
     p = torch.sigmoid(logits)
     centre = (target >= 1.0).float()
