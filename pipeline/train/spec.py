@@ -68,7 +68,7 @@ class TrainSpec:
                           decode_workers(t.loader_workers, t.num_processes), policy=policy,
                           aux=self.aux if split == "train" else None, pin_memory=t.use_gpu,
                           keep=self.keep_ids if split == "train" else None,
-                          crop=tuple(t.crop_hw) if split == "train" and t.crop_hw and self.task.detector else None,
+                          crop=train_crop(t, self.task) if split == "train" else None,
                           crop_on_lights=t.crop_on_lights)
 
     def checkpoint_args(self) -> dict:
@@ -119,10 +119,16 @@ def make_spec(conf: Config, run_id: Optional[str] = None) -> TrainSpec:
         validate=bool(rows_in(meta, kind, "val")), keep_ids=keep)
 
 
+def train_crop(t: TrainSection, task: Task) -> Optional[tuple]:
+    """The (height, width) of the crops the detector trains on (``train.crop_hw``); None: whole images (the
+    classifiers, or ``crop_hw: null``)."""
+    return tuple(t.crop_hw) if task.detector and t.crop_hw else None
+
+
 def samples_per_row(t: TrainSection, task: Task) -> int:
-    """Training samples one train row gives per epoch: ``train.crops_per_frame`` for the detector trained on
-    crops (a crop is a small part of its frame), else 1."""
-    return t.crops_per_frame if task.detector and t.crop_hw else 1
+    """Training samples one train row gives per epoch: ``train.crops_per_frame`` when it trains on crops (a crop
+    is a small part of its frame), else 1."""
+    return t.crops_per_frame if train_crop(t, task) else 1
 
 
 def first_rows(url: str, n: int) -> frozenset:
