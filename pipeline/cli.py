@@ -66,11 +66,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="start", metavar="STAGE",
                      help="this stage and every job after it in order; with --force even if up to date")
     for stage in STAGES:
-        sub.add_parser(stage.name, parents=[common], help=stage.help, epilog=EPILOG,
-                       description=f"{stage.help} Reads: {', '.join(stage.reads) or '-'}. "
-                                   f"Writes: {', '.join(stage.writes) or '-'}."
-                                   + (f" Splits: {', '.join(stage.splits)}; one with no rows skips the stage with "
-                                      f"one line (exit 3)." if stage.splits else ""))
+        _skip_option(sub.add_parser(
+            stage.name, parents=[common], help=stage.help, epilog=EPILOG,
+            description=f"{stage.help} Reads: {', '.join(stage.reads) or '-'}. "
+                        f"Writes: {', '.join(stage.writes) or '-'}."
+                        + (f" Splits: {', '.join(stage.splits)}; one with no rows skips the stage with "
+                           f"one line (exit 3)." if stage.splits else "")))
+    return parser
+
+
+def _skip_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A single job runs whenever it is asked to; ``--skip-up-to-date`` gives it ``pipeline run``'s rule (what a
+    scheduler that runs the jobs one by one, like the Airflow DAG, wants)."""
+    parser.add_argument("--skip-up-to-date", dest="skip_done", action="store_true",
+                        help="do nothing (exit 0, no Spark session, no MLflow run) when the job last finished "
+                             "with the same config, code and inputs and its output is still there: pipeline "
+                             "run's rule")
     return parser
 
 
@@ -204,6 +215,17 @@ def _single(stage_name: str, conf: Config) -> list:
     return [Job(stage, conf.train.task if stage.per_task else None, needs)]
 
 
+def _one_job(conf: Config, stage_name: str, verbose: bool, skip_done: bool) -> dict:
+    """``pipeline <stage>`` and ``jobs/<stage>.py``: the stage's job; with ``skip_done`` nothing at all (no
+    session, no MLflow run) when it is up to date by ``pipeline run``'s rule."""
+    jobs = _single(stage_name, conf)
+    if skip_done and why_not_done(conf, jobs[0].stage, jobs[0].needs) is None:
+        print(f"{jobs[0].name}: up to date (same config, code and inputs), skipped; without --skip-up-to-date "
+              f"it reruns", flush=True)
+        return {}
+    return _execute(conf, jobs, stage_name, verbose)
+
+
 def _guarded(prog: str, args: argparse.Namespace, work) -> int:
     """Run ``work(conf, verbose)``; a :class:`UserError` (fix your input or config) prints one line and exits 2
     (the run is still marked FAILED; ``-v`` adds the traceback). Anything else is a bug: its traceback shows.
@@ -225,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.command == "run":
         return _guarded("pipeline", args, lambda conf, v: _run_pipeline(args, conf, v))
-    return _guarded("pipeline", args, lambda conf, v: _execute(conf, _single(args.command, conf), args.command, v))
+    return _guarded("pipeline", args, lambda conf, v: _one_job(conf, args.command, v, args.skip_done))
 
 
 def job_main(stage_name: str, argv: Optional[Sequence[str]] = None) -> int:
@@ -233,8 +255,8 @@ def job_main(stage_name: str, argv: Optional[Sequence[str]] = None) -> int:
     stage = get_stage(stage_name)
     parser = argparse.ArgumentParser(prog=f"spark-submit jobs/{stage_name}.py", parents=[_common()],
                                      description=stage.help, epilog=EPILOG)
-    args = parser.parse_args(argv)
-    return _guarded(parser.prog, args, lambda conf, v: _execute(conf, _single(stage.name, conf), stage_name, v))
+    args = _skip_option(parser).parse_args(argv)
+    return _guarded(parser.prog, args, lambda conf, v: _one_job(conf, stage.name, v, args.skip_done))
 
 
 if __name__ == "__main__":

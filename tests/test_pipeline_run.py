@@ -39,7 +39,7 @@ def test_the_order_is_derived_from_what_each_stage_needs():
         select(jobs, only=["trian"])
 
 
-def test_a_job_reruns_when_its_config_code_input_or_output_changes(spark, tmp_path, monkeypatch):
+def test_a_job_reruns_when_its_config_code_input_or_output_changes(spark, tmp_path, monkeypatch, capsys):
     conf = make_conf(tmp_path, *TINY)
     ingest, train = get_stage("ingest"), get_stage("train")
     assert why_not_done(conf, ingest) == "it never finished"
@@ -49,6 +49,18 @@ def test_a_job_reruns_when_its_config_code_input_or_output_changes(spark, tmp_pa
     assert why_not_done(make_conf(tmp_path, *TINY, "train.epochs=9"), ingest) is None   # not ingest's business
     run_stage(train, spark, conf, Tracker(conf), needs=("ingest",))
     assert why_not_done(conf, train, ("ingest",)) is None
+    # A job run alone (pipeline <stage>, jobs/<stage>.py) runs whenever asked; --skip-up-to-date gives it the rule
+    # above (the Airflow DAG's tasks ask for it): nothing is run or logged for an up-to-date job, a changed one runs.
+    client = MlflowClient(conf.mlflow.tracking_uri)
+    runs = lambda: client.search_runs([e.experiment_id for e in client.search_experiments()])  # noqa: E731
+    logged = len(runs())
+    args = [f"paths.work_dir={tmp_path}", "spark.master=local[2]", *TINY]
+    assert main(["train", "--skip-up-to-date", *args]) == 0
+    assert "train.lane_classifier: up to date (same config, code and inputs), skipped" in capsys.readouterr().out
+    assert len(runs()) == logged
+    assert main(["ingest", "--skip-up-to-date", *args, "ingest.seed=1"]) == 0
+    assert "up to date" not in capsys.readouterr().out and len(runs()) == logged + 2       # a parent and its child
+    assert why_not_done(conf, ingest) == "its config changed"
     monkeypatch.setattr(stages, "code_version", lambda: "another-version")
     assert why_not_done(conf, train, ("ingest",)) == "the code changed"
     monkeypatch.undo()
