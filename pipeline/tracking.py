@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config, dump_yaml
@@ -175,23 +176,37 @@ class Tracker:
         _prepare_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(conf.mlflow.experiment)
+        exp = found = self.client.get_experiment_by_name(conf.mlflow.experiment)
         if exp is None:
-            location = conf.mlflow.artifact_location
-            if location and "://" not in location:
-                Path(location).mkdir(parents=True, exist_ok=True)
-                location = Path(location).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(conf.mlflow.experiment, artifact_location=location)
-        else:
-            self.experiment_id = exp.experiment_id
+            exp = self._create_experiment(conf)
+        self.experiment_id = exp.experiment_id
         # model training (MLflow 3.17's UI still opens the GenAI view unless the URL says
         # ?workflowType=machine_learning: cli.browse_hint prints that URL)
-        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
+        if EXPERIMENT_KIND[0] not in exp.tags:
             self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         self.parent_id: Optional[str] = None
         self.unreachable: Optional[str] = None   # set when recording a failure found the server gone
-        if exp is not None:
+        if found is not None:
             self.mark_killed_runs()
+
+    def _create_experiment(self, conf: Config):
+        """The experiment, made now (unless another process just made it: two runs starting at once against one
+        server both find none, and one create fails). A local ``artifact_location`` is used with a local store
+        only: with a tracking server the server decides where artifacts go (a folder on this machine would hold
+        them where nobody else on the team can read them)."""
+        location = conf.mlflow.artifact_location
+        if location and "://" not in location:
+            if self.uri.startswith(("http://", "https://")):
+                location = None
+            else:
+                Path(location).mkdir(parents=True, exist_ok=True)
+                location = Path(location).resolve().as_uri()
+        try:
+            self.client.create_experiment(conf.mlflow.experiment, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        return self.client.get_experiment_by_name(conf.mlflow.experiment)
 
     def mark_killed_runs(self) -> list:
         """Mark KILLED the RUNNING runs of this experiment that a process on this host started and that process

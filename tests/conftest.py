@@ -12,6 +12,24 @@ from pipeline.tracking import Tracker
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_sessionstart(session):
+    """One line, before any test runs, for each thing outside the venv a group of tests needs and this machine
+    lacks, naming the command that gives it (without it those tests skip; under CI=true they fail)."""
+    from tests.browser import INSTALL, find_chromium, on_ci
+    from tests.tracking_server import ENV, SETUP, postgres_url
+
+    then = "fail (CI=true)" if on_ci() else "skip"
+    lines = []
+    if find_chromium() is None:
+        lines.append(f"no Chromium: the browser tests of the report and the MLflow UI will {then}; {INSTALL}")
+    if postgres_url() is None:
+        lines.append(f"no PostgreSQL ({ENV} unset): the team tracking server's tests will {then}; `{SETUP}`")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, yellow=True, bold=True)
+
+
 def make_conf(work_dir, *overrides, profile="local"):
     """A config whose data and MLflow store live under ``work_dir``."""
     return load_config(profile, overrides=[f"paths.work_dir={work_dir}", "spark.master=local[2]", *overrides])

