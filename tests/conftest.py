@@ -10,6 +10,16 @@ from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The JVMs the tests start in processes of their own (pipeline commands, spark-submit, standalone and local-cluster
+# drivers) live seconds and do little JVM work: the client compiler only and a serial GC cut their start-up CPU
+# (benchmarks/RESULTS.md, "The suite's time"). Spark's launcher adds SPARK_SUBMIT_OPTS to every driver JVM it
+# starts; the shared session below, which runs the suite's in-process Spark work for its whole length, keeps
+# the JVM's defaults. LIGHT_EXECUTORS does the same for local-cluster's executor JVMs, as an override.
+# SPARK_SUBMIT_OPTS set (even empty: benchmarks/bench_suite_jvm.py's baseline) is used as it is, for both.
+LIGHT_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+os.environ.setdefault("SPARK_SUBMIT_OPTS", LIGHT_JVM)
+LIGHT_EXECUTORS = ("spark.conf.spark.executor.extraJavaOptions="
+                   + (os.environ["SPARK_SUBMIT_OPTS"] or "-Dtests.jvm=default"))
 
 
 def pytest_sessionstart(session):
@@ -44,8 +54,13 @@ def session_dir(tmp_path_factory):
 def spark(session_dir):
     from pipeline.session import build_session
 
-    session = build_session(make_conf(session_dir, "spark.conf.spark.driver.memory=2g",
-                                      "spark.conf.spark.sql.shuffle.partitions=4"))
+    light = os.environ.pop("SPARK_SUBMIT_OPTS", None)
+    try:
+        session = build_session(make_conf(session_dir, "spark.conf.spark.driver.memory=2g",
+                                          "spark.conf.spark.sql.shuffle.partitions=4"))
+    finally:
+        if light is not None:
+            os.environ["SPARK_SUBMIT_OPTS"] = light
     yield session
     session.stop()
 

@@ -3,12 +3,14 @@ two ``pipeline run``s of different datasets log to it at the same time and lose 
 once and both find no experiment share one."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as _tracking
 
 from pipeline.data.synth import LANE_CLASSES
 from pipeline.tracking import Tracker
@@ -125,6 +127,8 @@ def test_two_runs_that_both_find_no_experiment_share_the_one_made_first(server, 
     """Both processes ask for the experiment before either made it: the second create fails on the server
     (RESOURCE_ALREADY_EXISTS) and that Tracker takes the experiment the first made."""
     conf = make_conf(tmp_path, f"mlflow.tracking_uri={server.uri}", "mlflow.experiment=raced")
+    monkeypatch.setattr(_tracking, "_tracking_uri", _tracking._tracking_uri)   # a Tracker sets MLflow's current URI
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI", ""))   # ... and this variable
     first = Tracker(conf)
     real, asked = MlflowClient.get_experiment_by_name, []
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.conftest import make_conf
+from tests.conftest import LIGHT_EXECUTORS, make_conf
 from tests.faults.util import (TINY_ARGS, Proc, cmdline, dataset_rows, hidden_files, lost_and_duplicated, pids,
                                record, running)
 
-CLUSTER = ["spark.master=local-cluster[2,1,1024]", "augment.copies=1"]
+CLUSTER = ["spark.master=local-cluster[2,1,1024]", LIGHT_EXECUTORS, "augment.copies=1"]
 JOB = Path(__file__).with_name("cluster_job.py")
 
 

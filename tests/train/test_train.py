@@ -19,6 +19,7 @@ from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 from pipeline.train.run import load_checkpoint, train_fn
 from pipeline.train.spec import make_spec
+from tests.conftest import LIGHT_EXECUTORS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,8 +196,8 @@ def test_local_cluster_barrier_tasks_train_on_two_executors_and_learn(tiny_data,
     tasks. What only that path produces: world size 2, the ranks on two different executors."""
     conf = tiny_data()
     cmd = [os.path.join(os.path.dirname(sys.executable), "pipeline"), "train", *_TINY_ARGS(conf),
-           "train.task=tl_classifier", "spark.master=local-cluster[2,1,1024]", "train.local_mode=false",
-           "train.num_processes=2", "train.epochs=4", "train.batch_size=8", "train.lr=0.003",
+           "train.task=tl_classifier", "spark.master=local-cluster[2,1,1024]", LIGHT_EXECUTORS,
+           "train.local_mode=false", "train.num_processes=2", "train.epochs=4", "train.batch_size=8", "train.lr=0.003",
            f"paths.checkpoint_url=file://{tmp_path}/ckpt", "spark.conf.spark.driver.memory=1g"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -212,7 +213,7 @@ def test_local_cluster_barrier_tasks_train_on_two_executors_and_learn(tiny_data,
     assert run.data.params["train.steps_per_epoch_resolved"] == str(train_rows // (8 * 2))
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]
     assert len(losses) == 4 and losses[-1] < losses[0], losses            # the model learned
-    model = stored.load(lines["model_uri"])
+    model = stored.load(lines["model_uri"], conf.mlflow.tracking_uri)
     from pipeline.train.loader import eval_batches
 
     hits, labels = 0, []
