@@ -68,10 +68,11 @@ dist: $(STAMP)
 
 # Airflow and its Spark provider in their own venv (their pins conflict with the project's), for
 # tests/test_airflow.py, which loads docker/airflow/road_pipeline_dag.py with Airflow's DagBag and runs it with
-# dag.test() (skips without it; fails under CI=true). Does nothing when it is up to date.
+# dag.test(). `make test` makes it (pytest alone skips those tests without it, and fails them under CI=true).
+# Made with the Python of $(VENV). Does nothing when it is up to date.
 export AIRFLOW_VENV ?= .venv-airflow
-airflow:
-	bash docker/airflow/install.sh
+airflow: $(BIN)/python
+	PYTHON=$(abspath $(BIN)/python) bash docker/airflow/install.sh
 
 # Caches only. Datasets, checkpoints and every logged MLflow run live in work/: `make clean-work` deletes them.
 clean:

@@ -1,8 +1,8 @@
 """The ``pipeline`` command and the spark-submit jobs' shared entry point.
 
     pipeline [-v] [--profile P] [--conf FILE] run [--force] [--only STAGE,...] [--from STAGE] [KEY=VALUE ...]
-    pipeline [-v] [--profile P] [--conf FILE] <stage> [KEY=VALUE ...]
-    spark-submit jobs/<stage>.py [--profile P] [--conf FILE] [KEY=VALUE ...]
+    pipeline [-v] [--profile P] [--conf FILE] <stage> [--skip-up-to-date] [KEY=VALUE ...]
+    spark-submit jobs/<stage>.py [--skip-up-to-date] [--profile P] [--conf FILE] [KEY=VALUE ...]
 
 Exit codes: 0 done; 3 done, but a job (or part of one) was skipped for an empty split (:data:`SKIP_RULE`);
 2 an input or config error (:class:`~pipeline.errors.UserError`, one line); 1 a bug (its traceback).
@@ -219,6 +219,10 @@ def _one_job(conf: Config, stage_name: str, verbose: bool, skip_done: bool) -> d
     """``pipeline <stage>`` and ``jobs/<stage>.py``: the stage's job; with ``skip_done`` nothing at all (no
     session, no MLflow run) when it is up to date by ``pipeline run``'s rule."""
     jobs = _single(stage_name, conf)
+    if skip_done:
+        from pipeline.tracking import prepare_client
+
+        prepare_client(conf.mlflow.tracking_uri)   # as pipeline run's Tracker: a server that is down, said at once
     if skip_done and why_not_done(conf, jobs[0].stage, jobs[0].needs) is None:
         print(f"{jobs[0].name}: up to date (same config, code and inputs), skipped; without --skip-up-to-date "
               f"it reruns", flush=True)

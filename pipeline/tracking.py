@@ -164,16 +164,22 @@ def _process_tags() -> dict:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid)}
 
 
+def prepare_client(uri: str) -> None:
+    """Before the first request to the store at ``uri``: MLflow's HTTP settings (:data:`HTTP_DEFAULTS`, unless
+    set), a server that does not answer said at once (:class:`TrackingUnreachable`), a SQLite file's folder made."""
+    for key, value in {**HTTP_DEFAULTS, **QUIET_DEFAULTS}.items():
+        os.environ.setdefault(key, value)
+    check_reachable(uri)
+    _prepare_store(uri)
+
+
 class Tracker:
     """Runs, params, figures and datasets for one pipeline invocation."""
 
     def __init__(self, conf: Config):
         self.conf = conf
         self.uri = conf.mlflow.tracking_uri
-        for key, value in {**HTTP_DEFAULTS, **QUIET_DEFAULTS}.items():
-            os.environ.setdefault(key, value)
-        check_reachable(self.uri)
-        _prepare_store(self.uri)
+        prepare_client(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         exp = found = self.client.get_experiment_by_name(conf.mlflow.experiment)

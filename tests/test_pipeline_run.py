@@ -54,7 +54,8 @@ def test_a_job_reruns_when_its_config_code_input_or_output_changes(spark, tmp_pa
     client = MlflowClient(conf.mlflow.tracking_uri)
     runs = lambda: client.search_runs([e.experiment_id for e in client.search_experiments()])  # noqa: E731
     logged = len(runs())
-    args = [f"paths.work_dir={tmp_path}", "spark.master=local[2]", *TINY]
+    args = [f"paths.work_dir={tmp_path}", "spark.master=local[2]", "spark.conf.spark.driver.memory=2g",
+            "spark.conf.spark.sql.shuffle.partitions=4", *TINY]    # the shared session's settings kept
     assert main(["train", "--skip-up-to-date", *args]) == 0
     assert "train.lane_classifier: up to date (same config, code and inputs), skipped" in capsys.readouterr().out
     assert len(runs()) == logged

@@ -88,8 +88,12 @@ def test_two_pipeline_runs_of_different_datasets_log_to_one_server_at_once(serve
         procs[name] = Proc([PIPELINE, "run", "--only", "ingest,train,evaluate", *TINY_ARGS, *ONLY,
                             f"paths.work_dir={tmp_path / name}",
                             f"ingest.seed={seed}", f"mlflow.tracking_uri={server.uri}"], tmp_path / f"{name}.log")
-    for proc in procs.values():
-        assert proc.wait(900) == 0, proc.tail()
+    try:
+        for proc in procs.values():
+            assert proc.wait(900) == 0, proc.tail()
+    finally:
+        for proc in procs.values():
+            proc.kill_tree()
     parents = {name: next(line.split()[1] for line in proc.output().splitlines()
                           if line.startswith("pipeline.run_id ")) for name, proc in procs.items()}
 

@@ -67,12 +67,19 @@ class TrackingServer:
         self.log = root / "mlflow-server.log"
         root.mkdir(parents=True, exist_ok=True)
         _admin(admin_url, f'CREATE DATABASE "{self.database}"')
+        try:
+            self.proc = self._start(env, workers)
+        except BaseException:
+            self.drop()
+            raise
+
+    def _start(self, env: Optional[dict], workers: int) -> subprocess.Popen:
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_uri,
                  "--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port),
                  "--workers", str(workers)],
-                cwd=root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=self.root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env={**(env or os.environ), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
     def wait(self, deadline_s: float = 180) -> "TrackingServer":

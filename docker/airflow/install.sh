@@ -62,7 +62,8 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 print(airflow.__version__)' \
     2>"$scratch/stderr"); then
   cat "$scratch/stderr" >&2
-  echo "install.sh: error: $venv/bin/python cannot import airflow, its Spark provider, pydantic and yaml (above); no stamp written" >&2
+  echo "install.sh: error: $venv/bin/python cannot import airflow, its Spark provider, pydantic and yaml" \
+       "(above); no stamp written" >&2
   exit 1
 fi
 echo "$want" > "$stamp"
