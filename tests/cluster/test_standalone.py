@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import on_ci
 from tests.tracking_server import TrackingServer, postgres_url, require_postgres
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,7 +156,7 @@ class Cluster:
             self.procs.append(("mlflow", self.server.proc, self.server.log))
             self.tracking_uri = self.server.uri
         else:                     # no PostgreSQL here (CI has one: it fails there instead): the server on SQLite
-            if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            if on_ci():
                 require_postgres()
             self.start("mlflow", [BIN / "mlflow", "server",
                                   "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
