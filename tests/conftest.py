@@ -22,6 +22,42 @@ LIGHT_EXECUTORS = ("spark.conf.spark.executor.extraJavaOptions="
                    + (os.environ["SPARK_SUBMIT_OPTS"] or "-Dtests.jvm=default"))
 
 
+# `make test` runs the suite on two pytest-xdist workers (TEST_WORKERS), each a whole test file at a time
+# (--dist loadfile: a module's fixtures are made once), so that one worker's tests run while the other's wait on
+# a subprocess (benchmarks/RESULTS.md, "The suite on two workers"). The files below share an expensive session
+# fixture (the counterfactual nets) and go to one worker as one unit; and the files that take longest start
+# first, on their own, instead of last (xdist's default order is by number of tests: a long file of few tests
+# would start near the end and run alone). The order is only a hint: a file missing from it runs after them.
+SAME_WORKER = {"tests/analysis/test_gate.py": "tests/analysis/test_counterfactual.py"}
+LONGEST_FIRST = ("tests/test_airflow.py", "tests/cluster/test_standalone.py", "tests/analysis/test_counterfactual.py",
+                 "tests/analysis/test_gate.py", "tests/train/test_train.py", "tests/test_empty_splits.py",
+                 "tests/analysis/test_audit.py", "tests/test_team_tracking.py")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    first = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(_module(item.nodeid), len(first)))   # stable: the rest keep their order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, with SAME_WORKER's files as one unit and the collection's order kept (LONGEST_FIRST)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SAME_WORKER.get(_module(nodeid), _module(nodeid))
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)
+
+
 def pytest_sessionstart(session):
     """One line, before any test runs, for each thing outside the venv a group of tests needs and this machine
     lacks, naming the command that gives it (without it those tests skip; under CI=true they fail)."""

