@@ -7,7 +7,7 @@ at zlib level 0 (``ingest.image_format=png``, the ingest default until this benc
 (``ingest.image_format=raw``). On each dataset's train split, every variant produces ``--batches`` batches of
 ``--batch-size`` normalised float NCHW images with their labels, as training consumes them:
 
-* ``ours``: ``pipeline.train.loader.batches`` (one Petastorm ``make_batch_reader`` thread reading whole row groups,
+* ``ours``: ``pipeline.train.loader.batches`` (pyarrow reading whole row groups in order, in one thread;
   decode by ``--workers`` threads, a seeded shuffle buffer, collate, prefetched in a thread), 1 and 2 workers;
 * ``petastorm make_reader``: Petastorm's documented path, ``make_reader`` (per-row decode with the dataset's own
   codecs in its thread pool of ``workers_count`` workers) + ``petastorm.pytorch.DataLoader``, then the same

@@ -19,9 +19,6 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(petastorm|pyarrow)(\..*)?")
     warnings.filterwarnings("ignore", message=r".*pyarrow.*deprecated.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*ParquetDataset.*", category=FutureWarning)
-    # The loader reads petastorm datasets with make_batch_reader and decodes the codec fields itself.
-    warnings.filterwarnings("ignore", message=r"Please use make_reader", category=UserWarning)
-    warnings.filterwarnings("ignore", message=r"schema_fields behavior has changed", category=UserWarning)
 
 
 def under_spark_submit() -> bool:

@@ -1,4 +1,5 @@
-"""The Petastorm Unischemas of every dataset the pipeline writes, declared once.
+"""The schemas of every dataset the pipeline writes, declared once, in Petastorm's format (:mod:`schemas.format`:
+its Unischema, fields and codecs, without importing Petastorm).
 
 Images are stored as PNG (lossless; Petastorm's codec takes and returns RGB), or with ``ingest.image_format=raw``
 as the uint8 array itself (Petastorm's ``NdarrayCodec``: NumPy's ``.npy`` bytes), which decodes by a copy: the
@@ -10,52 +11,51 @@ their first bytes (:func:`decode_image`). Every row carries its
 import io
 
 import numpy as np
-from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
-from petastorm.unischema import Unischema, UnischemaField
+from schemas.format import Field, NpyCodec, PngCodec, ScalarCodec, Schema
 from pyspark.sql.types import IntegerType, LongType, StringType
 
 _ID = [
-    UnischemaField("id", np.str_, (), ScalarCodec(StringType()), False),
-    UnischemaField("group", np.str_, (), ScalarCodec(StringType()), False),
-    UnischemaField("split", np.str_, (), ScalarCodec(StringType()), False),
-    UnischemaField("source", np.str_, (), ScalarCodec(StringType()), False),
+    Field("id", np.str_, (), ScalarCodec(StringType()), False),
+    Field("group", np.str_, (), ScalarCodec(StringType()), False),
+    Field("split", np.str_, (), ScalarCodec(StringType()), False),
+    Field("source", np.str_, (), ScalarCodec(StringType()), False),
 ]
-_IMAGE = UnischemaField("image", np.uint8, (None, None, 3), CompressedImageCodec("png"), False)
+_IMAGE = Field("image", np.uint8, (None, None, 3), PngCodec(), False)
 
 # Whole road frames with an image-level class (the lane class of synthetic data; none for TuSimple / CULane, -1).
-RoadFrameSchema = Unischema("RoadFrameSchema", _ID + [
+RoadFrameSchema = Schema("RoadFrameSchema", _ID + [
     _IMAGE,
-    UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
-    UnischemaField("label_name", np.str_, (), ScalarCodec(StringType()), False),
-    UnischemaField("lane_mask", np.uint8, (None, None), CompressedImageCodec("png"), False),  # 1 = marking
-    UnischemaField("context", np.str_, (), ScalarCodec(StringType()), False),   # e.g. time of day; "" if unknown
-    UnischemaField("phash", np.int64, (), ScalarCodec(LongType()), False),      # 64-bit perceptual hash
+    Field("label", np.int32, (), ScalarCodec(IntegerType()), False),
+    Field("label_name", np.str_, (), ScalarCodec(StringType()), False),
+    Field("lane_mask", np.uint8, (None, None), PngCodec(), False),  # 1 = marking
+    Field("context", np.str_, (), ScalarCodec(StringType()), False),   # e.g. time of day; "" if unknown
+    Field("phash", np.int64, (), ScalarCodec(LongType()), False),      # 64-bit perceptual hash
 ])
 
 # Frames with traffic-light boxes (the detector's data). Boxes are (x_min, y_min, x_max, y_max) in pixels of
 # the stored image; states index pipeline.data.records.TL_STATES, distances index DISTANCES.
-TLFrameSchema = Unischema("TLFrameSchema", _ID + [
+TLFrameSchema = Schema("TLFrameSchema", _ID + [
     _IMAGE,
-    UnischemaField("boxes", np.float32, (None, 4), NdarrayCodec(), False),
-    UnischemaField("states", np.int32, (None,), NdarrayCodec(), False),
-    UnischemaField("distances", np.int32, (None,), NdarrayCodec(), False),
-    UnischemaField("phash", np.int64, (), ScalarCodec(LongType()), False),
+    Field("boxes", np.float32, (None, 4), NpyCodec(), False),
+    Field("states", np.int32, (None,), NpyCodec(), False),
+    Field("distances", np.int32, (None,), NpyCodec(), False),
+    Field("phash", np.int64, (), ScalarCodec(LongType()), False),
 ])
 
 # Crops around traffic lights plus background crops ("not a light"): the traffic-light classifier's data.
-TLCropSchema = Unischema("TLCropSchema", _ID + [
+TLCropSchema = Schema("TLCropSchema", _ID + [
     _IMAGE,
-    UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
-    UnischemaField("label_name", np.str_, (), ScalarCodec(StringType()), False),
-    UnischemaField("distance", np.str_, (), ScalarCodec(StringType()), False),  # "" for background crops
+    Field("label", np.int32, (), ScalarCodec(IntegerType()), False),
+    Field("label_name", np.str_, (), ScalarCodec(StringType()), False),
+    Field("distance", np.str_, (), ScalarCodec(StringType()), False),  # "" for background crops
 ])
 
 # Images with a class from their folder name (ImageFolder): crops, patches or whole frames.
-ClassImageSchema = Unischema("ClassImageSchema", _ID + [
+ClassImageSchema = Schema("ClassImageSchema", _ID + [
     _IMAGE,
-    UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
-    UnischemaField("label_name", np.str_, (), ScalarCodec(StringType()), False),
-    UnischemaField("phash", np.int64, (), ScalarCodec(LongType()), False),
+    Field("label", np.int32, (), ScalarCodec(IntegerType()), False),
+    Field("label_name", np.str_, (), ScalarCodec(StringType()), False),
+    Field("phash", np.int64, (), ScalarCodec(LongType()), False),
 ])
 
 # One schema per dataset kind (pipeline.tasks.KINDS).
@@ -66,21 +66,21 @@ SCHEMAS = {"road_frames": RoadFrameSchema, "class_images": ClassImageSchema, "tl
 # the originals, copy 0), ``ops`` the applied ops with their drawn parameters as JSON. The fields are the same
 # objects as above, so a reader asking for the base fields reads either kind of dataset.
 _LINEAGE = [
-    UnischemaField("parent_id", np.str_, (), ScalarCodec(StringType()), False),
-    UnischemaField("copy", np.int32, (), ScalarCodec(IntegerType()), False),
-    UnischemaField("ops", np.str_, (), ScalarCodec(StringType()), False),
+    Field("parent_id", np.str_, (), ScalarCodec(StringType()), False),
+    Field("copy", np.int32, (), ScalarCodec(IntegerType()), False),
+    Field("ops", np.str_, (), ScalarCodec(StringType()), False),
 ]
-AUGMENTED_SCHEMAS = {kind: Unischema(f"Augmented{schema._name}", list(schema.fields.values()) + _LINEAGE)
+AUGMENTED_SCHEMAS = {kind: Schema(f"Augmented{schema._name}", list(schema.fields.values()) + _LINEAGE)
                      for kind, schema in SCHEMAS.items()}
 
 
 IMAGE_FORMATS = ("png", "raw")
 _NPY_MAGIC = b"\x93NUMPY"
-_RAW_IMAGE = UnischemaField("image", np.uint8, (None, None, 3), NdarrayCodec(), False)
+_RAW_IMAGE = Field("image", np.uint8, (None, None, 3), NpyCodec(), False)
 _RAW_SCHEMAS: dict = {}
 
 
-def with_image_format(schema: Unischema, image_format: str) -> Unischema:
+def with_image_format(schema: Schema, image_format: str) -> Schema:
     """``schema`` as a dataset stored with ``image_format`` records it: for ``raw``, the ``image`` field with
     Petastorm's ``NdarrayCodec`` (so ``make_reader`` decodes either form); the same columns and types."""
     if image_format == "png":
@@ -89,7 +89,7 @@ def with_image_format(schema: Unischema, image_format: str) -> Unischema:
         raise ValueError(f"unknown image format {image_format!r}; known: {', '.join(IMAGE_FORMATS)}")
     if schema._name not in _RAW_SCHEMAS:
         fields = [_RAW_IMAGE if f.name == "image" else f for f in schema.fields.values()]
-        _RAW_SCHEMAS[schema._name] = Unischema(f"{schema._name}Raw", fields)
+        _RAW_SCHEMAS[schema._name] = Schema(f"{schema._name}Raw", fields)
     return _RAW_SCHEMAS[schema._name]
 
 
@@ -133,7 +133,7 @@ def _decode_png(value) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
 
 
-def field_decoders(schema: Unischema, names) -> dict:
+def field_decoders(schema: Schema, names) -> dict:
     """``{name: stored value -> numpy value}`` for the encoded fields among ``names`` (scalars are stored as
     they are and need none). The one decoder of stored rows: the training loader, augment and figures."""
     out = {}
@@ -141,12 +141,12 @@ def field_decoders(schema: Unischema, names) -> dict:
         field = schema.fields[name]
         if field.codec is None or isinstance(field.codec, ScalarCodec):
             continue
-        out[name] = decode_image if isinstance(field.codec, CompressedImageCodec) or name == "image" \
+        out[name] = decode_image if isinstance(field.codec, PngCodec) or name == "image" \
             else (lambda value, f=field: f.codec.decode(f, value))
     return out
 
 
-def decode_row(schema: Unischema, row) -> dict:
+def decode_row(schema: Schema, row) -> dict:
     """A Spark Row (or dict) of stored values back to numpy values, for the fields it has."""
     get = row.asDict() if hasattr(row, "asDict") else row
     decoders = field_decoders(schema, [name for name in get if name in schema.fields])

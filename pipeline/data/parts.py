@@ -15,8 +15,6 @@ and a killed job leaves nothing a reader would see.
 """
 from __future__ import annotations
 
-import json
-import pickle
 import uuid
 from typing import Iterable, Iterator, Optional
 
@@ -27,10 +25,8 @@ from pipeline.data.store import filesystem
 
 
 def arrow_schema(unischema) -> pa.Schema:
-    """The Arrow schema Spark would write for a Unischema (same column types, so either reads the other)."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    return to_arrow_schema(unischema.as_spark_schema())
+    """The Arrow schema Spark would write for a schema (same column types, so either reads the other)."""
+    return unischema.arrow_schema()
 
 
 def encode_png(field, value, level: int) -> bytearray:
@@ -220,8 +216,6 @@ def finalize(url: str, unischema, files: list, *, check: bool = True, image_form
     """Commit a folder's files (:func:`commit`) and make it a Petastorm dataset: ``_common_metadata`` with the
     Unischema (as stored: ``image_format``) and the row groups per file (what ``materialize_dataset`` writes,
     from the tasks' reports instead of a Spark job over the files). Returns the number of rows."""
-    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
-
     from schemas.datasets import with_image_format
 
     unischema = with_image_format(unischema, image_format)
@@ -230,9 +224,7 @@ def finalize(url: str, unischema, files: list, *, check: bool = True, image_form
         raise RuntimeError(f"{url}: no task wrote any file for this dataset")
     rows = commit(url, files, check=check)
     fs, path = filesystem(url)
-    schema = arrow_schema(unischema).with_metadata({
-        UNISCHEMA_KEY: pickle.dumps(unischema),
-        ROW_GROUPS_PER_FILE_KEY: json.dumps({i["file"]: i["row_groups"] for i in files}).encode()})
+    schema = arrow_schema(unischema).with_metadata(unischema.metadata({i["file"]: i["row_groups"] for i in files}))
     with fs.open(f"{path}/_common_metadata", "wb") as fh:
         pq.write_metadata(schema, fh)
     return rows

@@ -8,14 +8,12 @@ temporary folders it made and never swapped in (a full disk is freed at once). O
 atomic exchange of the two folders, so the dataset's path holds the old or the new dataset at every instant,
 even when the writer is SIGKILLed mid-swap; elsewhere it is two renames and :func:`recover` restores the old one.
 
-Nothing read from a dataset is unpickled: Petastorm's readers unpickle the Unischema stored in a dataset's
-``_common_metadata``; readers made inside :func:`schemas_from_code` get the Unischema from our code instead.
+A dataset is read with pyarrow (:func:`row_groups_of`, :func:`read_row_group`), its schema taken from our code:
+nothing read from it is unpickled (Petastorm's own readers unpickle the Unischema in its ``_common_metadata``).
 Imports nothing of ours but the error type and the fault hooks.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import errno
 import json
 import logging
@@ -193,48 +191,32 @@ def swap_in(tmp_url: str, root_url: str) -> None:
         fs.rm(old, recursive=True)
 
 
-# ------------------------------------------------------------------------------ no unpickling on read
+# ------------------------------------------------------------------------------ reading a dataset
 
-_code_schemas: contextvars.ContextVar = contextvars.ContextVar("pipeline_code_schemas", default=None)
+def row_groups_of(url: str) -> list:
+    """A dataset's row groups in a fixed order (its Parquet files by name, then each file's row groups in order),
+    as pyarrow.dataset fragments of one row group each. Names starting with ``_`` or ``.`` are not data
+    (``_common_metadata``, a writer's hidden ``.inprogress`` files)."""
+    import pyarrow.dataset as ds
 
+    fs, path = filesystem(url)
+    if _is_local(fs):
+        from pyarrow.fs import LocalFileSystem
 
-def _install_schema_guard() -> None:
-    """Route Petastorm's ``get_schema`` (the one place it unpickles a dataset's Unischema) through
-    :data:`_code_schemas` (idempotent; outside :func:`schemas_from_code` Petastorm behaves as shipped)."""
-    from petastorm.etl import dataset_metadata as dm
+        arrow_fs = LocalFileSystem()
+    else:
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    if getattr(dm.get_schema, "_pipeline_guard", False):
-        return
-    shipped = dm.get_schema
-
-    def get_schema(dataset):
-        candidates = _code_schemas.get()
-        if candidates is None:
-            return shipped(dataset)
-        schema = getattr(dataset, "schema", None)
-        if schema is None and getattr(dataset, "common_metadata", None) is not None:
-            schema = dataset.common_metadata.schema   # (the legacy ParquetDataset Petastorm opens)
-        columns = set(schema.names) if schema is not None else set()
-        for unischema in candidates:
-            if set(unischema.fields) == columns:
-                return unischema
-        raise dm.PetastormMetadataError(
-            f"the dataset's columns {sorted(columns)} match none of the schemas "
-            f"{', '.join(u._name for u in candidates)}; its stored (pickled) Unischema is not read")
-
-    get_schema._pipeline_guard = True
-    dm.get_schema = get_schema
+        arrow_fs = PyFileSystem(FSSpecHandler(fs))
+    if not fs.exists(path):
+        raise DatasetNotFound(f"no dataset at {url}")
+    dataset = ds.dataset(path, filesystem=arrow_fs, format="parquet")
+    return [piece for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path)
+            for piece in fragment.split_by_row_group()]
 
 
-@contextlib.contextmanager
-def schemas_from_code(*unischemas) -> Iterator[None]:
-    """Petastorm readers made inside this block take the dataset's Unischema from ``unischemas`` (the one whose
-    fields are the dataset's columns) instead of unpickling the one stored in its ``_common_metadata``: a
-    dataset is data, and unpickling data runs whatever code it names. A dataset whose columns match none of
-    them is read with the schema Petastorm infers from its Parquet schema (plain columns, no codecs)."""
-    _install_schema_guard()
-    token = _code_schemas.set(tuple(unischemas))
-    try:
-        yield
-    finally:
-        _code_schemas.reset(token)
+def read_row_group(piece, columns: list) -> dict:
+    """One row group's ``columns`` as ``{name: list of values}``: the stored values (encoded images and arrays
+    as bytes), read by pyarrow alone. The schema is the caller's (code); nothing stored is unpickled."""
+    table = piece.to_table(columns=list(columns))
+    return {name: table.column(name).to_pylist() for name in columns}

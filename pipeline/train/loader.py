@@ -1,8 +1,9 @@
-"""Petastorm -> torch batches, sharded per rank, reproducible per (seed, epoch).
+"""Datasets (Petastorm's format, read with pyarrow) -> torch batches, sharded per rank, reproducible per
+(seed, epoch).
 
-Each rank reads its own shard of row groups (``cur_shard=rank``). Shards are unequal, so every rank takes
-exactly ``steps`` batches per epoch from its shard, read again from the start whenever it runs out (one
-Petastorm pass per round, ``num_epochs=1``): all ranks run the same number of steps and DDP never waits on a
+Each rank reads its own shard of row groups (every world-th from ``rank``). Shards are unequal, so every rank
+takes exactly ``steps`` batches per epoch from its shard, read again from the start whenever it runs out (one
+pass over the shard per round): all ranks run the same number of steps and DDP never waits on a
 rank that ran dry. Fewer row groups than ranks: every
 rank reads all row groups and keeps every world-th row instead.
 """
@@ -11,13 +12,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from itertools import islice
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
 from pipeline.models.normalize import DETECTOR_STRIDE, to_tensor
-from pipeline.session import quiet_warnings
 
 # The fields training reads of each dataset kind; an augmentation policy also gets what its ops need.
 KIND_FIELDS = {"road_frames": ("id", "image", "label"), "class_images": ("id", "image", "label"),
@@ -103,28 +104,38 @@ def decode_workers(loader_workers: int, processes: int) -> int:
     return loader_workers or max(1, (os.cpu_count() or 1) // max(1, processes) - 1)
 
 
-def _reader(spec: LoaderSpec, *, rank: int, world: int):
-    from petastorm import make_batch_reader
-    from petastorm.errors import NoDataAvailableError
+def _reader(spec: LoaderSpec, *, rank: int, world: int) -> tuple:
+    """``(row groups, stride, offset)``: this rank's share of the dataset's row groups (every world-th, in the
+    dataset's fixed order), each read whole as columns; with fewer row groups than ranks, every row group, of
+    which the rank keeps every ``stride``-th row from ``offset``. Shuffling is ours (a seeded buffer, below)."""
+    from pipeline.data import store
+
+    pieces = store.row_groups_of(spec.url)
+    if world > 1 and len(pieces) >= world:
+        pieces, stride, offset = pieces[rank::world], 1, 0
+    else:
+        stride, offset = world, rank
+    # The schema comes from our code (schemas.datasets); the dataset's _common_metadata is never read
+    return _read_ahead(pieces, spec.fields), stride, offset
+
+
+def _read_ahead(pieces: list, columns: tuple, ahead: int = 2) -> Iterator[dict]:
+    """The row groups' columns in order, each read by one reader thread up to ``ahead`` row groups before it is
+    needed (pyarrow's read and decompression release the GIL: they overlap the decode and training threads)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     from pipeline.data import store
-    from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS
 
-    quiet_warnings()
-    # Whole row groups as columns (no per-row Python in Petastorm), row groups in a fixed order by one reader
-    # thread, one pass per reader: Petastorm's own row-group shuffling is not reproducible with cycling readers,
-    # so shuffling is ours (a seeded buffer, below). Codec fields arrive encoded and are decoded in _shard,
-    # by spec.workers threads: the order is the same for any number of them.
-    common = dict(schema_fields=list(spec.fields), reader_pool_type="thread",
-                  workers_count=1, shuffle_row_groups=False, num_epochs=1)
-    # The Unischema comes from our code, never unpickled from the dataset's _common_metadata (data, not code).
-    with store.schemas_from_code(SCHEMAS[spec.kind], AUGMENTED_SCHEMAS[spec.kind]):
-        if world > 1:
-            try:
-                return make_batch_reader(spec.url, cur_shard=rank, shard_count=world, **common), 1, 0
-            except NoDataAvailableError:
-                pass  # fewer row groups than ranks: stride over rows instead
-        return make_batch_reader(spec.url, **common), world, rank
+    todo = iter(pieces)
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as pool:
+        pending = deque(pool.submit(store.read_row_group, piece, columns) for piece in islice(todo, ahead))
+        while pending:
+            columns_of_group = pending.popleft().result()
+            following = next(todo, None)
+            if following is not None:
+                pending.append(pool.submit(store.read_row_group, following, columns))
+            yield columns_of_group
 
 
 def decode_columns(columns: dict, decoders: dict, pool=None) -> dict:
@@ -157,8 +168,7 @@ def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
     pool = ThreadPoolExecutor(spec.workers, thread_name_prefix="decode") if spec.workers > 1 else None
     index = 0
     try:
-        for batch in reader:
-            columns = batch._asdict()
+        for columns in reader:
             count = len(columns["id"])
             keep = [i for i in range(index, index + count) if i % stride == offset]
             index += count
@@ -173,8 +183,6 @@ def _shard(spec: LoaderSpec, rank: int, world: int) -> Iterator[dict]:
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        reader.stop()
-        reader.join()
 
 
 def rows(spec: LoaderSpec, *, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = False,
