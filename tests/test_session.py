@@ -6,7 +6,7 @@ def test_workers_run_this_interpreter_with_our_packages(spark):
     assert os.environ["PYSPARK_PYTHON"] == sys.executable
 
     def probe(_):
-        import petastorm  # noqa: F401  (missing in the system python that Spark starts by default)
+        import pyarrow  # noqa: F401  (missing in the system python that Spark starts by default)
         import pipeline.config  # noqa: F401
         yield sys.executable
 

@@ -15,6 +15,7 @@ from pipeline.tracking import Tracker
 from pipeline.train import loader
 from pipeline.train.run import build, load_checkpoint
 from tests.conftest import make_conf
+from tests.datasets import read_dataset
 
 LABELS = ["none", "solid_white", "dashed_white", "double_solid_yellow", "solid_dashed_yellow", "dashed_yellow"]
 
@@ -140,12 +141,9 @@ def test_halves_are_datasets_with_renumbered_labels(grid, spark):
     b = read_meta(dataset_root(conf.paths.data_url, "synthetic-transfer-class-B"))["datasets"]["road_frames"]
     assert b["labels"] == LABELS[1::2]
     assert b["splits"]["train_n16"] == 16 and b["splits"]["train_n1000"] == b["splits"]["train"]
-    from petastorm import make_reader
-
     url = f"{dataset_root(conf.paths.data_url, 'synthetic-transfer-class-B')}/road_frames/train_n16"
-    with make_reader(url, schema_fields=["image", "lane_mask"], num_epochs=1, reader_pool_type="dummy") as reader:
-        row = next(reader)
-    assert row.image.shape == (40, 40, 3) and row.lane_mask.shape == (40, 40)  # transfer.image_hw
+    row = next(iter(read_dataset(url, ["image", "lane_mask"]).values()))
+    assert row["image"].shape == (40, 40, 3) and row["lane_mask"].shape == (40, 40)  # transfer.image_hw
 
 
 def test_every_cell_is_a_finished_child_run_with_its_test_accuracy(grid):

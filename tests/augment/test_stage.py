@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from petastorm import make_reader
 
 from pipeline.augment.policy import PolicyError, get_policy
 from pipeline.augment.rows import augment_row
@@ -13,12 +12,11 @@ from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 from pipeline.train import loader
 from pipeline.train.spec import make_spec
+from tests.datasets import read_dataset
 
 
 def read(url, fields=None):
-    with make_reader(url, reader_pool_type="dummy", num_epochs=1, shuffle_row_groups=False,
-                     schema_fields=fields) as reader:
-        return {r.id: r._asdict() for r in reader}
+    return read_dataset(url, fields)
 
 
 def augment(spark, conf):

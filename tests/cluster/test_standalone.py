@@ -200,7 +200,7 @@ class Cluster:
         site = subprocess.run([self.executor_python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                               capture_output=True, text=True, check=True).stdout.strip()
         Path(site, "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-        probe = subprocess.run([self.executor_python, "-c", "import torch, petastorm, mlflow, pyspark, pipeline"],
+        probe = subprocess.run([self.executor_python, "-c", "import torch, pyarrow, mlflow, pyspark, pipeline"],
                                capture_output=True, text=True, env=self.env, cwd=self.root)
         assert "No module named 'pipeline'" in probe.stderr, probe.stderr[-2000:]     # the deps, not the pipeline
 

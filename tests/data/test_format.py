@@ -1,6 +1,7 @@
 """schemas.format writes Petastorm's dataset format without importing Petastorm, and the project reads datasets
-with pyarrow alone. Checked here against Petastorm itself (the pin set that has it): the pickled Unischema byte
-for byte, each codec's stored bytes, the Arrow schema Spark gives, and a dataset read the same by both."""
+with pyarrow alone. Checked here against Petastorm itself (on the pin set that has it): the pickled Unischema
+byte for byte, each codec's stored bytes, the Arrow schema Spark gives, and a dataset read the same by both; the
+project's reader on both sets."""
 import pickle
 
 import numpy as np
@@ -11,6 +12,7 @@ from pipeline.data import parts, store
 from pipeline.train import loader
 from schemas import format as fmt
 from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS, TLCropSchema, with_image_format
+from tests.datasets import needs_petastorm
 
 ALL = [*SCHEMAS.values(), *AUGMENTED_SCHEMAS.values(),
        *(with_image_format(s, "raw") for s in [*SCHEMAS.values(), *AUGMENTED_SCHEMAS.values()])]
@@ -26,6 +28,7 @@ def sample(field, rng):
     return rng.integers(0, 256, shape).astype(field.numpy_dtype)
 
 
+@needs_petastorm
 @pytest.mark.parametrize("schema", ALL, ids=lambda s: s._name)
 def test_the_stored_schema_is_petastorms_own_pickle_byte_for_byte(schema):
     petastorm_schema = schema.as_unischema()
@@ -38,6 +41,7 @@ def test_the_stored_schema_is_petastorms_own_pickle_byte_for_byte(schema):
     assert (fmt.UNISCHEMA_KEY, fmt.ROW_GROUPS_PER_FILE_KEY) == (UNISCHEMA_KEY, ROW_GROUPS_PER_FILE_KEY)
 
 
+@needs_petastorm
 @pytest.mark.parametrize("schema", ALL, ids=lambda s: s._name)
 def test_columns_are_what_spark_writes_for_petastorms_schema(schema):
     from pyspark.sql.pandas.types import to_arrow_schema
@@ -45,6 +49,7 @@ def test_columns_are_what_spark_writes_for_petastorms_schema(schema):
     assert schema.arrow_schema() == to_arrow_schema(schema.as_unischema().as_spark_schema())
 
 
+@needs_petastorm
 @pytest.mark.parametrize("schema", ALL, ids=lambda s: s._name)
 def test_every_codec_stores_petastorms_bytes_and_decodes_them_alike(schema):
     rng = np.random.default_rng(len(schema._name))
@@ -70,6 +75,7 @@ def _dataset(tmp_path, files=3, rows=20):
     return f"{url}/tl_crops/train"
 
 
+@needs_petastorm
 def test_petastorms_reader_and_the_projects_read_the_same_rows(tmp_path):
     from petastorm import make_reader
 

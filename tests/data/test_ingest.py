@@ -11,13 +11,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from petastorm import make_reader
 
 from pipeline.data import ingest, parts, store
 from pipeline.data.ingest import near_duplicate_pairs, phash64, split_of
 from pipeline.stages import get_stage, run_stage
 from pipeline.tracking import Tracker
 from tests.conftest import make_conf
+from tests.datasets import read_dataset
 
 SMALL_SYNTH = ["ingest.num_frames=24", "ingest.frames_per_sequence=4", "ingest.render_hw=[180,320]",
                "ingest.frame_hw=[72,128]", "ingest.road_hw=[64,64]", "ingest.split={train: 0.5, val: 0.25, test: 0.25}"]
@@ -28,8 +28,7 @@ def run_ingest(spark, conf):
 
 
 def read_rows(url: str) -> list:
-    with make_reader(url, reader_pool_type="dummy", num_epochs=1, shuffle_row_groups=False) as reader:
-        return sorted((row._asdict() for row in reader), key=lambda r: r["id"])
+    return sorted(read_dataset(url).values(), key=lambda r: r["id"])
 
 
 def ledger(spark, conf):

@@ -1,10 +1,9 @@
 """Datasets written by the tasks themselves: readable by Petastorm and Spark, retry-safe, checked on disk."""
 import numpy as np
 import pytest
-from petastorm import make_batch_reader, make_reader
-
 from pipeline.data import parts
 from schemas.datasets import TLCropSchema
+from tests.datasets import needs_petastorm, read_dataset
 
 
 def crop_row(i: int) -> dict:
@@ -38,11 +37,8 @@ def test_task_files_make_a_petastorm_dataset_spark_reads_too(tmp_path, spark):
     assert [f["file"] for f in files] == ["part-00000.parquet", "part-00001.parquet"]
     assert files[0]["row_groups"] > 1                       # about 10 kB row groups: several per file
     assert parts.finalize(f"{url}/tl_crops/train", TLCropSchema, files) == 45
-    with make_reader(f"{url}/tl_crops/train", reader_pool_type="dummy", num_epochs=1) as reader:
-        got = {r.id: r for r in reader}
-    assert len(got) == 45 and np.array_equal(got["r007"].image, crop_row(7)["image"])
-    with make_batch_reader(f"{url}/tl_crops/train", reader_pool_type="dummy", num_epochs=1) as reader:
-        assert sum(len(b.id) for b in reader) == 45
+    got = read_dataset(f"{url}/tl_crops/train")
+    assert len(got) == 45 and np.array_equal(got["r007"]["image"], crop_row(7)["image"])
     df = spark.read.parquet(f"{url}/tl_crops/train")
     assert df.count() == 45 and dict(zip(df.columns, [None] * 8)).keys() == set(TLCropSchema.fields)
 
@@ -61,8 +57,7 @@ def test_attempts_never_duplicate_rows_and_a_late_attempt_cannot_touch_a_committ
     committed = (folder / "part-00000.parquet").read_bytes()
     zombie.close()                                             # finishes after the commit: a hidden file only
     assert (folder / "part-00000.parquet").read_bytes() == committed
-    with make_reader(f"{url}/tl_crops/train", reader_pool_type="dummy", num_epochs=1) as reader:
-        assert sorted(r.id for r in reader) == [f"r{i:03d}" for i in range(10)]
+    assert sorted(read_dataset(f"{url}/tl_crops/train")) == [f"r{i:03d}" for i in range(10)]
 
 
 def test_a_task_with_no_rows_writes_an_empty_file_that_commits(tmp_path):
@@ -74,7 +69,11 @@ def test_a_task_with_no_rows_writes_an_empty_file_that_commits(tmp_path):
     assert parts.commit(f"{url}/quarantine", files) == 0
 
 
-def test_ranks_shard_the_row_groups_and_together_read_every_row_once(tmp_path):
+@needs_petastorm
+def test_petastorms_ranks_shard_the_row_groups_and_together_read_every_row_once(tmp_path):
+    """Petastorm's own sharding on the project's datasets (the project's: tests/data/test_format.py)."""
+    from petastorm import make_batch_reader
+
     url = (tmp_path / "ds").as_uri()
     reports = [write(url, f"part-{k:05d}", range(20 * k, 20 * k + 20)) for k in range(3)]
     files = parts.merge(reports)["tl_crops/train"]
@@ -111,6 +110,6 @@ def test_png_level_changes_the_bytes_not_the_pixels():
     stored = {level: parts.encode_png(field, image, level) for level in (0, 1, 9)}
     assert len(stored[0]) > 2 * len(stored[9])                       # level 0 stores, 9 compresses
     for data in stored.values():
-        assert np.array_equal(field.codec.decode(field, data), image)   # Petastorm's codec reads any level
+        assert np.array_equal(field.codec.decode(field, data), image)   # the codec reads any level
     with pytest.raises(ValueError, match="image"):
         parts.encode_png(field, image.astype(np.float32), 0)

@@ -1,10 +1,10 @@
 """The dataset writer: units of work planned into Spark tasks, the tasks' job, the output committed and swapped in."""
 import numpy as np
 import pytest
-from petastorm import make_reader
 
 from pipeline.data import parts, store, writer
 from schemas.datasets import TLCropSchema
+from tests.datasets import read_dataset
 
 
 def _flat(groups):
@@ -76,8 +76,7 @@ def _write(url: str, name: str, ids) -> dict:
 
 
 def _ids(url: str) -> list:
-    with make_reader(url, reader_pool_type="dummy", num_epochs=1, schema_fields=["id"]) as reader:
-        return sorted(r.id for r in reader)
+    return sorted(read_dataset(url, ["id"]))
 
 
 def test_an_output_replaces_the_dataset_whole_and_only_when_published(tmp_path):

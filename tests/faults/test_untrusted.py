@@ -23,6 +23,7 @@ from pipeline.data import readers, store
 from pipeline.train.loader import LoaderSpec, rows
 from pipeline.train.run import load_checkpoint
 from schemas.datasets import TLFrameSchema, field_decoders
+from tests.datasets import needs_petastorm
 from tests.faults.util import REPO, record
 
 
@@ -53,14 +54,22 @@ def test_nothing_read_from_a_dataset_is_unpickled(tiny_data, tmp_path):
     got = list(rows(LoaderSpec(split.as_uri(), "tl_crops", 8)))      # what training, evaluation and the analyses read
     assert not marker.exists(), "the training loader unpickled the dataset's metadata"
     assert len(got) == pq.read_table(str(split)).num_rows and got[0]["image"].shape == (32, 32, 3)
-    # Petastorm on its own does run it: why the pipeline's readers take the Unischema from code.
+    record("untrusted: a dataset whose _common_metadata pickle runs code", "the loader read every row with the "
+           "Unischema from code; the payload did not run (plain Petastorm runs it)")
+
+
+@needs_petastorm
+def test_petastorms_own_reader_does_run_the_payload(tiny_data, tmp_path):
+    """Why the project reads datasets itself: Petastorm's reader unpickles the stored schema."""
     from petastorm import make_batch_reader
 
+    split = tmp_path / "tl_crops" / "train"
+    shutil.copytree(Path(tiny_data().paths.data_url[len("file://"):]) / "synthetic" / "tl_crops" / "train", split)
+    marker = tmp_path / "ran"
+    _poison(split, marker)
     with pytest.raises(Exception):
         make_batch_reader(split.as_uri(), reader_pool_type="dummy")
     assert marker.exists()
-    record("untrusted: a dataset whose _common_metadata pickle runs code", "the loader read every row with the "
-           "Unischema from code; the payload did not run (plain Petastorm runs it)")
 
 
 def test_a_checkpoint_is_loaded_with_weights_only(tmp_path):
@@ -132,7 +141,7 @@ def planted(tmp_path_factory):
     return work, cases
 
 
-def test_no_loader_runs_a_payload_planted_in_a_logged_model(planted, capsys):
+def test_no_loader_runs_a_payload_planted_in_a_logged_model(spark, planted, capsys):
     """Every stage loads models through pipeline.models.lookup.load_model (the scan below shows no other
     loader exists): a planted pickle never runs; the earlier form and a foreign weights file are refused with one
     line, a pickle beside the pipeline's files is ignored. The evaluate command says so and exits 2."""
@@ -147,7 +156,8 @@ def test_no_loader_runs_a_payload_planted_in_a_logged_model(planted, capsys):
     with pytest.raises(UnsafeModel, match="earlier version of the pipeline as a pickled torch module.*train it "
                                           "again with `pipeline train`"):
         load_model(old, conf)
-    assert main(["evaluate", f"paths.work_dir={work}", *TINY, f"evaluate.model_uri={old}"]) == 2
+    shared = ["spark.master=local[2]", "spark.conf.spark.sql.shuffle.partitions=4"]   # the shared session's kept
+    assert main(["evaluate", f"paths.work_dir={work}", *shared, *TINY, f"evaluate.model_uri={old}"]) == 2
     said = capsys.readouterr().err
     assert "pickled torch module" in said and len(said.strip().splitlines()) == 1, said
     assert not marker.exists(), "loading a model logged in the earlier form ran its pickle"
