@@ -333,8 +333,9 @@ def test_too_large_jpeg_header():
 def test_truncated_jpeg(fraction):
     data = _save(Image.fromarray(_random_rgb(64, 64)), "JPEG", quality=90)
     cut = data[:max(3, int(len(data) * fraction))]
-    # OpenCV alone would accept this and grey-fill the missing part.
-    assert fraction < 0.1 or cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_COLOR) is not None
+    # OpenCV 4 alone would accept this and grey-fill the missing part (OpenCV 5, the current pin set's, refuses some).
+    opencv4 = cv2.__version__.startswith("4.")
+    assert fraction < 0.1 or not opencv4 or cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_COLOR) is not None
     assert _reason(cut) == "truncated"
 
 
