@@ -1,8 +1,31 @@
 # The README's two commands:  make demo  (install + run the pipeline on the embedded default)
 #                             make test  (install + run the whole test suite)
-# Python 3.11 or 3.12 makes $(VENV): PYTHON if given, else the first of PYTHONS that runs and is one of them.
+# Two pin sets, each in a venv of its own (README: "Two pin sets"):
+#   STACK=petastorm  (the default) requirements.txt: Spark 3.5 and Petastorm, for Spark 3.5 / 4.0 clusters;
+#                    Python 3.11 or 3.12 (numpy 1.26 and pyarrow 14, pinned for petastorm 0.12, have no 3.13 wheels)
+#   STACK=current    requirements-current.txt: Spark 4.3, pyarrow 25, NumPy 2, no Petastorm; Python 3.11 to 3.13
+# The venv is made with PYTHON if given, else the first of PYTHONS that runs and is a Python the set takes.
+STACK    ?= petastorm
+ifeq ($(STACK),petastorm)
 PYTHONS  ?= python3.11 python3.12 python3
 VENV     ?= .venv
+REQS     := requirements.txt
+PY_OK    := 3.11.*|3.12.*
+PY_NEED  := Python 3.11 or 3.12 is required
+PY_WHY   := 3.13 does not work yet: numpy 1.26 and pyarrow 14, pinned for petastorm 0.12, have no 3.13 wheels (STACK=current runs on 3.13). Install python3.12 or python3.11, or: make PYTHON=/path/to/python3.12
+export AIRFLOW_VENV ?= .venv-airflow
+else ifeq ($(STACK),current)
+PYTHONS  ?= python3.11 python3.12 python3.13 python3
+VENV     ?= .venv-current
+REQS     := requirements-current.txt
+PY_OK    := 3.11.*|3.12.*|3.13.*
+PY_NEED  := Python 3.11, 3.12 or 3.13 is required
+PY_WHY   := Install python3.13, python3.12 or python3.11, or: make STACK=current PYTHON=/path/to/python3.13
+export AIRFLOW_VENV ?= .venv-airflow-current
+else
+$(error STACK=$(STACK): the pin sets are petastorm (requirements.txt) and current (requirements-current.txt))
+endif
+export STACK
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 # Spark needs Java 17+: JAVA_HOME or java on PATH when it is 17+, else the Java 17 runtime of this wheel,
@@ -44,12 +67,12 @@ java-env: $(BIN)/python
 FIND_PYTHON = py=; found=; \
 	for c in $(or $(PYTHON),$(PYTHONS)); do \
 	  v=$$($$c -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || continue; \
-	  case $$v in 3.11.*|3.12.*) py=$$(command -v $$c); break;; esac; \
+	  case $$v in $(PY_OK)) py=$$(command -v $$c); break;; esac; \
 	  found="$$found, $$c is $$v"; \
 	done; \
 	if [ -z "$$py" ]; then \
 	  found=$${found:-, none runs}; \
-	  echo "error: Python 3.11 or 3.12 is required and none of $(or $(PYTHON),$(PYTHONS)) is one ($${found\#, }); 3.13 does not work yet: numpy 1.26 and pyarrow 14, pinned for petastorm 0.12, have no 3.13 wheels. Install python3.12 or python3.11, or: make PYTHON=/path/to/python3.12" >&2; \
+	  echo "error: $(PY_NEED) and none of $(or $(PYTHON),$(PYTHONS)) is one ($${found\#, }); $(PY_WHY)" >&2; \
 	  exit 1; \
 	fi
 
@@ -59,8 +82,8 @@ check-python:
 $(BIN)/python:
 	@$(FIND_PYTHON); echo "python: $$py ($$v) -m venv $(VENV)" >&2; "$$py" -m venv $(VENV)
 
-$(STAMP): requirements.txt requirements-dev.txt setup.py | $(BIN)/python
-	$(BIN)/python -m pip install -r requirements.txt -r requirements-dev.txt
+$(STAMP): $(REQS) requirements-dev.txt setup.py | $(BIN)/python
+	$(BIN)/python -m pip install -r $(REQS) -r requirements-dev.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
@@ -72,8 +95,7 @@ dist: $(STAMP)
 # Airflow and its Spark provider in their own venv (their pins conflict with the project's), for
 # tests/test_airflow.py, which loads docker/airflow/road_pipeline_dag.py with Airflow's DagBag and runs it with
 # dag.test(). `make test` makes it (pytest alone skips those tests without it, and fails them under CI=true).
-# Made with the Python of $(VENV). Does nothing when it is up to date.
-export AIRFLOW_VENV ?= .venv-airflow
+# Made with the Python of $(VENV) (AIRFLOW_VENV: one per pin set, above). Does nothing when it is up to date.
 airflow: $(BIN)/python
 	PYTHON=$(abspath $(BIN)/python) bash docker/airflow/install.sh
 

@@ -63,9 +63,12 @@ def test_docker_files_install_from_the_one_requirement_file():
     for service in ("spark-master:", "spark-worker-1:", "spark-worker-2:", "mlflow:"):
         assert service in compose
     assert "dockerfile: docker/Dockerfile" in compose and "--backend-store-uri" in compose
-    setup = (REPO / "setup.py").read_text()
-    assert 'requirements("requirements.txt")' in setup
-    assert "-r requirements.txt" in (REPO / "Makefile").read_text()
+    setup = (REPO / "setup.py").read_text()   # a pin set's one file: requirements.txt, or the current set's
+    assert 'requirements(REQUIREMENTS)' in setup
+    assert '{"petastorm": "requirements.txt", "current": "requirements-current.txt"}' in setup
+    makefile = (REPO / "Makefile").read_text()
+    assert "-r $(REQS)" in makefile and "REQS     := requirements.txt" in makefile
+    assert "REQS     := requirements-current.txt" in makefile
 
 
 def test_spark_submit_runs_a_stage_job(tmp_path):

