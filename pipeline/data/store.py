@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import uuid
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from pipeline.errors import UserError
 from pipeline.faults import kill_point
