@@ -97,7 +97,7 @@ def decode_image(value) -> np.ndarray:
     """A stored image (PNG bytes, or ``.npy`` bytes of a raw-stored dataset) -> uint8 (H, W, 3) or (H, W)."""
     if bytes(value[:6]) == _NPY_MAGIC:
         return np.load(io.BytesIO(value), allow_pickle=False)
-    return _decode_png(value)
+    return _IMAGE.codec.decode(_IMAGE, value)      # (RGB or grey, C-contiguous: schemas.format.PngCodec)
 
 
 def decode_images(values) -> "np.ndarray | None":
@@ -122,15 +122,6 @@ def decode_images(values) -> "np.ndarray | None":
     if not (flat[:, :offset] == flat[:1, :offset]).all():
         return None
     return flat[:, offset:].reshape(len(values), *shape)
-
-
-def _decode_png(value) -> np.ndarray:
-    """What ``CompressedImageCodec.decode`` returns (RGB, or grey), but C-contiguous: the codec's
-    ``[..., (2, 1, 0)]`` gives a channel-planar array that every later step (stack, to tensor) copies again."""
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
 
 
 def field_decoders(schema: Schema, names) -> dict:

@@ -35,7 +35,8 @@ def _compliant(shape, expected) -> bool:
 
 class PngCodec:
     """Petastorm's ``CompressedImageCodec('png')``: an RGB (H, W, 3) or grey (H, W) uint8 array as the PNG of
-    its BGR image (OpenCV's), decoded back to RGB (here C-contiguous; the codec's own is a strided view)."""
+    its BGR image (OpenCV's), decoded back to RGB (here C-contiguous: the codec's own ``[..., (2, 1, 0)]`` is a
+    strided view that every later step, stack or to tensor, copies again)."""
 
     def __init__(self, image_codec: str = "png"):
         if image_codec != "png":
