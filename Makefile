@@ -105,9 +105,10 @@ dist: $(STAMP)
 # Airflow and its Spark provider in their own venv (their pins conflict with the project's), for
 # tests/test_airflow.py, which loads docker/airflow/road_pipeline_dag.py with Airflow's DagBag and runs it with
 # dag.test(). `make test` makes it (pytest alone skips those tests without it, and fails them under CI=true).
-# Made with the Python of $(VENV) (AIRFLOW_VENV: one per pin set, above). Does nothing when it is up to date.
+# Made with the Python of $(VENV) (AIRFLOW_VENV: one per pin set, above) when it is 3.11 or 3.12 (the Airflow
+# pins' own), else (the current set on 3.13) with python3.11 or python3.12. Does nothing when it is up to date.
 airflow: $(BIN)/python
-	PYTHON=$(abspath $(BIN)/python) bash docker/airflow/install.sh
+	PYTHON="$(abspath $(BIN)/python) python3.11 python3.12" bash docker/airflow/install.sh
 
 # Caches only. Datasets, checkpoints and every logged MLflow run live in work/: `make clean-work` deletes them.
 clean:

@@ -29,7 +29,7 @@ trap 'rm -rf "$stage"' EXIT
 
 # A clean copy of what setup.py packages (and what it reads), without caches.
 mkdir -p "$stage/src"
-cp setup.py requirements.txt requirements-dev.txt "$stage/src/"
+cp setup.py requirements.txt requirements-current.txt requirements-dev.txt "$stage/src/"   # setup.py reads the STACK's one
 for dir in pipeline schemas conf; do
   (cd "$ROOT" && find "$dir" -name __pycache__ -prune -o -type f ! -name '*.pyc' -print) | while read -r f; do
     mkdir -p "$stage/src/$(dirname "$f")" && cp "$f" "$stage/src/$f"
