@@ -14,12 +14,20 @@ def test_workers_run_this_interpreter_with_our_packages(spark):
     assert seen == {sys.executable}
 
 
-def test_session_is_shared_and_quiet(spark):
+def test_session_is_shared_and_quiet(spark, tmp_path):
+    """One session per test process: a job's build_session returns the running one, with the job's runtime SQL
+    settings applied to it (a job run in-process with other settings changes them: asserted after building)."""
     from pyspark.sql import SparkSession
+
+    from pipeline.session import build_session
+    from tests.conftest import make_conf
 
     assert SparkSession.getActiveSession() is spark
     assert spark.sparkContext.master == "local[2]"
-    assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
+    for partitions in ("8", "4"):
+        again = build_session(make_conf(tmp_path, "spark.conf.spark.driver.memory=2g",
+                                        f"spark.conf.spark.sql.shuffle.partitions={partitions}"))
+        assert again is spark and spark.conf.get("spark.sql.shuffle.partitions") == partitions
 
 
 def test_python_workers_get_the_configured_environment(spark):
