@@ -58,7 +58,8 @@ class PngCodec:
         elif value.ndim != 2:
             raise ValueError(f"Unexpected image dimensions. Supported dimensions are (H, W) or (H, W, 3). "
                              f"Got {value.shape}")
-        _, contents = cv2.imencode(".png", value, [int(cv2.IMWRITE_JPEG_QUALITY), self._quality])
+        # (Petastorm also passes IMWRITE_JPEG_QUALITY, which PNG ignores: the same bytes; OpenCV 5 warns about it.)
+        _, contents = cv2.imencode(".png", value)
         return bytearray(contents)
 
     def decode(self, field, value) -> np.ndarray:
