@@ -164,8 +164,7 @@ def find_java(environ: Optional[MutableMapping[str, str]] = None,
             skipped.append(f"{java} ({label}) does not run")
         elif version[0] < MIN_VERSION:
             skipped.append(f"{java} ({label}) is Java {version[1]}, Spark here needs {MIN_VERSION}+")
-        elif modules and not set(modules) <= (java_modules(java) or set()):
-            missing = sorted(set(modules) - (java_modules(java) or set()))
+        elif modules and (missing := sorted(set(modules) - (java_modules(java) or set()))):
             skipped.append(f"{java} ({label}) is Java {version[1]} without {', '.join(missing)}, which {spark} "
                            f"adds (--add-modules)")
         else:
