@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import on_ci
+
 REPO = Path(__file__).resolve().parents[2]
 SIDE = REPO / "tests" / "interop" / "side.py"
 VENVS = {"petastorm": Path(os.environ.get("ROAD_PETASTORM_VENV", REPO / ".venv")),
@@ -31,7 +33,7 @@ def python_of(stack: str) -> Path:
     python = VENVS[stack] / "bin" / "python"
     if not (VENVS[stack] / ".installed").exists() or not python.exists():
         message = f"no {stack} venv at {VENVS[stack]}: `make interop` makes both sets' venvs and runs this"
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        if on_ci():
             pytest.fail(f"{message}; under CI the interop test must run, not skip", pytrace=False)
         pytest.skip(message)
     return python
