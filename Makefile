@@ -14,6 +14,7 @@ PY_OK    := 3.11.*|3.12.*
 PY_NEED  := Python 3.11 or 3.12 is required
 PY_WHY   := 3.13 does not work yet: numpy 1.26 and pyarrow 14, pinned for petastorm 0.12, have no 3.13 wheels (STACK=current runs on 3.13). Install python3.12 or python3.11, or: make PYTHON=/path/to/python3.12
 export AIRFLOW_VENV ?= .venv-airflow
+OTHER_VENV ?= .venv-current
 else ifeq ($(STACK),current)
 PYTHONS  ?= python3.11 python3.12 python3.13 python3
 VENV     ?= .venv-current
@@ -22,6 +23,7 @@ PY_OK    := 3.11.*|3.12.*|3.13.*
 PY_NEED  := Python 3.11, 3.12 or 3.13 is required
 PY_WHY   := Install python3.13, python3.12 or python3.11, or: make STACK=current PYTHON=/path/to/python3.13
 export AIRFLOW_VENV ?= .venv-airflow-current
+OTHER_VENV ?= .venv
 else
 $(error STACK=$(STACK): the pin sets are petastorm (requirements.txt) and current (requirements-current.txt))
 endif
@@ -92,7 +94,10 @@ check-python:
 $(BIN)/python:
 	@$(FIND_PYTHON); echo "python: $$py ($$v) -m venv $(VENV)" >&2; "$$py" -m venv $(VENV)
 
+# torch and its CUDA libraries (5 GB) are hard-linked from the other pin set's venv when it has the same ones
+# (docker/share_torch.py), so that both sets fit where one did.
 $(STAMP): $(REQS) requirements-dev.txt setup.py | $(BIN)/python
+	$(BIN)/python docker/share_torch.py --from $(OTHER_VENV) --requirements $(REQS)
 	$(BIN)/python -m pip install -r $(REQS) -r requirements-dev.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@

@@ -321,13 +321,18 @@ class _RankTracker:
 
 
 def _requirements() -> list:
-    """The installed package's own pins (setup.py reads them from requirements.txt), for the logged model."""
-    from importlib.metadata import PackageNotFoundError, requires
+    """The installed package's own pins (setup.py reads them from its pin set's requirements file), for the
+    logged model. Read from the metadata pip installed into this Python's environment first: an editable
+    install also leaves ``road_pipeline.egg-info`` in the source tree, which is on ``sys.path`` when a job runs
+    from there and holds the pins of whichever pin set was installed last (README: "Two pin sets")."""
+    import sysconfig
+    from importlib.metadata import distributions
 
-    try:
-        return [r for r in requires("road-pipeline") or [] if "extra ==" not in r]
-    except PackageNotFoundError:  # running from a source tree that was never installed
+    where = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    found = [*distributions(name="road-pipeline", path=where), *distributions(name="road-pipeline")]
+    if not found:  # running from a source tree that was never installed
         return []
+    return [r for r in found[0].requires or [] if "extra ==" not in r]
 
 
 # -------------------------------------------------------------------------------------------- driver

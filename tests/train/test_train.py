@@ -223,3 +223,21 @@ def test_local_cluster_barrier_tasks_train_on_two_executors_and_learn(tiny_data,
             labels += y.tolist()
     majority = max(labels.count(k) for k in set(labels)) / len(labels)
     assert hits / len(labels) > majority, (hits / len(labels), majority)
+
+
+def test_logged_pins_are_the_installed_set_not_a_source_tree_egg_info(tmp_path, monkeypatch):
+    """An editable install leaves road_pipeline.egg-info in the source tree, with the pins of whichever pin set
+    was installed last; the model is logged with the pins of the set installed where this Python runs."""
+    from importlib.metadata import distributions
+
+    from pipeline.train.run import _requirements
+
+    foreign = tmp_path / "road_pipeline.egg-info"
+    foreign.mkdir()
+    (foreign / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: road-pipeline\nVersion: 0.1.0\n")
+    (foreign / "requires.txt").write_text("pyspark==0.0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert next(iter(distributions(name="road-pipeline"))).requires == ["pyspark==0.0.1"]  # the first one found
+    pins = _requirements()
+    assert "pyspark==0.0.1" not in pins
+    assert f"pyspark=={__import__('pyspark').__version__}" in pins and f"torch=={torch.__version__.split('+')[0]}" in pins
