@@ -19,7 +19,8 @@ Each child times the loader ``--repeats`` times in a row, each a fresh pass, and
 
 ``--loader-only``: the loaders alone, on one dataset. The petastorm set ingests and augments it once, untimed;
 then every round runs each set's loader on those same files (no Spark in the timed children), so that only the
-reading libraries (pyarrow, NumPy, OpenCV) differ, not the Parquet files each set's Spark wrote.
+reading libraries (pyarrow, NumPy, OpenCV) differ, not the Parquet files each set's Spark wrote. Each child also
+times the loader's parts alone, on one thread (``parts``: read, decode, collate, ms per pass over the split).
 
 Printed: each round's values, the median per set, and current/petastorm (time ratio for the stages, throughput
 ratio for the loader) as the median of the per-round ratios with their range. The speed probe
@@ -89,6 +90,8 @@ def child(args) -> dict:
             float(x[0, 0, 0, 0])
         rates.append(seen / (time.perf_counter() - tic))
     out["loader"], out["loader_repeats"] = statistics.median(rates), rates
+    if args.child_loader_only:
+        out.update(parts(train))
     import cv2
     import numpy
     import pyarrow
@@ -99,6 +102,35 @@ def child(args) -> dict:
     if spark is not None:
         spark.stop()
     return out
+
+
+def parts(spec, passes: int = 40) -> dict:
+    """The loader's parts alone, one thread, over the whole split (ms per pass, median of ``passes``): reading the
+    row groups (pyarrow, to Python values), decoding the encoded columns, collating batches into tensors."""
+    from pipeline.data import store
+    from pipeline.train import loader
+    from schemas.datasets import SCHEMAS, field_decoders
+
+    decoders = field_decoders(SCHEMAS[spec.kind], spec.fields)
+    pieces = store.row_groups_of(spec.url)
+    columns = [store.read_row_group(piece, spec.fields) for piece in pieces]
+    rows = []
+    for group in columns:
+        group = {**group, **loader.decode_columns(group, decoders)}
+        rows += [{name: values[i] for name, values in group.items()} for i in range(len(group["id"]))]
+
+    def median_ms(work) -> float:
+        times = []
+        for _ in range(passes):
+            tic = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - tic)
+        return statistics.median(times) * 1e3
+
+    return {"read_ms": median_ms(lambda: [store.read_row_group(piece, spec.fields) for piece in pieces]),
+            "decode_ms": median_ms(lambda: [loader.decode_columns(group, decoders) for group in columns]),
+            "collate_ms": median_ms(lambda: [loader.collate(spec.kind, rows[i:i + spec.batch_size], spec.aux)
+                                             for i in range(0, len(rows), spec.batch_size)])}
 
 
 def probe() -> float:
@@ -143,7 +175,7 @@ def main(argv=None) -> int:
     if args.loader_only:
         subprocess.run(["rm", "-rf", str(shared)], check=True)
         run_child("petastorm", shared, "--child-prepare")
-    measures = ("loader",) if args.loader_only else MEASURES
+    measures = ("loader", "read_ms", "decode_ms", "collate_ms") if args.loader_only else MEASURES
     got: dict = {stack: [] for stack in STACKS}
     for r in range(args.rounds):
         order = list(STACKS) if r % 2 == 0 else list(reversed(STACKS))
@@ -157,6 +189,9 @@ def main(argv=None) -> int:
             got[stack].append(row)
             stages = "" if args.loader_only else f"ingest {row['ingest']:6.1f} s  augment {row['augment']:6.1f} s  "
             passes = ", ".join(f"{x:.0f}" for x in row["loader_repeats"])
+            if args.loader_only:
+                passes += f"; parts: read {row['read_ms']:.1f}, decode {row['decode_ms']:.1f}, " \
+                          f"collate {row['collate_ms']:.1f} ms"
             print(f"round {r} {stack:9s} {stages}loader {row['loader']:6.0f} samples/s ({passes})   "
                   f"probe {before * 1e3:.0f} -> {after * 1e3:.0f} ms   ({row['versions']})", flush=True)
     print()
@@ -165,10 +200,10 @@ def main(argv=None) -> int:
     for m in measures:
         a, b = [r[m] for r in got["petastorm"]], [r[m] for r in got["current"]]
         ratios = [y / x for x, y in zip(a, b)]
-        unit = "samples/s" if m == "loader" else "s"
+        unit = "samples/s" if m == "loader" else "ms per pass, one thread" if m.endswith("_ms") else "s"
         print(f"| {m} ({unit}) | {statistics.median(a):.1f} | {statistics.median(b):.1f} | "
               f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
-    print("\nA time ratio below 1 (ingest, augment) or a throughput ratio above 1 (loader): the current set is faster.")
+    print("\nA time ratio below 1 (stages, parts) or a throughput ratio above 1 (loader): the current set is faster.")
     return 0
 
 
