@@ -73,6 +73,20 @@ def test_docker_files_install_from_the_one_requirement_file():
     assert "REQS     := requirements-current.txt" in makefile
 
 
+def test_docker_context_leaves_out_every_venv_the_makefile_makes():
+    """`COPY . .` sends the checkout to the Docker daemon: no pin set's venvs (7 GB each) in it."""
+    import fnmatch
+    import re
+
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    makefile = (REPO / "Makefile").read_text()
+    venvs = set(re.findall(r"^(?:export )?(?:VENV|AIRFLOW_VENV)\s*\?=\s*(\S+)", makefile, re.M))
+    assert venvs == {".venv", ".venv-current", ".venv-airflow", ".venv-airflow-current"}
+    for venv in venvs:
+        assert any(fnmatch.fnmatch(venv, pattern) for pattern in ignored), venv
+
+
 def test_spark_submit_runs_a_stage_job(tmp_path):
     """`spark-submit jobs/ingest.py KEY=VALUE ...` runs the same stage function as the CLI."""
     submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
