@@ -7,10 +7,11 @@ satisfied, and installs the rest as usual.
 
     python docker/share_torch.py --from .venv --requirements requirements-current.txt
 
-Run it with the new venv's Python (it links into that venv). It links nothing (and says why in one line) when the other venv is missing, has
-another Python, has a torch other than the one the requirements pin, or lives on another file system; a
-distribution the new venv already has is left alone. Files are linked, never written: pip replaces a file by
-removing it, and Python writes bytecode to a new file, so neither venv can change the other's copy.
+Run it with the new venv's Python (it links into that venv). It links nothing (and says why in one line) when
+the other venv is missing, has another Python, has a torch other than the one the requirements pin, or lives on
+another file system; a distribution the new venv already has is left alone. Files are linked, never written:
+pip replaces a file by removing it, and Python writes bytecode to a new file, so neither venv can change the
+other's copy.
 """
 from __future__ import annotations
 

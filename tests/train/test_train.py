@@ -240,4 +240,6 @@ def test_logged_pins_are_the_installed_set_not_a_source_tree_egg_info(tmp_path, 
     assert next(iter(distributions(name="road-pipeline"))).requires == ["pyspark==0.0.1"]  # the first one found
     pins = _requirements()
     assert "pyspark==0.0.1" not in pins
-    assert f"pyspark=={__import__('pyspark').__version__}" in pins and f"torch=={torch.__version__.split('+')[0]}" in pins
+    import pyspark
+
+    assert f"pyspark=={pyspark.__version__}" in pins and f"torch=={torch.__version__.split('+')[0]}" in pins
