@@ -327,12 +327,14 @@ def _requirements() -> list:
     from there and holds the pins of whichever pin set was installed last (README: "Two pin sets")."""
     import sysconfig
     from importlib.metadata import distributions
+    from itertools import chain
 
-    where = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    found = [*distributions(name="road-pipeline", path=where), *distributions(name="road-pipeline")]
-    if not found:  # running from a source tree that was never installed
+    paths = sysconfig.get_paths()
+    dist = next(chain(distributions(name="road-pipeline", path=[paths["purelib"], paths["platlib"]]),
+                      distributions(name="road-pipeline")), None)
+    if dist is None:  # running from a source tree that was never installed
         return []
-    return [r for r in found[0].requires or [] if "extra ==" not in r]
+    return [r for r in dist.requires or [] if "extra ==" not in r]
 
 
 # -------------------------------------------------------------------------------------------- driver
